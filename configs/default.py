@@ -1,0 +1,54 @@
+"""The paper's training recipe and feature defaults, shared by every dataset config.
+
+Dataset configs load this file and override the dataset fields. Every value can be overridden on
+the command line, e.g. `--config.batch_size=32 --config.model.dtype=bfloat16`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the default config (EmoHRNet's recipe on the built-in synthetic corpus)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Root PRNG seed: parameter init, data order and augmentation keys.
+
+    # Optimizer: optax AdamW with the paper's values.
+    config.learning_rate = 1e-3  # Peak learning rate.
+    config.b1 = 0.9  # Adam first-moment decay.
+    config.b2 = 0.999  # Adam second-moment decay.
+    config.weight_decay = 1e-4  # Decoupled weight decay (AdamW).
+    config.batch_size = 64  # Global batch, split over every device of every host.
+    config.num_epochs = 100  # Passes over the training split.
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dataset = "synthetic"  # tfds name: synthetic, ravdess, iemocap, emovo, ...
+    config.data.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default.
+    config.data.fold = 0  # Speaker-independent fold of the dataset's protocol (0-based).
+    config.data.class_names = ("neutral", "happy", "angry", "sad")  # Label order of the logits.
+    config.data.sample_rate = 16000  # Hz; audio is resampled to this before the STFT.
+    config.data.n_fft = 1024  # STFT size in samples (64 ms at 16 kHz).
+    config.data.hop_length = 256  # STFT hop in samples (16 ms at 16 kHz).
+    config.data.n_mels = 128  # Mel bands (the model's input height).
+    config.data.fmin = 0.0  # Lowest Mel filter edge in Hz.
+    config.data.fmax = 8000.0  # Highest Mel filter edge in Hz (Nyquist at 16 kHz).
+    config.data.num_frames = 188  # Training crop in frames: 1 + 3 s * 16000 / 256.
+
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "w18"  # tiny, w18_small_v1, w18_small_v2 or w18 (official widths).
+    config.model.num_classes = 4  # Must equal len(config.data.class_names).
+    config.model.stem_strides = ((2, 2), (2, 2))  # (freq, time) stride of each 3x3 stem conv.
+    config.model.dtype = "float32"  # Compute dtype: float32, or bfloat16 on TPU/GPU.
+    config.model.param_dtype = "float32"  # Parameter (and optimizer state) dtype.
+
+    config.augment = ml_collections.ConfigDict()
+    config.augment.time_shift = True  # Random time shift of the training crop.
+    config.augment.max_time_shift = 16  # Largest shift in frames (0.26 s), either direction.
+    config.augment.spec_augment = True  # SpecAugment frequency and time masking.
+    config.augment.num_freq_masks = 2  # Frequency masks per example.
+    config.augment.freq_mask_width = 24  # F: each mask covers f ~ U{0..F} Mel bands.
+    config.augment.num_time_masks = 2  # Time masks per example.
+    config.augment.time_mask_width = 32  # T: each mask covers t ~ U{0..T} frames...
+    config.augment.max_time_mask_fraction = 0.2  # ...and at most this fraction of the crop.
+    config.augment.mask_value = "mean"  # Fill of masked and shifted-in cells: "mean" or "zero".
+    return config
