@@ -26,7 +26,8 @@ _FLOPS = flags.DEFINE_bool("flops", True, "Compile the forward pass to count its
 def summarize(config: ml_collections.ConfigDict, batch_size: int, flops: bool) -> dict[str, Any]:
     """Returns the model's input shape, branch shapes per stage, parameter counts and FLOPs."""
     model = models.create_model(config)
-    mel = jax.ShapeDtypeStruct((batch_size, config.data.n_mels, config.data.num_frames), jnp.float32)
+    shape = (batch_size, config.data.n_mels, config.data.num_frames)
+    mel = jax.ShapeDtypeStruct(shape, jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), mel)
     _, state = jax.eval_shape(
         lambda v, x: model.apply(v, x, mutable=["intermediates"]), variables, mel
@@ -73,7 +74,7 @@ def _cost(analysis: Mapping[str, float] | list[Mapping[str, float]], key: str) -
 
 
 def _print(summary: dict[str, Any]) -> None:
-    batch, n_mels, n_frames = summary["input_shape"]
+    _, n_mels, n_frames = summary["input_shape"]
     print(f"HRNet {summary['variant']}: input {n_mels} Mel bands x {n_frames} frames")
     print("\nstage        branches (frequency x time x channels)")
     for name, branches in summary["stages"].items():
