@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.dataset = "synthetic"  # tfds name: synthetic, ravdess, iemocap, emovo, ...
     config.data.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default.
     config.data.fold = 0  # Speaker-independent fold of the dataset's protocol (0-based).
+    config.data.num_folds = config_dict.placeholder(int)  # None: the corpus's protocol.
     config.data.class_names = ("neutral", "happy", "angry", "sad")  # Label order of the logits.
     config.data.sample_rate = 16000  # Hz; audio is resampled to this before the STFT.
     config.data.n_fft = 1024  # STFT size in samples (64 ms at 16 kHz).
@@ -32,7 +33,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.n_mels = 128  # Mel bands (the model's input height).
     config.data.fmin = 0.0  # Lowest Mel filter edge in Hz.
     config.data.fmax = 8000.0  # Highest Mel filter edge in Hz (Nyquist at 16 kHz).
-    config.data.num_frames = 188  # Training crop in frames: 1 + 3 s * 16000 / 256.
+    config.data.log_floor = 1e-10  # Mel power floor before the natural log.
+    config.data.min_seconds = 0.25  # Shorter clips are skipped (and counted) when preparing.
+    config.data.num_frames = 188  # Crop in frames (1 + 3 s * 16000 / 256); evaluation: centre.
+    # Built-in synthetic corpus (used when dataset == "synthetic").
+    config.data.synthetic_speakers = 40  # Synthetic speakers (split by speaker into folds).
+    config.data.synthetic_utterances_per_speaker = 80  # Per speaker, balanced over classes.
+    config.data.synthetic_seed = 0  # Seed of the synthetic corpus.
 
     config.model = ml_collections.ConfigDict()
     config.model.variant = "w18"  # tiny, w18_small_v1, w18_small_v2 or w18 (official widths).

@@ -1,0 +1,1 @@
+"""Audio decoding, log-Mel features and the synthetic corpus (no TensorFlow: used by workers)."""

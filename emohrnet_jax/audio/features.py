@@ -1,0 +1,140 @@
+"""Audio decoding and log-Mel feature extraction (librosa), with a reason for every rejected clip.
+
+No TensorFlow here: worker processes of the builders import this module alone.
+"""
+
+import dataclasses
+from typing import Any
+
+import librosa
+import numpy as np
+import soundfile
+
+from emohrnet_jax.audio import synthetic
+
+# A clip whose peak absolute amplitude is below this is digital silence (or a mute channel).
+SILENCE_PEAK = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureParams:
+    """Log-Mel parameters; part of every prepared dataset's metadata."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    log_floor: float = 1e-10
+    min_seconds: float = 0.25
+
+    def __post_init__(self):
+        if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
+            raise ValueError(f"feature sizes must be positive: {self}")
+        if not 0.0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(
+                f"need 0 <= fmin < fmax <= sample_rate / 2, got fmin={self.fmin}, "
+                f"fmax={self.fmax}, sample_rate={self.sample_rate}"
+            )
+        if self.log_floor <= 0:
+            raise ValueError(f"log_floor must be > 0, got {self.log_floor}")
+
+    @classmethod
+    def from_config(cls, data_config: Any) -> "FeatureParams":
+        """The feature parameters named in a `config.data` section (missing fields: defaults)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: data_config[name] for name in fields if name in data_config})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class AudioError(Exception):
+    """A clip that cannot be used; `reason` is the short text counted in the build summary."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """A decoded mono clip at the target rate, with what was converted on the way."""
+
+    waveform: np.ndarray
+    conversions: tuple[str, ...]
+
+
+def load_audio(path: str, params: FeatureParams) -> Clip:
+    """Decodes `path` (WAV int16/int24/float, FLAC, OGG) to float32 mono at `params.sample_rate`.
+
+    Raises:
+      AudioError: undecodable, empty, silent or shorter than `params.min_seconds`.
+    """
+    try:
+        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError, OSError) as error:
+        raise AudioError("cannot decode audio", str(error)) from error
+    if audio.shape[0] == 0:
+        raise AudioError("empty audio")
+    conversions = []
+    if audio.shape[1] > 1:
+        conversions.append(f"downmixed {audio.shape[1]} channels to mono")
+    waveform = audio.mean(axis=1)
+    if rate != params.sample_rate:
+        conversions.append(f"resampled from {rate} Hz")
+        waveform = librosa.resample(
+            waveform, orig_sr=rate, target_sr=params.sample_rate, res_type="soxr_hq"
+        )
+    if not np.all(np.isfinite(waveform)):
+        raise AudioError("non-finite samples")
+    seconds = waveform.shape[0] / params.sample_rate
+    if seconds < params.min_seconds:
+        raise AudioError(f"shorter than {params.min_seconds:g} s", f"{seconds:.3f} s")
+    if np.max(np.abs(waveform)) < SILENCE_PEAK:
+        raise AudioError("silent")
+    return Clip(waveform.astype(np.float32), tuple(conversions))
+
+
+def log_mel(waveform: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Natural-log Mel power spectrogram, float32 `(n_mels, 1 + len // hop)` (centred frames)."""
+    mel = librosa.feature.melspectrogram(
+        y=waveform,
+        sr=params.sample_rate,
+        n_fft=params.n_fft,
+        hop_length=params.hop_length,
+        n_mels=params.n_mels,
+        fmin=params.fmin,
+        fmax=params.fmax,
+        power=2.0,
+    )
+    return np.log(np.maximum(mel, params.log_floor)).astype(np.float32)
+
+
+def extract(path: str, params: FeatureParams) -> dict[str, Any]:
+    """Log-Mel features of one file, or the reason it was rejected (never raises for bad audio).
+
+    Returns `{"mel", "duration", "conversions"}` or `{"error": reason, "detail": text}`.
+    """
+    try:
+        clip = load_audio(path, params)
+    except AudioError as error:
+        return {"error": error.reason, "detail": str(error)}
+    return {
+        "mel": log_mel(clip.waveform, params),
+        "duration": clip.waveform.shape[0] / params.sample_rate,
+        "conversions": clip.conversions,
+    }
+
+
+def extract_synthetic(
+    utterance: synthetic.SyntheticUtterance, spec: synthetic.CorpusSpec, params: FeatureParams
+) -> dict[str, Any]:
+    """Log-Mel features of one synthetic utterance, in the same form as `extract`."""
+    waveform = synthetic.synthesize(utterance, spec, params.sample_rate)
+    return {
+        "mel": log_mel(waveform, params),
+        "duration": waveform.shape[0] / params.sample_rate,
+        "conversions": (),
+    }

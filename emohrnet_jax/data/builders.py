@@ -1,0 +1,348 @@
+"""tensorflow-datasets builders: raw corpora to log-Mel TFRecords, one builder per corpus.
+
+Each builder lists its corpus with `corpora` (or plans the synthetic one), extracts log-Mel features
+in worker processes (every core), and writes one split, `utterances`, of variable-length examples:
+`mel` (float16, `(n_mels, n_frames)`), `num_frames`, `label`, `speaker`, `id`, `file`, `duration`.
+Speaker-independent folds are selected at load time (`splits`), so one build serves every fold.
+
+The feature parameters are the builder config (its name carries a digest of them) and are stored
+in the dataset's metadata; loading with other parameters is an error, never a silent mismatch.
+Every file left out is counted by reason in `prepare_summary.json` beside the TFRecords.
+"""
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from emohrnet_jax.audio import features, synthetic
+from emohrnet_jax.data import corpora
+
+SPLIT = "utterances"
+SUMMARY_FILE = "prepare_summary.json"
+
+
+@dataclasses.dataclass(eq=False)
+class EmotionConfig(tfds.core.BuilderConfig):
+    """Builder config: feature parameters plus corpus options (unused ones keep their defaults)."""
+
+    feature_params: features.FeatureParams = dataclasses.field(
+        default_factory=features.FeatureParams
+    )
+    label_set: str = "4class"  # IEMOCAP only.
+    class_names: tuple[str, ...] = ()  # labelled_folder only; () = the CSV's sorted labels.
+    csv_path: str = ""  # labelled_folder only; not part of the dataset's identity.
+    corpus: synthetic.CorpusSpec = dataclasses.field(default_factory=synthetic.CorpusSpec)
+    skip_unknown_labels: bool = False
+
+
+def _digest(options: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def make_config(
+    dataset: str, feature_params: features.FeatureParams | None = None, **options: Any
+) -> EmotionConfig:
+    """The builder config of `dataset` for these parameters (the registered one if it exists)."""
+    builder_cls = tfds.builder_cls(dataset)
+    feature_params = feature_params or features.FeatureParams()
+    fields = {f.name for f in dataclasses.fields(EmotionConfig)}
+    unknown = set(options) - fields
+    if unknown:
+        raise ValueError(f"unknown builder options for {dataset}: {sorted(unknown)}")
+    identity = {"features": feature_params.as_dict(), **builder_cls.identity(options)}
+    name = f"mels{feature_params.n_mels}_sr{feature_params.sample_rate}_{_digest(identity)}"
+    for registered in builder_cls.BUILDER_CONFIGS:
+        if registered.name == name:
+            return registered
+    return EmotionConfig(
+        name=name,
+        version=builder_cls.VERSION,
+        description=json.dumps(identity, sort_keys=True),
+        feature_params=feature_params,
+        **options,
+    )
+
+
+class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared logic: features, parallel extraction, metadata and the build summary."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
+    BUILDER_CONFIG_CLS = EmotionConfig
+
+    def __init__(self, *, num_workers: int | None = None, **kwargs: Any):
+        """`num_workers`: feature-extraction processes (None: every core; 0: in this process)."""
+        self._num_workers = os.cpu_count() if num_workers is None else num_workers
+        self._summary: dict[str, Any] = {}
+        super().__init__(**kwargs)
+
+    @classmethod
+    def identity(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The builder options that change the dataset's content (part of the config name)."""
+        return {"skip_unknown_labels": options.get("skip_unknown_labels", False)}
+
+    def class_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        params = self.builder_config.feature_params
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "mel": tfds.features.Tensor(shape=(params.n_mels, None), dtype=np.float16),
+                    "num_frames": np.int32,
+                    "label": tfds.features.ClassLabel(names=self.class_names()),
+                    "speaker": tfds.features.Text(),
+                    "id": tfds.features.Text(),
+                    "file": tfds.features.Text(),
+                    "duration": np.float32,
+                }
+            ),
+            supervised_keys=("mel", "label"),
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        return {SPLIT: self._generate_examples(self._listing(dl_manager))}
+
+    def _listing(self, dl_manager: tfds.download.DownloadManager) -> corpora.Listing:
+        raise NotImplementedError
+
+    def _jobs(self, listing: corpora.Listing) -> Iterator[tuple[Any, ...]]:
+        """Arguments of `features.extract` for each utterance."""
+        params = self.builder_config.feature_params
+        return ((u.path, params) for u in listing.utterances)
+
+    _extract = staticmethod(features.extract)
+
+    def _generate_examples(self, listing: corpora.Listing):
+        skipped: dict[str, list[str]] = defaultdict(list)
+        conversions: Counter[str] = Counter()
+        speakers: set[str] = set()
+        for utterance, result in zip(listing.utterances, self._map(listing), strict=True):
+            if "error" in result:
+                skipped[result["error"]].append(utterance.path)
+                continue
+            conversions.update(result["conversions"])
+            speakers.add(utterance.speaker)
+            mel = result["mel"]
+            yield (
+                utterance.id,
+                {
+                    "mel": mel.astype(np.float16),
+                    "num_frames": mel.shape[1],
+                    "label": utterance.label,
+                    "speaker": utterance.speaker,
+                    "id": utterance.id,
+                    "file": utterance.path,
+                    "duration": result["duration"],
+                },
+            )
+        kept = len(listing.utterances) - sum(len(paths) for paths in skipped.values())
+        self._summary = {
+            "dataset": self.name,
+            "config": self.builder_config.name,
+            "kept": kept,
+            "skipped": {reason: len(paths) for reason, paths in sorted(skipped.items())},
+            "excluded": {r: len(p) for r, p in sorted(listing.excluded.items())},
+            "conversions": dict(sorted(conversions.items())),
+            "speakers": sorted(speakers),
+            "skipped_files": {reason: sorted(paths) for reason, paths in sorted(skipped.items())},
+            "excluded_files": {r: sorted(p) for r, p in sorted(listing.excluded.items())},
+        }
+
+    def _map(self, listing: corpora.Listing) -> Iterator[dict[str, Any]]:
+        """Feature extraction in order, in worker processes when `num_workers` > 0."""
+        jobs = list(self._jobs(listing))
+        if not self._num_workers:
+            yield from (self._extract(*job) for job in jobs)
+            return
+        # Spawn, not fork: the parent has TensorFlow's thread pools running.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(self._num_workers, mp_context=context) as pool:
+            chunk = max(1, min(32, len(jobs) // (4 * self._num_workers)))
+            yield from pool.map(self._extract, *zip(*jobs, strict=True), chunksize=chunk)
+
+    def _download_and_prepare(self, dl_manager, download_config=None):
+        super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+        if not self._summary["kept"]:
+            raise ValueError(f"no usable audio in {self.name}: {self._summary['skipped']}")
+        # Inside tfds's temporary folder: the summary and metadata move with the TFRecords.
+        self.info.metadata.update(
+            {
+                "feature_params": self.builder_config.feature_params.as_dict(),
+                "speakers": self._summary["speakers"],
+                "class_names": list(self.class_names()),
+            }
+        )
+        write_json_atomically(os.path.join(self.data_dir, SUMMARY_FILE), self._summary)
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+    """Writes JSON to `path` through a temporary file and a rename."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as file:
+        json.dump(value, file, indent=2)
+    os.replace(temporary, path)
+
+
+class Ravdess(_EmotionBuilder):
+    """RAVDESS speech, audio-only: 1440 clips, 8 emotions, 24 actors."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Download Audio_Speech_Actors_01-24.zip from https://zenodo.org/record/1188976 (CC BY-NC-SA 4.0)
+    and unzip it into the manual folder, giving Actor_01/03-01-01-01-01-01-01.wav, ...
+    """
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    def class_names(self):
+        return corpora.RAVDESS_CLASSES
+
+    def _listing(self, dl_manager):
+        return corpora.ravdess(str(dl_manager.manual_dir), self.builder_config.skip_unknown_labels)
+
+
+class Iemocap(_EmotionBuilder):
+    """IEMOCAP: 5 sessions, 10 speakers; the 4-class set (exc merged into hap) by default."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    IEMOCAP is licensed by USC SAIL (https://sail.usc.edu/iemocap/). Put IEMOCAP_full_release's
+    Session1 ... Session5 folders in the manual folder (SessionN/dialog/EmoEvaluation/*.txt and
+    SessionN/sentences/wav/<dialog>/<utterance>.wav are read).
+    """
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    @classmethod
+    def identity(cls, options):
+        return {"label_set": options.get("label_set", "4class")}
+
+    def class_names(self):
+        label_set = self.builder_config.label_set
+        if label_set not in corpora.IEMOCAP_CLASSES:
+            raise ValueError(
+                f"unknown IEMOCAP label set {label_set!r}; choose one of "
+                f"{sorted(corpora.IEMOCAP_CLASSES)}"
+            )
+        return corpora.IEMOCAP_CLASSES[label_set]
+
+    def _listing(self, dl_manager):
+        return corpora.iemocap(str(dl_manager.manual_dir), self.builder_config.label_set)
+
+
+class Emovo(_EmotionBuilder):
+    """EMOVO (Italian): 588 clips, 7 emotions, 6 speakers."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Download EMOVO (http://voice.fub.it/activities/corpora/emovo/index.html) and unzip it into the
+    manual folder: files named <emotion>-<speaker>-<sentence>.wav (e.g. dis-m3-b1.wav), in any
+    sub-folders.
+    """
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    def class_names(self):
+        return corpora.EMOVO_CLASSES
+
+    def _listing(self, dl_manager):
+        return corpora.emovo(str(dl_manager.manual_dir), self.builder_config.skip_unknown_labels)
+
+
+class LabelledFolder(_EmotionBuilder):
+    """Any corpus given as audio files plus a CSV of `path,label,speaker`."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Write a CSV with the header `path,label,speaker` (optional `id`), one line per clip; paths are
+    relative to the CSV's folder or absolute. Pass it as the builder config's `csv_path`
+    (`tools/prepare_data.py --dataset=labelled_folder --csv=...`).
+    """
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    @classmethod
+    def identity(cls, options):
+        return {
+            "class_names": list(options.get("class_names", ())),
+            "skip_unknown_labels": options.get("skip_unknown_labels", False),
+        }
+
+    def class_names(self):
+        return self.builder_config.class_names
+
+    def _split_generators(self, dl_manager):
+        csv_path = self.builder_config.csv_path
+        listing, names = corpora.labelled_folder(
+            csv_path, self.class_names(), self.builder_config.skip_unknown_labels
+        )
+        if tuple(names) != tuple(self.class_names()):
+            raise ValueError(
+                f"class names of {csv_path} are {names}, config says {self.class_names()}"
+            )
+        return {SPLIT: self._generate_examples(listing)}
+
+
+class Synthetic(_EmotionBuilder):
+    """The built-in corpus: source-filter synthetic speech, no download."""
+
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    @classmethod
+    def identity(cls, options):
+        return {"corpus": dataclasses.asdict(options.get("corpus", synthetic.CorpusSpec()))}
+
+    def class_names(self):
+        return synthetic.CLASS_NAMES
+
+    def _listing(self, dl_manager):
+        planned = synthetic.plan(self.builder_config.corpus)
+        utterances = [
+            corpora.Utterance(f"synthetic:{u.id}", u.label, u.speaker, u.id) for u in planned
+        ]
+        self._planned = planned
+        return corpora.Listing(utterances=utterances, excluded={})
+
+    def _jobs(self, listing):
+        params, spec = self.builder_config.feature_params, self.builder_config.corpus
+        return ((u, spec, params) for u in self._planned)
+
+    _extract = staticmethod(features.extract_synthetic)
+
+
+BUILDERS = {b.name: b for b in (Ravdess, Iemocap, Emovo, LabelledFolder, Synthetic)}
+
+# The default configs, so that `tfds.builder(NAME, data_dir=...)` finds what prepare_data built.
+for _builder in BUILDERS.values():
+    _builder.BUILDER_CONFIGS.append(make_config(_builder.name))
+
+
+def prepare(
+    dataset: str,
+    data_dir: str | None,
+    manual_dir: str | None = None,
+    feature_params: features.FeatureParams | None = None,
+    num_workers: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Builds `dataset`'s TFRecords (a no-op when already built) and returns the build summary.
+
+    For `labelled_folder`, `options` holds `csv_path` and optionally `class_names` (default: the
+    CSV's sorted labels).
+    """
+    if dataset not in BUILDERS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
+    if dataset == "labelled_folder" and not options.get("class_names"):
+        _, names = corpora.labelled_folder(options["csv_path"])
+        options["class_names"] = tuple(names)
+    config = make_config(dataset, feature_params, **options)
+    builder = tfds.builder(dataset, data_dir=data_dir, config=config, num_workers=num_workers)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
+    with open(os.path.join(builder.data_dir, SUMMARY_FILE)) as file:
+        return {**json.load(file), "data_dir": builder.data_dir}

@@ -1,0 +1,370 @@
+"""Corpus listings: a raw corpus folder -> labelled utterances, every unused file accounted for.
+
+Only file names and label files are read here; audio is decoded elsewhere. Each listing keeps, by
+reason, what it left out (song files, labels outside the class set, missing audio, ...), so that a
+count that differs from the published one can be explained instead of silently accepted.
+"""
+
+import collections
+import csv
+import dataclasses
+import os
+import re
+from collections.abc import Iterator, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    """One labelled audio file."""
+
+    path: str  # absolute path of the audio file, as found on disk (not resolved through links)
+    label: str  # class name, one of the corpus's class names
+    speaker: str
+    id: str  # IEMOCAP utterance name, otherwise the file stem
+
+
+@dataclasses.dataclass
+class Listing:
+    """The utterances of a corpus, and what was left out of it."""
+
+    utterances: list[Utterance]  # sorted by id
+    excluded: dict[str, list[str]]  # reason -> sorted paths (or utterance ids)
+
+
+class UnknownLabelError(ValueError):
+    """A file carries a label code that the corpus does not define."""
+
+
+RAVDESS_CLASSES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+EMOVO_CLASSES = ("disgust", "joy", "fear", "anger", "surprise", "sadness", "neutral")
+_EMOVO_CODES = dict(
+    zip(("dis", "gio", "pau", "rab", "sor", "tri", "neu"), EMOVO_CLASSES, strict=True)
+)
+
+IEMOCAP_LABEL_SETS: dict[str, dict[str, str]] = {
+    # The standard set: exc is merged into happy, not substituted for it (a known trap).
+    "4class": {"neu": "neutral", "hap": "happy", "exc": "happy", "ang": "angry", "sad": "sad"},
+    "4class_no_exc": {"neu": "neutral", "hap": "happy", "ang": "angry", "sad": "sad"},
+    "6class": {
+        "neu": "neutral",
+        "hap": "happy",
+        "exc": "excited",
+        "ang": "angry",
+        "sad": "sad",
+        "fru": "frustrated",
+    },
+}
+IEMOCAP_CLASSES: dict[str, tuple[str, ...]] = {
+    "4class": ("neutral", "happy", "angry", "sad"),
+    "4class_no_exc": ("neutral", "happy", "angry", "sad"),
+    "6class": ("neutral", "happy", "excited", "angry", "sad", "frustrated"),
+}
+
+# Reasons that other code (reports, tests) may look for by name.
+MISSING_AUDIO_FILE = "missing audio file"
+UNRECOGNIZED_FILE_NAME = "unrecognized file name"
+HIDDEN_FILE = "hidden file"
+DUPLICATE_FILE_NAME = "duplicate file name"
+AUDIO_WITHOUT_LABEL = "audio file without label"
+CONFLICTING_LABELS = "conflicting labels across label files"
+
+_AUDIO_EXTENSIONS = (".wav",)
+
+_RAVDESS_NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
+_RAVDESS_EXPECTED = "RAVDESS Actor_XX folders with 03-01-*.wav files (MM-VV-EE-II-SS-RR-AA.wav)"
+
+_EMOVO_NAME = re.compile(r"^([a-z]+)-([fm]\d)-([a-z]+\d+)$", re.IGNORECASE)
+_EMOVO_EXPECTED = "EMOVO <emo>-<speaker>-<sentence>.wav files, e.g. dis-m3-b1.wav"
+
+_IEMOCAP_SESSION = re.compile(r"^Session\d+$")
+# `[start - end]<ws>utterance<ws>code<ws>[v, a, d]`; the other lines are annotator details.
+_IEMOCAP_LINE = re.compile(r"^\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(\S+)\s+(\S+)")
+_IEMOCAP_ID = re.compile(r"^(Ses\d+)[FM]_.+_([FM])\d+$")
+_IEMOCAP_EXPECTED = (
+    "IEMOCAP SessionN folders with dialog/EmoEvaluation/*.txt label files and "
+    "sentences/wav/<dialog>/<utterance>.wav audio (the folder that holds Session1..Session5)"
+)
+
+_CSV_COLUMNS = ("path", "label", "speaker")
+
+
+def _require_dir(path: str, expected: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: expected {expected}")
+    if not os.path.isdir(path):
+        raise NotADirectoryError(f"{path} is not a directory: expected {expected}")
+
+
+def _audio_files(root: str) -> Iterator[str]:
+    """Absolute paths of the audio files under `root`, recursively, in sorted order."""
+    seen = set()
+    # Links are followed because corpora are often linked in from a shared disk; `seen` keeps a
+    # link cycle (or the same folder reached twice) from being walked again.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for name in sorted(filenames):
+            if os.path.splitext(name)[1].lower() in _AUDIO_EXTENSIONS:
+                yield os.path.abspath(os.path.join(dirpath, name))
+
+
+def _keep_first_of_each_id(
+    utterances: list[Utterance], excluded: dict[str, list[str]]
+) -> list[Utterance]:
+    # Two copies of a file (an archive extracted twice) would put one recording in two splits.
+    kept = {}
+    for utterance in sorted(utterances, key=lambda u: u.path):
+        if utterance.id in kept:
+            excluded[DUPLICATE_FILE_NAME].append(utterance.path)
+        else:
+            kept[utterance.id] = utterance
+    return list(kept.values())
+
+
+def _finish(
+    utterances: list[Utterance], excluded: dict[str, list[str]], where: str, expected: str
+) -> Listing:
+    excluded = {reason: sorted(items) for reason, items in sorted(excluded.items()) if items}
+    if not utterances:
+        summary = ", ".join(f"{reason}: {len(items)}" for reason, items in excluded.items())
+        raise ValueError(
+            f"no usable utterances in {where}: expected {expected}"
+            + (f" (left out: {summary})" if summary else "")
+        )
+    return Listing(sorted(utterances, key=lambda u: u.id), excluded)
+
+
+def ravdess(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
+    """Lists the RAVDESS audio-only speech files (1440 in the full corpus) under `manual_dir`.
+
+    Args:
+      manual_dir: folder holding the Actor_XX folders, searched recursively.
+      skip_unknown_labels: exclude (and count) files with an emotion code outside 01..08 instead of
+        raising `UnknownLabelError`.
+
+    Returns:
+      The listing; speakers are "Actor_AA" taken from the file name, not the folder.
+    """
+    _require_dir(manual_dir, _RAVDESS_EXPECTED)
+    utterances, excluded = [], collections.defaultdict(list)
+    for path in _audio_files(manual_dir):
+        name = os.path.basename(path)
+        stem = os.path.splitext(name)[0]
+        if name.startswith("."):
+            excluded[HIDDEN_FILE].append(path)
+            continue
+        match = _RAVDESS_NAME.match(stem)
+        if match is None:
+            excluded[UNRECOGNIZED_FILE_NAME].append(path)
+            continue
+        modality, channel, emotion, _, _, _, actor = match.groups()
+        if modality != "03":
+            excluded[f"modality {modality} (not audio-only)"].append(path)
+        elif channel != "01":
+            song = " (song)" if channel == "02" else " (not speech)"
+            excluded[f"vocal channel {channel}{song}"].append(path)
+        elif not 1 <= int(emotion) <= len(RAVDESS_CLASSES):
+            if not skip_unknown_labels:
+                raise UnknownLabelError(
+                    f"{path}: unknown RAVDESS emotion code {emotion!r} (expected 01..08)"
+                )
+            excluded[f"unknown emotion code {emotion}"].append(path)
+        else:
+            label = RAVDESS_CLASSES[int(emotion) - 1]
+            utterances.append(Utterance(path, label, f"Actor_{actor}", stem))
+    utterances = _keep_first_of_each_id(utterances, excluded)
+    return _finish(utterances, excluded, manual_dir, _RAVDESS_EXPECTED)
+
+
+def emovo(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
+    """Lists the EMOVO files (588 in the full corpus) under `manual_dir`, searched recursively.
+
+    Args:
+      manual_dir: the EMOVO folder (speaker folders f1..m3 or the files directly).
+      skip_unknown_labels: exclude (and count) files with an unknown emotion code instead of
+        raising `UnknownLabelError`.
+
+    Returns:
+      The listing; speakers are the name's speaker field ("f1".."m3").
+    """
+    _require_dir(manual_dir, _EMOVO_EXPECTED)
+    utterances, excluded = [], collections.defaultdict(list)
+    for path in _audio_files(manual_dir):
+        name = os.path.basename(path)
+        stem = os.path.splitext(name)[0]
+        if name.startswith("."):
+            excluded[HIDDEN_FILE].append(path)
+            continue
+        match = _EMOVO_NAME.match(stem)
+        if match is None:
+            excluded[UNRECOGNIZED_FILE_NAME].append(path)
+            continue
+        code, speaker = match.group(1).lower(), match.group(2).lower()
+        if code not in _EMOVO_CODES:
+            if not skip_unknown_labels:
+                raise UnknownLabelError(
+                    f"{path}: unknown EMOVO emotion code {code!r} (expected one of "
+                    f"{', '.join(_EMOVO_CODES)})"
+                )
+            excluded[f"unknown emotion code {code}"].append(path)
+            continue
+        utterances.append(Utterance(path, _EMOVO_CODES[code], speaker, stem))
+    utterances = _keep_first_of_each_id(utterances, excluded)
+    return _finish(utterances, excluded, manual_dir, _EMOVO_EXPECTED)
+
+
+def _iemocap_label_lines(label_file: str) -> Iterator[tuple[str, str]]:
+    """(utterance id, label code) of each label line of one EmoEvaluation file."""
+    # Some copies carry stray bytes; a bad byte must not hide the label lines around it.
+    with open(label_file, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            match = _IEMOCAP_LINE.match(line.strip())
+            if match:
+                yield match.group(1), match.group(2)
+
+
+def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
+    """Lists the IEMOCAP utterances of `label_set` (5531 for "4class" on the full corpus).
+
+    Args:
+      manual_dir: the folder that holds Session1..Session5 (IEMOCAP_full_release).
+      label_set: a key of `IEMOCAP_LABEL_SETS`; utterances with other codes are excluded, counted
+        per code.
+
+    Returns:
+      The listing; speakers are the session plus the gender letter of the utterance suffix
+      (Ses01F_impro01_M012 -> Ses01M), not the dialog prefix.
+    """
+    if label_set not in IEMOCAP_LABEL_SETS:
+        raise ValueError(
+            f"unknown IEMOCAP label set {label_set!r}; choose one of {sorted(IEMOCAP_LABEL_SETS)}"
+        )
+    codes = IEMOCAP_LABEL_SETS[label_set]
+    _require_dir(manual_dir, _IEMOCAP_EXPECTED)
+    sessions = sorted(
+        os.path.join(manual_dir, name)
+        for name in os.listdir(manual_dir)
+        if _IEMOCAP_SESSION.match(name) and os.path.isdir(os.path.join(manual_dir, name))
+    )
+    excluded = collections.defaultdict(list)
+    labels = {}  # utterance id -> (code, session folder)
+    conflicting = set()
+    for session in sessions:
+        label_dir = os.path.join(session, "dialog", "EmoEvaluation")
+        if not os.path.isdir(label_dir):
+            continue
+        # Only the top-level files: Categorical/, Attribute/ and Self-evaluation/ hold the single
+        # annotators' votes, not the consensus label.
+        label_files = sorted(
+            os.path.join(label_dir, name)
+            for name in os.listdir(label_dir)
+            if name.endswith(".txt")
+            and not name.startswith(".")
+            and os.path.isfile(os.path.join(label_dir, name))
+        )
+        for label_file in label_files:
+            for utterance_id, code in _iemocap_label_lines(label_file):
+                if utterance_id in labels and labels[utterance_id][0] != code:
+                    conflicting.add(utterance_id)
+                labels.setdefault(utterance_id, (code, session))
+
+    utterances = []
+    for utterance_id, (code, session) in labels.items():
+        match = _IEMOCAP_ID.match(utterance_id)
+        if utterance_id in conflicting:
+            excluded[CONFLICTING_LABELS].append(utterance_id)
+        elif match is None:
+            excluded["unrecognized utterance id"].append(utterance_id)
+        elif code not in codes:
+            excluded[f"label {code} not in {label_set}"].append(utterance_id)
+        else:
+            # Script dialogs keep an extra part (Ses01F_script01_1b_F003): drop only the last one.
+            dialog = utterance_id.rsplit("_", 1)[0]
+            path = os.path.abspath(
+                os.path.join(session, "sentences", "wav", dialog, utterance_id + ".wav")
+            )
+            if os.path.isfile(path):
+                speaker = match.group(1) + match.group(2)
+                utterances.append(Utterance(path, codes[code], speaker, utterance_id))
+            else:
+                excluded[MISSING_AUDIO_FILE].append(path)
+
+    for session in sessions:
+        for path in _audio_files(os.path.join(session, "sentences", "wav")):
+            name = os.path.basename(path)
+            if name.startswith("."):
+                excluded[HIDDEN_FILE].append(path)
+            elif os.path.splitext(name)[0] not in labels:
+                excluded[AUDIO_WITHOUT_LABEL].append(path)
+    return _finish(utterances, excluded, manual_dir, _IEMOCAP_EXPECTED)
+
+
+def labelled_folder(
+    csv_path: str,
+    class_names: Sequence[str] | None = None,
+    skip_unknown_labels: bool = False,
+) -> tuple[Listing, tuple[str, ...]]:
+    """Lists a user corpus described by a CSV with header `path,label,speaker` (and optional `id`).
+
+    Args:
+      csv_path: the CSV; relative paths in it are relative to its folder. Extra columns are ignored.
+      class_names: the classes in order; None takes the sorted unique labels of the CSV.
+      skip_unknown_labels: exclude (and count) rows whose label is not in `class_names` instead of
+        raising `UnknownLabelError`.
+
+    Returns:
+      The listing (ids from the `id` column where given, otherwise the file stem) and the class
+      names.
+    """
+    expected = "a CSV with header path,label,speaker (optional id) and one row per audio file"
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"{csv_path} does not exist: expected {expected}")
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    rows = []  # (line number, path, label, speaker, id)
+    # utf-8-sig: spreadsheets often save a byte-order mark that would otherwise stick to "path".
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [(name or "").strip() for name in reader.fieldnames or []]
+        missing = [name for name in _CSV_COLUMNS if name not in columns]
+        if missing:
+            raise ValueError(
+                f"{csv_path}: missing column(s) {', '.join(missing)}; found header "
+                f"{','.join(columns) or '(none)'}, expected {expected}"
+            )
+        reader.fieldnames = columns
+        for row in reader:
+            cells = {name: (row.get(name) or "").strip() for name in (*_CSV_COLUMNS, "id")}
+            for name in _CSV_COLUMNS:
+                if not cells[name]:
+                    raise ValueError(f"{csv_path}:{reader.line_num}: empty {name} cell")
+            path = os.path.abspath(os.path.join(folder, cells["path"]))
+            utterance_id = cells["id"] or os.path.splitext(os.path.basename(path))[0]
+            rows.append((reader.line_num, path, cells["label"], cells["speaker"], utterance_id))
+
+    if class_names is None:
+        class_names = sorted({label for _, _, label, _, _ in rows})
+    class_names = tuple(class_names)
+    known = set(class_names)
+    utterances, excluded, first_line = [], collections.defaultdict(list), {}
+    for line, path, label, speaker, utterance_id in rows:
+        if utterance_id in first_line:
+            raise ValueError(
+                f"{csv_path}:{line}: id {utterance_id!r} already used on line "
+                f"{first_line[utterance_id]}; add an id column to tell files with equal names apart"
+            )
+        first_line[utterance_id] = line
+        if label not in known:
+            if not skip_unknown_labels:
+                raise UnknownLabelError(
+                    f"{csv_path}:{line}: {path} has label {label!r}, not one of {class_names}"
+                )
+            excluded[f"label {label} not in class names"].append(path)
+        elif not os.path.isfile(path):
+            excluded[MISSING_AUDIO_FILE].append(path)
+        else:
+            utterances.append(Utterance(path, label, speaker, utterance_id))
+    return _finish(utterances, excluded, csv_path, expected), class_names

@@ -1,0 +1,218 @@
+"""Input pipeline: prepared TFRecords to normalized, fixed-length numpy batches for one fold.
+
+- Normalization is per utterance and per Mel band (mean 0, variance 1 over the utterance's frames),
+  so no statistic ever comes from another split.
+- Training takes a random `num_frames` crop of each utterance; evaluation takes the centre crop.
+  Shorter utterances are padded at the end with zeros (the utterance mean after normalization).
+- Training order and crops are a pure function of (seed, epoch): a resumed run sees the same data.
+- Several hosts: every host reads the same shuffled order and keeps its share (`shard`), so the
+  hosts' batches together form the global batch. Evaluation covers every example exactly once:
+  the last batch is padded and `mask` marks the real examples.
+"""
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from emohrnet_jax.audio import features, synthetic
+from emohrnet_jax.data import builders, splits
+
+NORMALIZATION_EPSILON = 1e-5
+
+
+def builder_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The builder options that `config.data` implies for its dataset."""
+    dataset = data_config.dataset
+    if dataset == "iemocap":
+        return {"label_set": data_config.get("label_set", "4class")}
+    if dataset == "labelled_folder":
+        return {"class_names": tuple(data_config.class_names)}
+    if dataset == "synthetic":
+        return {
+            "corpus": synthetic.CorpusSpec(
+                num_speakers=data_config.synthetic_speakers,
+                utterances_per_speaker=data_config.synthetic_utterances_per_speaker,
+                seed=data_config.synthetic_seed,
+            )
+        }
+    return {}
+
+
+def load_builder(
+    data_config: ml_collections.ConfigDict, prepare_synthetic: bool = True
+) -> tfds.core.DatasetBuilder:
+    """The prepared dataset of `config.data`, checked against the config's features and classes.
+
+    The synthetic corpus is prepared on first use; a corpus that needs raw files is an error that
+    says how to prepare it.
+    """
+    params = features.FeatureParams.from_config(data_config)
+    dataset = data_config.dataset
+    if dataset not in builders.BUILDERS:
+        raise ValueError(
+            f"unknown config.data.dataset={dataset!r}; choose one of {sorted(builders.BUILDERS)}"
+        )
+    config = builders.make_config(dataset, params, **builder_options(data_config))
+    builder = tfds.builder(dataset, data_dir=data_config.data_dir, config=config)
+    if not builder.is_prepared():
+        if dataset == "synthetic" and prepare_synthetic:
+            builder.download_and_prepare()
+        else:
+            raise FileNotFoundError(
+                f"{dataset} with these features is not prepared in {builder.data_dir}; run "
+                f"`python tools/prepare_data.py --dataset={dataset} --manual_dir=RAW "
+                f"--data_dir={data_config.data_dir or '~/tensorflow_datasets'}` with the same "
+                f"feature parameters ({params})"
+            )
+    stored = builder.info.metadata
+    if stored.get("feature_params") != params.as_dict():
+        raise ValueError(
+            f"prepared features {stored.get('feature_params')} differ from the config's {params}"
+        )
+    if list(stored["class_names"]) != list(data_config.class_names):
+        raise ValueError(
+            f"config.data.class_names={list(data_config.class_names)} but {dataset} was prepared "
+            f"with classes {stored['class_names']} (the logits must follow the dataset's order)"
+        )
+    return builder
+
+
+@dataclasses.dataclass
+class FoldInput:
+    """The batches of one speaker-independent fold."""
+
+    builder: tfds.core.DatasetBuilder
+    speakers: dict[str, list[str]]
+    class_names: tuple[str, ...]
+    num_frames: int
+    _counts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def split(self, name: str) -> tf.data.Dataset:
+        """Normalized float32 examples of `train`, `validation` or `test`, in stored order."""
+        wanted = tf.constant(self.speakers[name])
+        dataset = self.builder.as_dataset(split=builders.SPLIT, shuffle_files=False)
+        dataset = dataset.filter(lambda x: tf.reduce_any(tf.equal(x["speaker"], wanted)))
+        return dataset.map(_normalized, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def count(self, name: str) -> int:
+        """Number of examples in a split (counted once)."""
+        if name not in self._counts:
+            self._counts[name] = int(self.split(name).reduce(0, lambda n, _: n + 1))
+        return self._counts[name]
+
+    def train_batches(
+        self,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """One epoch of shuffled, randomly cropped training batches for this host.
+
+        `batch_size` is the global batch; each host yields `batch_size // process_count` examples
+        per step, and the incomplete last global batch is dropped.
+        """
+        if batch_size % process_count:
+            raise ValueError(f"batch size {batch_size} does not divide over {process_count} hosts")
+        epoch_seed = _epoch_seed(seed, epoch)
+        dataset = self.split("train").shuffle(self.count("train"), seed=epoch_seed)
+        dataset = dataset.enumerate().map(
+            lambda i, x: _crop(x, self.num_frames, tf.stack([epoch_seed, tf.cast(i, tf.int64)])),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        dataset = dataset.shard(process_count, process_index)
+        dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
+        yield from tfds.as_numpy(dataset.prefetch(tf.data.AUTOTUNE))
+
+    def eval_batches(
+        self, name: str, batch_size: int, process_index: int = 0, process_count: int = 1
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Centre-cropped batches of a split covering every example once, with a `mask`.
+
+        Every host yields the same number of batches (padded with masked examples), as the jitted
+        evaluation step runs on all hosts together.
+        """
+        if batch_size % process_count:
+            raise ValueError(f"batch size {batch_size} does not divide over {process_count} hosts")
+        host_batch = batch_size // process_count
+        total = self.count(name)
+        steps = -(-total // batch_size)
+        dataset = self.split(name).map(lambda x: _crop(x, self.num_frames, None))
+        dataset = dataset.map(lambda x: {**x, "mask": tf.constant(True)})
+        dataset = dataset.shard(process_count, process_index)
+        padding = tf.data.Dataset.from_tensors(self._blank()).repeat()
+        dataset = dataset.concatenate(padding).take(steps * host_batch).batch(host_batch)
+        yield from tfds.as_numpy(dataset.prefetch(tf.data.AUTOTUNE))
+
+    def _blank(self) -> dict[str, tf.Tensor]:
+        n_mels = self.builder.info.features["mel"].shape[0]
+        return {
+            "mel": tf.zeros((n_mels, self.num_frames), tf.float32),
+            "label": tf.constant(0, tf.int64),
+            "speaker": tf.constant(""),
+            "id": tf.constant(""),
+            "mask": tf.constant(False),
+        }
+
+
+def create_fold_input(config: ml_collections.ConfigDict, workdir: str | None = None) -> FoldInput:
+    """Loads the prepared dataset of `config.data` and selects fold `config.data.fold`.
+
+    Writes the fold's speakers to `workdir/splits.json` when `workdir` is given.
+    """
+    builder = load_builder(config.data)
+    speakers = builder.info.metadata["speakers"]
+    fold_speakers = splits.fold_speakers(
+        config.data.dataset, speakers, config.data.fold, config.data.get("num_folds")
+    )
+    if workdir is not None:
+        os.makedirs(workdir, exist_ok=True)
+        splits.save_splits(
+            os.path.join(workdir, "splits.json"),
+            config.data.dataset,
+            config.data.fold,
+            fold_speakers,
+        )
+    return FoldInput(
+        builder=builder,
+        speakers=fold_speakers,
+        class_names=tuple(builder.info.features["label"].names),
+        num_frames=config.data.num_frames,
+    )
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _normalized(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    mel = tf.cast(example["mel"], tf.float32)
+    mean, variance = tf.nn.moments(mel, axes=[1], keepdims=True)
+    mel = (mel - mean) * tf.math.rsqrt(variance + NORMALIZATION_EPSILON)
+    return {
+        "mel": mel,
+        "label": example["label"],
+        "speaker": example["speaker"],
+        "id": example["id"],
+    }
+
+
+def _crop(example: dict[str, tf.Tensor], num_frames: int, seed: tf.Tensor | None):
+    """Random (seeded) or centre crop to `num_frames`, zero-padding shorter utterances."""
+    mel = example["mel"]
+    excess = tf.maximum(tf.shape(mel)[1] - num_frames, 0)
+    if seed is None:
+        start = excess // 2
+    else:
+        start = tf.random.stateless_uniform([], seed, 0, excess + 1, dtype=tf.int32)
+    mel = mel[:, start : start + num_frames]
+    mel = tf.pad(mel, [[0, 0], [0, num_frames - tf.shape(mel)[1]]])
+    return {**example, "mel": tf.ensure_shape(mel, [mel.shape[0], num_frames])}

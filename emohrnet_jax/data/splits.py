@@ -1,0 +1,76 @@
+"""Speaker-independent cross-validation folds.
+
+Every corpus's speakers are partitioned into ordered groups; fold k tests on group k, validates on
+group k + 1 (cyclically) and trains on the rest, so no speaker is in two of train, validation and
+test, and validation speakers are always drawn from the speakers not tested on:
+
+- IEMOCAP: leave-one-session-out, 5 folds; a group is a session's two speakers (Ses01F, Ses01M).
+  Fold k tests on session k + 1 and validates on the next session.
+- RAVDESS: 6 folds of 4 consecutive actors (Actor_01-04, ...), two male and two female each.
+- EMOVO: 6 folds of one speaker in the order f1, m1, f2, m2, f3, m3 (so validation is always the
+  other gender); `num_folds=3` gives the pairs (f1, m1), (f2, m2), (f3, m3) instead.
+- Any other corpus (synthetic, labelled_folder): the sorted speakers in `num_folds` (default 5)
+  near-equal groups.
+"""
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_NUM_FOLDS = {"iemocap": 5, "ravdess": 6, "emovo": 6}
+GENERIC_NUM_FOLDS = 5
+
+
+def num_folds(dataset: str, requested: int | None = None) -> int:
+    """The number of folds of a dataset's protocol (`requested` overrides where allowed)."""
+    if requested is None:
+        return DEFAULT_NUM_FOLDS.get(dataset, GENERIC_NUM_FOLDS)
+    if dataset == "iemocap" and requested != 5:
+        raise ValueError(f"IEMOCAP's protocol is leave-one-session-out (5 folds), got {requested}")
+    if requested < 3:
+        raise ValueError(f"need at least 3 folds (train, validation, test), got {requested}")
+    return requested
+
+
+def speaker_groups(
+    dataset: str, speakers: Sequence[str], folds: int | None = None
+) -> list[list[str]]:
+    """Partitions a corpus's speakers into the ordered groups of its fold protocol."""
+    folds = num_folds(dataset, folds)
+    speakers = sorted(set(speakers))
+    if dataset == "iemocap":
+        sessions = sorted({speaker[:5] for speaker in speakers})
+        groups = [[s for s in speakers if s.startswith(session)] for session in sessions]
+    elif dataset == "emovo":
+        alternating = sorted(speakers, key=lambda s: (s[1:], s[0]))  # f1, m1, f2, m2, ...
+        groups = [list(g) for g in np.array_split(np.array(alternating, dtype=object), folds)]
+    else:
+        groups = [list(g) for g in np.array_split(np.array(speakers, dtype=object), folds)]
+    if len(groups) != folds or any(not group for group in groups):
+        raise ValueError(
+            f"cannot make {folds} speaker-independent folds of {dataset} from "
+            f"{len(speakers)} speakers: {speakers}"
+        )
+    return groups
+
+
+def fold_speakers(
+    dataset: str, speakers: Sequence[str], fold: int, folds: int | None = None
+) -> dict[str, list[str]]:
+    """The speakers of `train`, `validation` and `test` for fold `fold` (0-based)."""
+    groups = speaker_groups(dataset, speakers, folds)
+    if not 0 <= fold < len(groups):
+        raise ValueError(f"config.data.fold={fold} is out of range for {len(groups)} folds")
+    validation = (fold + 1) % len(groups)
+    train = [s for i, group in enumerate(groups) if i not in (fold, validation) for s in group]
+    return {"train": sorted(train), "validation": groups[validation], "test": groups[fold]}
+
+
+def save_splits(path: str, dataset: str, fold: int, splits: dict[str, list[str]]) -> None:
+    """Writes the fold's speakers as JSON, atomically."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as file:
+        json.dump({"dataset": dataset, "fold": fold, **splits}, file, indent=2)
+    os.replace(temporary, path)

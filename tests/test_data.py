@@ -1,0 +1,290 @@
+"""Tests of the tfds builders, the build summary, speaker-independent folds and the pipeline."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+import tensorflow_datasets as tfds
+
+from emohrnet_jax.audio import features, synthetic
+from emohrnet_jax.data import builders, corpora, pipeline, splits
+from tests import helpers
+
+# Small features keep the builds fast; the code paths are the same as the defaults'.
+PARAMS = features.FeatureParams(n_mels=32, n_fft=512, hop_length=256)
+
+
+def _tone(seconds=0.6, rate=16000, channels=1, amplitude=0.3, frequency=220.0):
+    t = np.arange(int(seconds * rate)) / rate
+    wave = amplitude * np.sin(2 * np.pi * frequency * t)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def _wav(path, data, rate=16000, subtype="PCM_16"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), data, rate, subtype=subtype)
+    return path
+
+
+def _ravdess_tree(root):
+    """Two actors, all 8 emotions, plus the bad files a real download can contain."""
+    for actor in (1, 2):
+        for emotion in range(1, 9):
+            name = f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav"
+            _wav(root / f"Actor_{actor:02d}" / name, _tone(frequency=100 + 40 * emotion))
+    bad = root / "Actor_03"
+    bad.mkdir()
+    (bad / "03-01-01-01-01-01-03.wav").write_bytes(b"RIFF\x00\x00garbage-not-a-wav")  # corrupt
+    (bad / "03-01-02-01-01-01-03.wav").write_bytes(b"")  # zero length
+    _wav(bad / "03-01-03-01-01-01-03.wav", np.zeros(16000))  # digital silence
+    _wav(bad / "03-01-04-01-01-01-03.wav", _tone(0.1))  # shorter than min_seconds
+    stereo = _tone(rate=48000, channels=2)
+    _wav(bad / "03-01-05-01-01-01-03.wav", stereo, rate=48000, subtype="PCM_24")  # kept
+    _wav(bad / "03-02-05-01-01-01-03.wav", _tone())  # song: excluded by the protocol
+
+
+@pytest.fixture(scope="module")
+def ravdess_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ravdess")
+    raw, data_dir = root / "raw", root / "tfds"
+    _ravdess_tree(raw)
+    summary = builders.prepare(
+        "ravdess", str(data_dir), str(raw), feature_params=PARAMS, num_workers=2
+    )
+    shutil.rmtree(raw)  # Reading back must not need the raw files.
+    return summary, data_dir
+
+
+def test_bad_files_are_skipped_and_counted_by_reason(ravdess_build):
+    summary, _ = ravdess_build
+    assert summary["kept"] == 17
+    assert summary["skipped"] == {
+        "cannot decode audio": 2,
+        "shorter than 0.25 s": 1,
+        "silent": 1,
+    }
+    assert summary["excluded"] == {"vocal channel 02 (song)": 1}
+    assert summary["conversions"] == {
+        "downmixed 2 channels to mono": 1,
+        "resampled from 48000 Hz": 1,
+    }
+    assert summary["speakers"] == ["Actor_01", "Actor_02", "Actor_03"]
+    with open(os.path.join(summary["data_dir"], builders.SUMMARY_FILE)) as file:
+        assert json.load(file)["skipped"] == summary["skipped"]
+
+
+def test_prepared_dataset_reads_back_by_name_without_raw_files(ravdess_build):
+    _, data_dir = ravdess_build
+    builder = tfds.builder(
+        "ravdess", data_dir=str(data_dir), config=builders.make_config("ravdess", PARAMS)
+    )
+    assert builder.info.features["label"].names == list(corpora.RAVDESS_CLASSES)
+    examples = list(tfds.as_numpy(builder.as_dataset(split=builders.SPLIT)))
+    assert len(examples) == 17
+    by_id = {e["id"].decode(): e for e in examples}
+    example = by_id["03-01-03-01-01-01-01"]
+    assert corpora.RAVDESS_CLASSES[example["label"]] == "happy"
+    assert example["speaker"] == b"Actor_01"
+    assert example["mel"].shape == (32, example["num_frames"])
+    assert example["num_frames"] == 1 + int(0.6 * 16000) // 256
+    assert np.isfinite(example["mel"]).all()
+    assert example["duration"] == pytest.approx(0.6, abs=1e-3)
+    # The stereo 48 kHz clip was downmixed and resampled, not dropped.
+    assert by_id["03-01-05-01-01-01-03"]["duration"] == pytest.approx(0.6, abs=1e-3)
+    assert builder.info.metadata["feature_params"] == PARAMS.as_dict()
+
+
+def test_rebuilding_is_a_no_op(ravdess_build):
+    summary, data_dir = ravdess_build
+    again = builders.prepare("ravdess", str(data_dir), "/nonexistent", feature_params=PARAMS)
+    assert again == summary
+
+
+def test_all_builders_are_registered_and_default_configs_resolve():
+    for name in ("ravdess", "iemocap", "emovo", "labelled_folder", "synthetic"):
+        assert name in tfds.list_builders()
+        assert tfds.builder_cls(name).BUILDER_CONFIGS[0].feature_params == features.FeatureParams()
+
+
+def test_unknown_label_names_the_file_or_is_skipped_when_asked(tmp_path):
+    raw = tmp_path / "raw"
+    _wav(raw / "clips" / "a.wav", _tone())
+    _wav(raw / "clips" / "b.wav", _tone(frequency=300))
+    (raw / "clips.csv").write_text("path,label,speaker\nclips/a.wav,calm,s1\nclips/b.wav,rage,s2\n")
+    with pytest.raises(corpora.UnknownLabelError, match=r"b\.wav"):
+        builders.prepare(
+            "labelled_folder",
+            str(tmp_path / "tfds"),
+            feature_params=PARAMS,
+            num_workers=0,
+            csv_path=str(raw / "clips.csv"),
+            class_names=("calm",),
+        )
+    summary = builders.prepare(
+        "labelled_folder",
+        str(tmp_path / "tfds"),
+        feature_params=PARAMS,
+        num_workers=0,
+        csv_path=str(raw / "clips.csv"),
+        class_names=("calm",),
+        skip_unknown_labels=True,
+    )
+    assert summary["kept"] == 1
+    assert sum(summary["excluded"].values()) == 1
+
+
+SPEC = synthetic.CorpusSpec(num_speakers=6, utterances_per_speaker=8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def synthetic_config(tmp_path_factory):
+    """A demo-like config on a small synthetic corpus, prepared once."""
+    config = helpers.load_config("demo")
+    config.data.data_dir = str(tmp_path_factory.mktemp("synthetic"))
+    config.data.n_mels, config.data.n_fft, config.data.num_frames = 32, 512, 64
+    config.data.synthetic_speakers = SPEC.num_speakers
+    config.data.synthetic_utterances_per_speaker = SPEC.utterances_per_speaker
+    config.data.synthetic_seed = SPEC.seed
+    config.data.num_folds = 3
+    return config
+
+
+@pytest.fixture(scope="module")
+def fold(synthetic_config, tmp_path_factory):
+    return pipeline.create_fold_input(synthetic_config, str(tmp_path_factory.mktemp("workdir")))
+
+
+def test_synthetic_corpus_is_prepared_on_first_use_balanced_and_deterministic(
+    fold, synthetic_config, tmp_path
+):
+    builder = fold.builder
+    labels = [int(e["label"]) for e in tfds.as_numpy(builder.as_dataset(split=builders.SPLIT))]
+    assert np.bincount(labels).tolist() == [12, 12, 12, 12]
+    # A second build elsewhere gives the same features, byte for byte.
+    synthetic_config.data.data_dir = str(tmp_path)
+    again = pipeline.load_builder(synthetic_config.data).as_dataset(split=builders.SPLIT)
+    first = {
+        e["id"]: e["mel"].tobytes() for e in tfds.as_numpy(builder.as_dataset(split="utterances"))
+    }
+    second = {e["id"]: e["mel"].tobytes() for e in tfds.as_numpy(again)}
+    assert first == second
+
+
+def test_fold_writes_its_speakers_and_splits_are_disjoint(fold, synthetic_config, tmp_path):
+    assert sorted(s for group in fold.speakers.values() for s in group) == [
+        f"spk{i:02d}" for i in range(6)
+    ]
+    pipeline.create_fold_input(synthetic_config, str(tmp_path))
+    with open(tmp_path / "splits.json") as file:
+        assert json.load(file) == {"dataset": "synthetic", "fold": 0, **fold.speakers}
+    counts = {name: fold.count(name) for name in ("train", "validation", "test")}
+    assert counts == {"train": 16, "validation": 16, "test": 16}
+
+
+def test_train_batches_are_cropped_deterministic_per_epoch_and_reshuffled(fold):
+    epoch0 = list(fold.train_batches(batch_size=4, seed=0, epoch=0))
+    assert len(epoch0) == 4
+    assert epoch0[0]["mel"].shape == (4, 32, 64) and epoch0[0]["mel"].dtype == np.float32
+    again = list(fold.train_batches(batch_size=4, seed=0, epoch=0))
+    epoch1 = list(fold.train_batches(batch_size=4, seed=0, epoch=1))
+    ids = lambda batches: [i for b in batches for i in b["id"]]  # noqa: E731
+    assert ids(epoch0) == ids(again)
+    np.testing.assert_array_equal(epoch0[0]["mel"], again[0]["mel"])
+    assert ids(epoch0) != ids(epoch1)
+    assert sorted(ids(epoch0)) == sorted(ids(epoch1))
+    train_speakers = {i.decode().split("_")[0] for i in ids(epoch0)}
+    assert train_speakers == set(fold.speakers["train"])
+
+
+def test_hosts_split_the_global_batch(fold):
+    hosts = [
+        list(fold.train_batches(4, seed=0, epoch=0, process_index=p, process_count=2))
+        for p in (0, 1)
+    ]
+    assert len(hosts[0]) == len(hosts[1]) == 4
+    assert hosts[0][0]["mel"].shape[0] == 2
+    ids = [{i for b in host for i in b["id"]} for host in hosts]
+    assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 16
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_evaluation_covers_every_example_exactly_once(fold, process_count):
+    per_host = [
+        list(fold.eval_batches("test", 6, process_index=p, process_count=process_count))
+        for p in range(process_count)
+    ]
+    assert len({len(batches) for batches in per_host}) == 1  # same step count on every host
+    seen = [i for batches in per_host for b in batches for i in b["id"][b["mask"]]]
+    assert len(seen) == len(set(seen)) == 16
+    for batches in per_host:
+        assert all(b["mel"].shape == (6 // process_count, 32, 64) for b in batches)
+        assert not batches[-1]["mask"].all()  # 16 examples: the last batch is padded
+        assert (batches[-1]["mel"][~batches[-1]["mask"]] == 0).all()
+
+
+def test_normalization_is_per_utterance_and_band(fold):
+    example = next(iter(tfds.as_numpy(fold.split("validation"))))
+    np.testing.assert_allclose(example["mel"].mean(axis=1), 0.0, atol=1e-3)
+    np.testing.assert_allclose(example["mel"].std(axis=1), 1.0, atol=1e-2)
+
+
+def test_config_must_match_the_prepared_dataset(synthetic_config):
+    config = synthetic_config.copy_and_resolve_references()
+    config.data.class_names = ("happy", "neutral", "angry", "sad")
+    with pytest.raises(ValueError, match="class_names"):
+        pipeline.load_builder(config.data)
+    config = synthetic_config.copy_and_resolve_references()
+    config.data.dataset = "ravdess"
+    config.data.data_dir = "/nonexistent"
+    with pytest.raises(FileNotFoundError, match=r"tools/prepare_data\.py --dataset=ravdess"):
+        pipeline.load_builder(config.data)
+
+
+# Folds
+
+
+def _corpus_speakers():
+    return {
+        "iemocap": [f"Ses0{s}{g}" for s in range(1, 6) for g in "FM"],
+        "ravdess": [f"Actor_{a:02d}" for a in range(1, 25)],
+        "emovo": ["f1", "f2", "f3", "m1", "m2", "m3"],
+        "synthetic": [f"spk{i:02d}" for i in range(40)],
+        "labelled_folder": [f"speaker{i}" for i in range(7)],
+    }
+
+
+@pytest.mark.parametrize("dataset", sorted(_corpus_speakers()))
+def test_every_fold_of_every_corpus_is_speaker_independent(dataset):
+    speakers = _corpus_speakers()[dataset]
+    folds = splits.num_folds(dataset)
+    tested = []
+    for fold in range(folds):
+        split = splits.fold_speakers(dataset, speakers, fold)
+        train, validation, test = (set(split[k]) for k in ("train", "validation", "test"))
+        assert train and validation and test
+        assert not train & validation and not train & test and not validation & test
+        assert train | validation | test == set(speakers)
+        tested += split["test"]
+    assert sorted(tested) == sorted(speakers)  # every speaker is tested exactly once
+
+
+def test_fold_protocols_follow_the_corpora():
+    speakers = _corpus_speakers()
+    iemocap = splits.fold_speakers("iemocap", speakers["iemocap"], 0)
+    assert iemocap["test"] == ["Ses01F", "Ses01M"] and iemocap["validation"] == ["Ses02F", "Ses02M"]
+    ravdess = splits.fold_speakers("ravdess", speakers["ravdess"], 5)
+    assert ravdess["test"] == ["Actor_21", "Actor_22", "Actor_23", "Actor_24"]
+    emovo = splits.fold_speakers("emovo", speakers["emovo"], 0)
+    assert emovo["test"] == ["f1"] and emovo["validation"] == ["m1"]
+    assert splits.speaker_groups("emovo", speakers["emovo"], 3) == [
+        ["f1", "m1"],
+        ["f2", "m2"],
+        ["f3", "m3"],
+    ]
+    with pytest.raises(ValueError, match="out of range"):
+        splits.fold_speakers("iemocap", speakers["iemocap"], 5)
+    with pytest.raises(ValueError, match="leave-one-session-out"):
+        splits.fold_speakers("iemocap", speakers["iemocap"], 0, folds=10)
