@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -288,3 +290,42 @@ def test_fold_protocols_follow_the_corpora():
         splits.fold_speakers("iemocap", speakers["iemocap"], 5)
     with pytest.raises(ValueError, match="leave-one-session-out"):
         splits.fold_speakers("iemocap", speakers["iemocap"], 0, folds=10)
+
+
+# tools/prepare_data.py
+
+
+def _prepare_data(*args):
+    tool = helpers.CONFIGS.parent / "tools" / "prepare_data.py"
+    return subprocess.run(
+        [sys.executable, str(tool), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_prepare_data_builds_a_labelled_folder_that_reads_back_by_name(tmp_path):
+    raw = tmp_path / "my corpus"
+    rows = ""
+    for i, (label, speaker) in enumerate([("calm", "a"), ("tense", "a"), ("calm", "b")]):
+        _wav(raw / "audio" / f"clip{i}.wav", _tone(frequency=200 + 50 * i))
+        rows += f"audio/clip{i}.wav,{label},{speaker}\n"
+    (raw / "labels.csv").write_text("path,label,speaker\n" + rows)
+    data_dir = tmp_path / "tfds"
+    result = _prepare_data(
+        "--dataset=labelled_folder",
+        f"--csv={raw / 'labels.csv'}",
+        f"--data_dir={data_dir}",
+        "--num_workers=0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "kept          3" in result.stdout
+    builder = tfds.builder("labelled_folder", data_dir=str(data_dir))
+    assert builder.info.features["label"].names == ["calm", "tense"]
+    examples = list(tfds.as_numpy(builder.as_dataset(split=builders.SPLIT)))
+    assert sorted(e["id"].decode() for e in examples) == ["clip0", "clip1", "clip2"]
+    assert {e["mel"].shape[0] for e in examples} == {features.FeatureParams().n_mels}
+
+
+def test_prepare_data_fails_with_the_reason_on_stderr(tmp_path):
+    result = _prepare_data("--dataset=ravdess", f"--manual_dir={tmp_path / 'missing'}")
+    assert result.returncode == 1
+    assert "prepare_data: ravdess:" in result.stderr and "missing" in result.stderr

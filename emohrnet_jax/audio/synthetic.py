@@ -269,8 +269,9 @@ def _f0_contour(
     knots_t, knots_st = [], []
     for i, s in enumerate(vowels):
         first, last = bounds[s.phrase]
-        decl_start, decl_stop = emotion.declination_st * (np.array([s.start, s.stop]) - first)
-        decl_start, decl_stop = decl_start / max(last - first, 1), decl_stop / max(last - first, 1)
+        span = max(last - first, 1)
+        decl_start = emotion.declination_st * (s.start - first) / span
+        decl_stop = emotion.declination_st * (s.stop - first) / span
         accent = emotion.accent_st * (rng.uniform(0.7, 1.3) if s.stressed else rng.uniform(0, 0.3))
         is_final = i + 1 == len(vowels) or vowels[i + 1].phrase != s.phrase
         final = emotion.final_st if is_final else 0.0
@@ -354,17 +355,15 @@ def _vocal_tract(
     # The transposed-direct-form state that continues an all-pole filter from its past outputs,
     # zi[k] = -sum_j a[k + 1 + j] * y[-1 - j], so that a change of shape does not click.
     hankel = np.arange(order)[:, None] + np.arange(order)[None, :]
+    state = -np.where(hankel < order, denominators[:, 1:][:, np.minimum(hankel, order - 1)], 0.0)
     y = np.zeros(len(x) + order)  # the leading zeros are the filter's initial past
     for k in range(len(changes)):
         start, stop = starts[k], starts[k + 1]
-        if stop <= start:
-            continue
-        a = denominators[k]
-        past = y[start : start + order][::-1]
-        zi = -(np.where(hankel < order, a[1:][np.minimum(hankel, order - 1)], 0.0) @ past)
-        y[order + start : order + stop], _ = signal.lfilter(
-            gains[k : k + 1], a, x[start:stop], zi=zi
-        )
+        if stop > start:
+            zi = state[k] @ y[start : start + order][::-1]
+            y[order + start : order + stop], _ = signal.lfilter(
+                gains[k : k + 1], denominators[k], x[start:stop], zi=zi
+            )
     return y[order:]
 
 
@@ -461,10 +460,9 @@ def synthesize(
     emotion = _blend(utterance.label, intensity)
     speed = emotion.duration * speaker.rate * rng.uniform(0.85, 1.15)
     segments = _timeline(rng, n, sr, emotion, speed)
-    for s in segments:
-        s.level *= 10 ** (
-            (0.5 * emotion.dynamics_db * (1 if s.stressed else -1) + rng.normal()) / 20
-        )
+    for s in segments:  # stress contrast, and 1 dB of random level variation per segment
+        stress_db = 0.5 * emotion.dynamics_db * (1 if s.stressed else -1) + rng.normal()
+        s.level *= 10 ** (stress_db / 20)
     speech = _voice(rng, segments, n, sr, speaker, emotion) + _obstruents(rng, segments, n, sr)
 
     level_db = -24.0 + emotion.level_db + rng.uniform(-6.0, 6.0)

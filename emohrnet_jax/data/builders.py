@@ -38,8 +38,6 @@ class EmotionConfig(tfds.core.BuilderConfig):
         default_factory=features.FeatureParams
     )
     label_set: str = "4class"  # IEMOCAP only.
-    class_names: tuple[str, ...] = ()  # labelled_folder only; () = the CSV's sorted labels.
-    csv_path: str = ""  # labelled_folder only; not part of the dataset's identity.
     corpus: synthetic.CorpusSpec = dataclasses.field(default_factory=synthetic.CorpusSpec)
     skip_unknown_labels: bool = False
 
@@ -100,7 +98,7 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 {
                     "mel": tfds.features.Tensor(shape=(params.n_mels, None), dtype=np.float16),
                     "num_frames": np.int32,
-                    "label": tfds.features.ClassLabel(names=self.class_names()),
+                    "label": _class_label(self.class_names()),
                     "speaker": tfds.features.Text(),
                     "id": tfds.features.Text(),
                     "file": tfds.features.Text(),
@@ -187,6 +185,11 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         write_json_atomically(os.path.join(self.data_dir, SUMMARY_FILE), self._summary)
 
 
+def _class_label(names: tuple[str, ...] | None) -> tfds.features.ClassLabel:
+    # Without names (reading a labelled_folder build), tfds restores them from the stored files.
+    return tfds.features.ClassLabel(names=names) if names else tfds.features.ClassLabel()
+
+
 def write_json_atomically(path: str, value: Any) -> None:
     """Writes JSON to `path` through a temporary file and a rename."""
     temporary = f"{path}.tmp"
@@ -256,34 +259,39 @@ class Emovo(_EmotionBuilder):
 
 
 class LabelledFolder(_EmotionBuilder):
-    """Any corpus given as audio files plus a CSV of `path,label,speaker`."""
+    """Any corpus given as audio files plus a CSV of `path,label,speaker`.
+
+    The CSV and the class names are builder arguments, not config: once built, the dataset is read
+    by name alone, its class names restored from the stored files.
+    """
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Write a CSV with the header `path,label,speaker` (optional `id`), one line per clip; paths are
-    relative to the CSV's folder or absolute. Pass it as the builder config's `csv_path`
+    relative to the CSV's folder or absolute
     (`tools/prepare_data.py --dataset=labelled_folder --csv=...`).
     """
     BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
 
-    @classmethod
-    def identity(cls, options):
-        return {
-            "class_names": list(options.get("class_names", ())),
-            "skip_unknown_labels": options.get("skip_unknown_labels", False),
-        }
+    def __init__(
+        self,
+        *,
+        csv_path: str | None = None,
+        class_names: tuple[str, ...] | None = None,
+        **kwargs: Any,
+    ):
+        self._csv_path = csv_path
+        self._class_names = tuple(class_names) if class_names else None
+        super().__init__(**kwargs)
 
     def class_names(self):
-        return self.builder_config.class_names
+        return self._class_names
 
     def _split_generators(self, dl_manager):
-        csv_path = self.builder_config.csv_path
-        listing, names = corpora.labelled_folder(
-            csv_path, self.class_names(), self.builder_config.skip_unknown_labels
+        if not self._csv_path or not self._class_names:
+            raise ValueError("building labelled_folder needs csv_path and class_names")
+        listing, _ = corpora.labelled_folder(
+            self._csv_path, self._class_names, self.builder_config.skip_unknown_labels
         )
-        if tuple(names) != tuple(self.class_names()):
-            raise ValueError(
-                f"class names of {csv_path} are {names}, config says {self.class_names()}"
-            )
         return {SPLIT: self._generate_examples(listing)}
 
 
@@ -336,11 +344,19 @@ def prepare(
     """
     if dataset not in BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
-    if dataset == "labelled_folder" and not options.get("class_names"):
-        _, names = corpora.labelled_folder(options["csv_path"])
-        options["class_names"] = tuple(names)
+    builder_args: dict[str, Any] = {"num_workers": num_workers}
+    if dataset == "labelled_folder":
+        csv_path = options.pop("csv_path")
+        names = options.pop("class_names", None) or corpora.labelled_folder(csv_path)[1]
+        builder_args.update(csv_path=csv_path, class_names=tuple(names))
     config = make_config(dataset, feature_params, **options)
-    builder = tfds.builder(dataset, data_dir=data_dir, config=config, num_workers=num_workers)
+    builder = tfds.builder(dataset, data_dir=data_dir, config=config, **builder_args)
+    needs_raw_files = dataset not in ("synthetic", "labelled_folder") and not builder.is_prepared()
+    if needs_raw_files and not (manual_dir and os.path.isdir(manual_dir)):
+        raise FileNotFoundError(
+            f"manual_dir {manual_dir!r} is not a folder; {dataset} is built from its raw files:"
+            f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        )
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
     )

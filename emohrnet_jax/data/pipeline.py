@@ -31,8 +31,6 @@ def builder_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
     dataset = data_config.dataset
     if dataset == "iemocap":
         return {"label_set": data_config.get("label_set", "4class")}
-    if dataset == "labelled_folder":
-        return {"class_names": tuple(data_config.class_names)}
     if dataset == "synthetic":
         return {
             "corpus": synthetic.CorpusSpec(
