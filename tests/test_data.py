@@ -305,9 +305,16 @@ def _prepare_data(*args):
 def test_prepare_data_builds_a_labelled_folder_that_reads_back_by_name(tmp_path):
     raw = tmp_path / "my corpus"
     rows = ""
-    for i, (label, speaker) in enumerate([("calm", "a"), ("tense", "a"), ("calm", "b")]):
-        _wav(raw / "audio" / f"clip{i}.wav", _tone(frequency=200 + 50 * i))
-        rows += f"audio/clip{i}.wav,{label},{speaker}\n"
+    # 16-bit WAV, FLAC and float WAV at 22.05 kHz all decode.
+    clips = [
+        ("wav", "PCM_16", 16000, "calm", "a"),
+        ("flac", "PCM_16", 16000, "tense", "a"),
+        ("wav", "FLOAT", 22050, "calm", "b"),
+    ]
+    for i, (suffix, subtype, rate, label, speaker) in enumerate(clips):
+        name = f"audio/clip{i}.{suffix}"
+        _wav(raw / name, _tone(frequency=200 + 50 * i, rate=rate), rate=rate, subtype=subtype)
+        rows += f"{name},{label},{speaker}\n"
     (raw / "labels.csv").write_text("path,label,speaker\n" + rows)
     data_dir = tmp_path / "tfds"
     result = _prepare_data(
@@ -318,6 +325,7 @@ def test_prepare_data_builds_a_labelled_folder_that_reads_back_by_name(tmp_path)
     )
     assert result.returncode == 0, result.stderr
     assert "kept          3" in result.stdout
+    assert "resampled from 22050 Hz" in result.stdout
     builder = tfds.builder("labelled_folder", data_dir=str(data_dir))
     assert builder.info.features["label"].names == ["calm", "tense"]
     examples = list(tfds.as_numpy(builder.as_dataset(split=builders.SPLIT)))
@@ -329,3 +337,40 @@ def test_prepare_data_fails_with_the_reason_on_stderr(tmp_path):
     result = _prepare_data("--dataset=ravdess", f"--manual_dir={tmp_path / 'missing'}")
     assert result.returncode == 1
     assert "prepare_data: ravdess:" in result.stderr and "missing" in result.stderr
+
+
+def test_iemocap_builds_with_its_label_set_and_utterance_speakers(tmp_path):
+    raw = tmp_path / "IEMOCAP_full_release"
+    lines = {
+        "Ses01F_impro01": [("Ses01F_impro01_F000", "neu"), ("Ses01F_impro01_M000", "exc")],
+        "Ses01F_script01_1b": [
+            ("Ses01F_script01_1b_M001", "fru"),
+            ("Ses01F_script01_1b_F001", "sad"),
+        ],
+    }
+    labels = raw / "Session1" / "dialog" / "EmoEvaluation"
+    labels.mkdir(parents=True)
+    for dialog, utterances in lines.items():
+        text = "".join(
+            f"[{i}.0 - {i + 1}.5]\t{utterance}\t{code}\t[2.5000, 2.5000, 2.5000]\n"
+            for i, (utterance, code) in enumerate(utterances)
+        )
+        (labels / f"{dialog}.txt").write_text(text)
+        for i, (utterance, _) in enumerate(utterances):
+            wav = raw / "Session1" / "sentences" / "wav" / dialog / f"{utterance}.wav"
+            _wav(wav, _tone(frequency=150 + 30 * i))
+    for label_set, kept, names in (
+        ("4class", 3, ["neutral", "happy", "angry", "sad"]),
+        ("6class", 4, ["neutral", "happy", "excited", "angry", "sad", "frustrated"]),
+    ):
+        summary = builders.prepare(
+            "iemocap", str(tmp_path / "tfds"), str(raw), PARAMS, num_workers=0, label_set=label_set
+        )
+        assert summary["kept"] == kept
+        assert summary["speakers"] == ["Ses01F", "Ses01M"]  # M000 and M001 are Ses01M
+        builder = tfds.builder(
+            "iemocap",
+            data_dir=str(tmp_path / "tfds"),
+            config=builders.make_config("iemocap", PARAMS, label_set=label_set),
+        )
+        assert builder.info.features["label"].names == names
