@@ -20,6 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 1e-4  # Decoupled weight decay (AdamW).
     config.batch_size = 64  # Global batch, split over every device of every host.
     config.num_epochs = 100  # Passes over the training split.
+    config.lr_schedule = "constant"  # "constant" (the paper) or "cosine" decay to 0.
+    config.warmup_epochs = 0.0  # Linear warm-up from 0 (0: none, the paper).
+    config.grad_clip_norm = 0.0  # Clip gradients to this global norm (0: off, the paper).
+    config.keep_checkpoints = 2  # Latest checkpoints kept for resuming (the best is kept too).
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "synthetic"  # tfds name: synthetic, ravdess, iemocap, emovo, ...

@@ -1,0 +1,53 @@
+"""EmoHRNet-JAX entry point.
+
+  python -m emohrnet_jax.main --config=configs/demo.py --workdir=runs/demo
+  python -m emohrnet_jax.main --config=configs/iemocap.py --workdir=runs/iemocap_fold0 \\
+      --config.data.fold=0 --config.batch_size=32
+  python -m emohrnet_jax.main --config=configs/demo.py --workdir=runs/demo --mode=evaluate
+
+Re-running a training command resumes from the workdir's latest checkpoint.
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from emohrnet_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file (configs/*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "evaluate"], "Train (and test the best state), or evaluate a run."
+)
+_SPLIT = flags.DEFINE_enum(
+    "split", "test", ["train", "validation", "test"], "--mode=evaluate: the split to score."
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (Cloud TPU pods, multi-node GPU)."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    logging.info(
+        "JAX %s: process %d of %d, %d devices %s",
+        jax.__version__,
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+        jax.devices()[0].platform,
+    )
+    if _MODE.value == "train":
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+        train.evaluate_run(_CONFIG.value, _WORKDIR.value, _SPLIT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,235 @@
+"""Training loop: data-parallel EmoHRNet training, validation every epoch, checkpoints, results.
+
+The best state is chosen on validation UA only; the test split is evaluated once, at the end, with
+that state. Re-running the same command resumes from the latest checkpoint with the same data order
+and augmentation keys (both are functions of the seed and the step).
+"""
+
+import itertools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from jax.experimental import multihost_utils
+
+from emohrnet_jax import checkpoints, metrics, steps
+from emohrnet_jax.data import builders, pipeline
+
+TRAIN_KEYS = ("mel", "label")
+EVAL_KEYS = ("mel", "label", "mask")
+
+
+class _Preemption:
+    """Notices SIGTERM (a TPU preemption or `kill`), so that the loop can save and stop."""
+
+    def __init__(self):
+        self._requested = False
+        if jax.process_count() == 1:
+            signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, *_):
+        self._requested = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:  # All hosts must agree on the step to stop at.
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._requested
+
+
+def _global_batch(batch: dict[str, np.ndarray], keys, sharding) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys}
+
+
+def evaluate(
+    eval_step, state, fold: pipeline.FoldInput, split: str, batch_size: int, sharding
+) -> dict[str, Any]:
+    """UA, WA, macro-F1, loss and confusion matrix over every example of `split`, once."""
+    totals = None
+    for batch in fold.eval_batches(split, batch_size, jax.process_index(), jax.process_count()):
+        out = eval_step(state, _global_batch(batch, EVAL_KEYS, sharding))
+        totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
+    totals = jax.device_get(totals)
+    summary = metrics.summarize(np.asarray(totals["confusion"]), fold.class_names)
+    summary["loss"] = float(totals["loss_sum"] / max(int(totals["count"]), 1))
+    return summary
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    devices = jax.device_count()
+    if config.batch_size < 1 or config.batch_size % devices:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} must be a positive multiple of the "
+            f"{devices} devices it is split over"
+        )
+    if config.num_epochs < 1:
+        raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+    """Trains on `config.data.fold`, keeps the best state by validation UA, tests it once.
+
+    Returns the results (also written to `workdir/results.json`), or None when preempted after
+    saving a checkpoint to resume from.
+    """
+    _check_config(config)
+    is_main = jax.process_index() == 0
+    fold = pipeline.create_fold_input(config, workdir if is_main else None)
+    if is_main:
+        builders.write_json_atomically(
+            os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+        )
+    mesh = steps.make_mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
+    state = jax.device_put(steps.create_train_state(config, steps_per_epoch), replicated)
+    train_step, eval_step = steps.jit_steps(config, mesh, len(fold.class_names))
+    manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+    history: list[dict[str, Any]] = []
+    if manager.latest_step() is not None:
+        state, history = checkpoints.restore(manager, manager.latest_step(), state)
+        logging.info("Resuming from step %d in %s", int(state.step), manager.directory)
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+    key = jax.random.key(config.seed)
+    preemption = _Preemption()
+    step = int(state.step)
+    seconds = history[-1]["train_seconds"] if history else 0.0
+
+    for epoch in range(step // steps_per_epoch, config.num_epochs):
+        started = time.perf_counter()
+        batches = fold.train_batches(
+            config.batch_size, config.seed, epoch, jax.process_index(), jax.process_count()
+        )
+        batches = itertools.islice(batches, step - epoch * steps_per_epoch, steps_per_epoch)
+        sums, previous = {"loss": 0.0, "accuracy": 0.0, "steps": 0}, None
+        for batch in batches:
+            state, step_metrics = train_step(
+                state, _global_batch(batch, TRAIN_KEYS, batch_sharding), key
+            )
+            step += 1
+            # Reading the previous step's loss keeps one step in flight while catching a NaN.
+            if previous is not None:
+                _accumulate(sums, previous, step - 1, manager)
+            previous = step_metrics
+            if preemption.reached(step):
+                checkpoints.save(manager, step, state, history)
+                manager.wait_until_finished()
+                logging.warning("Preempted: saved step %d; re-run to resume", step)
+                return None
+        _accumulate(sums, previous, step, manager)
+        epoch_seconds = time.perf_counter() - started
+        seconds += epoch_seconds
+        validation = evaluate(
+            eval_step, state, fold, "validation", config.batch_size, batch_sharding
+        )
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": sums["loss"] / sums["steps"],
+            "train_accuracy": sums["accuracy"] / sums["steps"],
+            "validation_loss": validation["loss"],
+            "validation_ua": validation["ua"],
+            "validation_wa": validation["wa"],
+            "validation_macro_f1": validation["macro_f1"],
+            "train_seconds": seconds,
+            "examples_per_second": sums["steps"] * config.batch_size / epoch_seconds,
+        }
+        history.append(record)
+        writer.write_scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
+        checkpoints.save(manager, step, state, history, validation["ua"])
+        logging.info(
+            "epoch %d/%d  loss %.4f  val UA %.4f WA %.4f F1 %.4f  %.1f ex/s",
+            epoch + 1,
+            config.num_epochs,
+            record["train_loss"],
+            validation["ua"],
+            validation["wa"],
+            validation["macro_f1"],
+            record["examples_per_second"],
+        )
+    manager.wait_until_finished()
+    writer.flush()
+    return _final_results(config, workdir, fold, manager, state, history, eval_step, batch_sharding)
+
+
+def _accumulate(sums: dict[str, float], step_metrics, step: int, manager) -> None:
+    values = jax.device_get(step_metrics)
+    if not np.isfinite(values["loss"]):
+        raise FloatingPointError(
+            f"non-finite training loss {values['loss']} at step {step}; the last good checkpoint "
+            f"is step {manager.latest_step()} in {manager.directory} (lower the learning rate, "
+            "or set config.grad_clip_norm)"
+        )
+    sums["loss"] += float(values["loss"])
+    sums["accuracy"] += float(values["accuracy"])
+    sums["steps"] += 1
+
+
+def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
+    # Ties go to the later epoch, as orbax's BestN keeps the later of equal checkpoints.
+    return max(history, key=lambda record: (record["validation_ua"], record["step"]))
+
+
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
+    """Scores a run's best-validation state on `split`; writes `evaluation_<split>.json`."""
+    fold = pipeline.create_fold_input(config)
+    mesh = steps.make_mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
+    if manager.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}: train this run first")
+    steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
+    state = jax.device_put(steps.create_train_state(config, steps_per_epoch), replicated)
+    _, history = checkpoints.restore(manager, manager.latest_step(), state)
+    if not history:
+        raise ValueError(f"{manager.directory} holds no completed epoch to evaluate")
+    best = _best(history)
+    state, _ = checkpoints.restore(manager, best["step"], state)
+    _, eval_step = steps.jit_steps(config, mesh, len(fold.class_names))
+    result = evaluate(eval_step, state, fold, split, config.batch_size, batch_sharding)
+    result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
+    if jax.process_index() == 0:
+        builders.write_json_atomically(os.path.join(workdir, f"evaluation_{split}.json"), result)
+        print(metrics.format_table({split: result}))
+    return result
+
+
+def _final_results(config, workdir, fold, manager, state, history, eval_step, sharding):
+    """Restores the best-validation state, tests it once, writes results and pictures."""
+    best = _best(history)
+    best_state, _ = checkpoints.restore(manager, best["step"], state)
+    results = {
+        "dataset": config.data.dataset,
+        "fold": config.data.fold,
+        "class_names": list(fold.class_names),
+        "best_epoch": best["epoch"],
+        "best_step": best["step"],
+        "train_seconds": history[-1]["train_seconds"],
+        "examples_per_second": float(np.median([r["examples_per_second"] for r in history])),
+        "speakers": fold.speakers,
+        "validation": evaluate(
+            eval_step, best_state, fold, "validation", config.batch_size, sharding
+        ),
+        "test": evaluate(eval_step, best_state, fold, "test", config.batch_size, sharding),
+    }
+    if jax.process_index() == 0:
+        builders.write_json_atomically(os.path.join(workdir, "results.json"), results)
+        test = results["test"]
+        metrics.plot_confusion_matrix(
+            np.array(test["confusion_matrix"]),
+            fold.class_names,
+            os.path.join(workdir, "confusion_matrix.png"),
+            title=f"{config.data.dataset} fold {config.data.fold}, test",
+        )
+        metrics.plot_curves(history, os.path.join(workdir, "curves.png"))
+        print(metrics.format_table(results))
+    return results
