@@ -8,6 +8,8 @@
 Re-running a training command resumes from the workdir's latest checkpoint.
 """
 
+import os
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,6 +29,11 @@ _SPLIT = flags.DEFINE_enum(
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (Cloud TPU pods, multi-node GPU)."
 )
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/emohrnet_jax/xla"),
+    "Persistent XLA compilation cache, so that a re-run starts without recompiling ('' = off).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,6 +42,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
+    if _COMPILATION_CACHE.value:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE.value))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     logging.info(
         "JAX %s: process %d of %d, %d devices %s",
         jax.__version__,

@@ -1,7 +1,8 @@
 """Input pipeline: prepared TFRecords to normalized, fixed-length numpy batches for one fold.
 
-- Normalization is per utterance and per Mel band (mean 0, variance 1 over the utterance's frames),
-  so no statistic ever comes from another split.
+- Normalization is per utterance: mean 0 and variance 1 over all of the utterance's cells, so no
+  statistic comes from another split. One scalar pair (not one per Mel band) keeps the spectral
+  tilt, a cue of vocal effort, while removing the recording's gain.
 - Training takes a random `num_frames` crop of each utterance; evaluation takes the centre crop.
   Shorter utterances are padded at the end with zeros (the utterance mean after normalization).
 - Training order and crops are a pure function of (seed, epoch): a resumed run sees the same data.
@@ -193,7 +194,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def _normalized(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     mel = tf.cast(example["mel"], tf.float32)
-    mean, variance = tf.nn.moments(mel, axes=[1], keepdims=True)
+    mean, variance = tf.nn.moments(mel, axes=[0, 1], keepdims=True)
     mel = (mel - mean) * tf.math.rsqrt(variance + NORMALIZATION_EPSILON)
     return {
         "mel": mel,

@@ -1,0 +1,18 @@
+"""Test session set-up, before JAX initializes: eight fake CPU devices and a compilation cache.
+
+Eight devices make sharded code run as on a multi-device host. XLA's CPU compiler needs ~25 s per
+train step program here, so every test and subprocess of this session shares one persistent
+compilation cache (a fresh folder per session, so CI stays hermetic).
+"""
+
+import os
+import tempfile
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="emohrnet_jax_test_xla_cache_")
+)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"

@@ -1,0 +1,247 @@
+"""Tests of the train steps, sharding, checkpoints, resume, NaN detection and the entry point."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from emohrnet_jax import checkpoints, steps, train
+from emohrnet_jax.data import pipeline
+from tests import helpers
+
+
+def _tiny_config(data_dir, **overrides):
+    """The demo config shrunk to seconds: tiny HRNet, 32 bands x 32 frames, 8 speakers."""
+    config = helpers.load_config("demo")
+    config.data.data_dir = str(data_dir)
+    config.data.n_mels, config.data.n_fft, config.data.num_frames = 32, 512, 32
+    config.data.synthetic_speakers, config.data.synthetic_utterances_per_speaker = 8, 8
+    config.data.num_folds = 4
+    config.model.variant = "tiny"
+    config.augment.freq_mask_width, config.augment.time_mask_width = 4, 4
+    config.batch_size, config.num_epochs = 8, 2
+    for field, value in overrides.items():
+        section, _, key = field.rpartition(".")
+        (config[section] if section else config)[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synthetic")
+    pipeline.load_builder(_tiny_config(path).data)  # prepared once for the module
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    """A complete 2-epoch run, the reference for the resume tests."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return train.train_and_evaluate(_tiny_config(data_dir), str(workdir)), workdir
+
+
+def _batch(n=8, frames=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "mel": rng.standard_normal((n, 32, frames)).astype(np.float32),
+        "label": rng.integers(0, 4, n),
+    }
+
+
+def test_sharded_steps_match_a_single_device(data_dir):
+    assert jax.device_count() == 8, "conftest fakes 8 CPU devices"
+    config = _tiny_config(data_dir)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        state = jax.device_put(steps.create_train_state(config, steps_per_epoch=4), replicated)
+        train_step, _ = steps.jit_steps(config, mesh, num_classes=4)
+        losses = []
+        for i in range(2):
+            state, step_metrics = train_step(state, _batch(seed=i), jax.random.key(0))
+            losses.append(float(step_metrics["loss"]))
+        results.append((losses, jax.device_get(state.params), jax.device_get(state.batch_stats)))
+    (losses_1, params_1, stats_1), (losses_8, params_8, stats_8) = results
+    assert np.isfinite(losses_1).all()
+    np.testing.assert_allclose(losses_1, losses_8, rtol=1e-5)
+    chex.assert_trees_all_close(params_1, params_8, atol=1e-5)
+    chex.assert_trees_all_close(stats_1, stats_8, atol=1e-5)
+
+
+def test_a_train_step_updates_parameters_statistics_and_the_step(data_dir):
+    config = _tiny_config(data_dir)
+    mesh = steps.make_mesh()
+    state = steps.create_train_state(config, steps_per_epoch=4)
+    before = jax.device_get((state.params, state.batch_stats))
+    train_step, eval_step = steps.jit_steps(config, mesh, num_classes=4)
+    state, step_metrics = train_step(state, _batch(), jax.random.key(0))
+    assert int(state.step) == 1
+    assert np.isfinite(float(step_metrics["loss"]))
+    for old, new in zip(
+        jax.tree.leaves(before), jax.tree.leaves((state.params, state.batch_stats)), strict=True
+    ):
+        assert not np.array_equal(old, new)
+    batch = {**_batch(), "mask": np.array([True] * 5 + [False] * 3)}
+    out = eval_step(state, batch)
+    assert int(out["count"]) == 5 and int(out["confusion"].sum()) == 5
+
+
+def test_checkpoint_round_trip(data_dir, tmp_path):
+    config = _tiny_config(data_dir)
+    state = steps.create_train_state(config, steps_per_epoch=4)
+    train_step, _ = steps.jit_steps(config, steps.make_mesh(), num_classes=4)
+    state, _ = train_step(state, _batch(), jax.random.key(0))  # non-trivial optimizer state
+    manager = checkpoints.create_manager(str(tmp_path), keep_latest=2)
+    history = [{"epoch": 1, "step": 1, "validation_ua": 0.5}]
+    checkpoints.save(manager, 1, state, history, validation_ua=0.5)
+    manager.wait_until_finished()
+    fresh = steps.create_train_state(_tiny_config(data_dir, seed=1), steps_per_epoch=4)
+    restored, restored_history = checkpoints.restore(manager, 1, fresh)
+    chex.assert_trees_all_equal(jax.device_get(restored.params), jax.device_get(state.params))
+    chex.assert_trees_all_equal(jax.device_get(restored.opt_state), jax.device_get(state.opt_state))
+    chex.assert_trees_all_equal(restored.batch_stats, state.batch_stats)
+    assert int(restored.step) == 1 and restored_history == history
+
+
+def test_training_writes_results_chosen_on_validation(uninterrupted):
+    results, workdir = uninterrupted
+    for name in (
+        "results.json",
+        "splits.json",
+        "config.json",
+        "confusion_matrix.png",
+        "curves.png",
+    ):
+        assert (workdir / name).is_file(), name
+    with open(workdir / "results.json") as file:
+        saved = json.load(file)
+    assert saved["test"] == results["test"]
+    for key in (
+        "dataset",
+        "fold",
+        "class_names",
+        "best_epoch",
+        "train_seconds",
+        "examples_per_second",
+    ):
+        assert key in saved
+    for split in ("validation", "test"):
+        confusion = np.array(saved[split]["confusion_matrix"])
+        assert confusion.sum() == 16  # 2 speakers x 8 utterances, each counted once
+        for key in ("ua", "wa", "macro_f1", "per_class_recall"):
+            assert key in saved[split]
+    assert set(saved["speakers"]["test"]).isdisjoint(saved["speakers"]["train"])
+    manager = checkpoints.create_manager(str(workdir), keep_latest=2)
+    _, history = checkpoints.restore(manager, manager.latest_step(), _state_like(workdir))
+    best = max(history, key=lambda r: (r["validation_ua"], r["step"]))
+    assert saved["best_epoch"] == best["epoch"]
+    assert saved["validation"]["ua"] == pytest.approx(best["validation_ua"])
+
+
+def _state_like(workdir):
+    with open(workdir / "config.json") as file:
+        stored = json.load(file)
+    config = helpers.load_config("demo")
+    config.data.n_mels, config.data.num_frames = (
+        stored["data"]["n_mels"],
+        stored["data"]["num_frames"],
+    )
+    config.model.variant = stored["model"]["variant"]
+    return steps.create_train_state(config, steps_per_epoch=4)
+
+
+def _same_run(a, b):
+    for split in ("validation", "test"):
+        assert a[split]["confusion_matrix"] == b[split]["confusion_matrix"]
+        assert a[split]["loss"] == pytest.approx(b[split]["loss"], rel=1e-4)
+    assert a["best_epoch"] == b["best_epoch"]
+
+
+def test_preempted_mid_epoch_and_resumed_equals_uninterrupted(
+    uninterrupted, data_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(train._Preemption, "reached", lambda self, step: step == 3)
+    assert train.train_and_evaluate(_tiny_config(data_dir), str(tmp_path)) is None
+    assert checkpoints.create_manager(str(tmp_path), 2).latest_step() == 3  # mid-epoch 1
+    monkeypatch.undo()
+    _same_run(train.train_and_evaluate(_tiny_config(data_dir), str(tmp_path)), uninterrupted[0])
+
+
+def test_killed_with_sigkill_and_rerun_equals_uninterrupted(uninterrupted, data_dir, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "emohrnet_jax.main",
+        f"--config={helpers.CONFIGS / 'demo.py'}",
+        f"--workdir={tmp_path}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.data.n_mels=32",
+        "--config.data.n_fft=512",
+        "--config.data.num_frames=32",
+        "--config.data.synthetic_speakers=8",
+        "--config.data.synthetic_utterances_per_speaker=8",
+        "--config.data.num_folds=4",
+        "--config.model.variant=tiny",
+        "--config.augment.freq_mask_width=4",
+        "--config.augment.time_mask_width=4",
+        "--config.batch_size=8",
+        "--config.num_epochs=2",
+    ]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    first_epoch = tmp_path / "checkpoints" / "4"  # 32 training examples / 8 = 4 steps
+    while not first_epoch.is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:]
+    assert not (tmp_path / "results.json").exists()
+    resumed = train.train_and_evaluate(_tiny_config(data_dir), str(tmp_path))
+    _same_run(resumed, uninterrupted[0])
+
+
+def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path, monkeypatch):
+    original = pipeline.FoldInput.train_batches
+
+    def poisoned(self, *args, **kwargs):
+        for i, batch in enumerate(original(self, *args, **kwargs)):
+            if i == 2:
+                batch["mel"][:] = np.nan
+            yield batch
+
+    monkeypatch.setattr(pipeline.FoldInput, "train_batches", poisoned)
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        train.train_and_evaluate(_tiny_config(data_dir), str(tmp_path))
+
+
+def test_batch_size_must_divide_over_the_devices(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="multiple of the 8 devices"):
+        train.train_and_evaluate(_tiny_config(data_dir, batch_size=12), str(tmp_path))
+
+
+def test_main_rejects_a_misspelled_override_naming_it(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emohrnet_jax.main",
+            f"--config={helpers.CONFIGS / 'demo.py'}",
+            f"--workdir={tmp_path}",
+            "--config.learning_rte=0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "learning_rte" in result.stderr
+    assert not any(tmp_path.iterdir())
