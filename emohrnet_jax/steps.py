@@ -88,7 +88,7 @@ def train_step(
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
+    return state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
 
 
 def eval_step(

@@ -199,7 +199,12 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) ->
     result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
     if jax.process_index() == 0:
         builders.write_json_atomically(os.path.join(workdir, f"evaluation_{split}.json"), result)
-        print(metrics.format_table({split: result}))
+        print(
+            f"{split}: UA {result['ua']:.4f}  WA {result['wa']:.4f}  "
+            f"macro-F1 {result['macro_f1']:.4f}  N {result['num_examples']}"
+        )
+        for name, recall in result["per_class_recall"].items():
+            print(f"  {name:<12} recall {'n/a' if recall is None else f'{recall:.4f}'}")
     return result
 
 

@@ -146,6 +146,20 @@ def test_training_writes_results_chosen_on_validation(uninterrupted):
     assert saved["validation"]["ua"] == pytest.approx(best["validation_ua"])
 
 
+def test_evaluate_mode_rescores_the_best_state(uninterrupted, data_dir):
+    results, workdir = uninterrupted
+    result = train.evaluate_run(_tiny_config(data_dir), str(workdir), "test")
+    assert result["confusion_matrix"] == results["test"]["confusion_matrix"]
+    assert result["best_epoch"] == results["best_epoch"]
+    with open(workdir / "evaluation_test.json") as file:
+        assert json.load(file)["ua"] == pytest.approx(results["test"]["ua"])
+
+
+def test_evaluate_mode_needs_a_trained_run(data_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="train this run first"):
+        train.evaluate_run(_tiny_config(data_dir), str(tmp_path), "test")
+
+
 def _state_like(workdir):
     with open(workdir / "config.json") as file:
         stored = json.load(file)
