@@ -1,5 +1,6 @@
 """Tests of the tfds builders, the build summary, speaker-independent folds and the pipeline."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -384,3 +385,20 @@ def test_iemocap_builds_with_its_label_set_and_utterance_speakers(tmp_path):
             config=builders.make_config("iemocap", PARAMS, label_set=label_set),
         )
         assert builder.info.features["label"].names == names
+
+
+def test_linear_baseline_scores_every_test_example(synthetic_config):
+    spec = importlib.util.spec_from_file_location(
+        "linear_baseline", helpers.CONFIGS.parent / "tools" / "linear_baseline.py"
+    )
+    baseline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baseline)
+    mel = np.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(baseline.utterance_features(mel, "mean"), [1.5, 5.5, 9.5])
+    stats = baseline.utterance_features(mel, "stats")
+    np.testing.assert_allclose(stats[3:6], mel.std(axis=1))
+    np.testing.assert_array_equal(stats[6:], [1.0, 1.0, 1.0, 4])
+    for kind in ("mean", "stats"):
+        result = baseline.run(synthetic_config, kind)
+        assert result["num_examples"] == 16
+        assert 0.0 <= result["ua"] <= 1.0
