@@ -22,9 +22,6 @@ from sklearn.preprocessing import StandardScaler
 from emohrnet_jax import metrics
 from emohrnet_jax.data import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_FEATURES = flags.DEFINE_enum("features", "mean", ["mean", "stats"], "Per-utterance features.")
-
 
 def utterance_features(mel: np.ndarray, kind: str) -> np.ndarray:
     """Per-band statistics of one normalized `(n_mels, n_frames)` log-Mel spectrogram."""
@@ -67,5 +64,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a script, so tests can import this module.
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+    _FEATURES = flags.DEFINE_enum("features", "mean", ["mean", "stats"], "Per-utterance features.")
     flags.mark_flag_as_required("config")
     app.run(main)

@@ -18,10 +18,6 @@ from ml_collections import config_flags
 
 from emohrnet_jax import models
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Batch size of the compiled forward pass.")
-_FLOPS = flags.DEFINE_bool("flops", True, "Compile the forward pass to count its FLOPs.")
-
 
 def summarize(config: ml_collections.ConfigDict, batch_size: int, flops: bool) -> dict[str, Any]:
     """Returns the model's input shape, branch shapes per stage, parameter counts and FLOPs."""
@@ -94,5 +90,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a script, so tests can import this module.
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+    _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Batch size of the compiled forward pass.")
+    _FLOPS = flags.DEFINE_bool("flops", True, "Compile the forward pass to count its FLOPs.")
     flags.mark_flags_as_required(["config"])
     app.run(main)
