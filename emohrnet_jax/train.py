@@ -19,8 +19,8 @@ from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from emohrnet_jax import checkpoints, metrics, steps
-from emohrnet_jax.data import builders, pipeline
+from emohrnet_jax import checkpoints, files, metrics, steps
+from emohrnet_jax.data import pipeline
 
 TRAIN_KEYS = ("mel", "label")
 EVAL_KEYS = ("mel", "label", "mask")
@@ -61,6 +61,13 @@ def evaluate(
     return summary
 
 
+def _shardings():
+    """The data mesh, the replicated sharding (state) and the batch sharding (`data` axis)."""
+    mesh = steps.make_mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return mesh, replicated, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+
 def _check_config(config: ml_collections.ConfigDict) -> None:
     devices = jax.device_count()
     if config.batch_size < 1 or config.batch_size % devices:
@@ -82,12 +89,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     is_main = jax.process_index() == 0
     fold = pipeline.create_fold_input(config, workdir if is_main else None)
     if is_main:
-        builders.write_json_atomically(
+        files.write_json_atomically(
             os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
         )
-    mesh = steps.make_mesh()
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    mesh, replicated, batch_sharding = _shardings()
 
     steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch), replicated)
@@ -181,9 +186,7 @@ def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
     """Scores a run's best-validation state on `split`; writes `evaluation_<split>.json`."""
     fold = pipeline.create_fold_input(config)
-    mesh = steps.make_mesh()
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    mesh, replicated, batch_sharding = _shardings()
     manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
     if manager.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {manager.directory}: train this run first")
@@ -198,7 +201,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) ->
     result = evaluate(eval_step, state, fold, split, config.batch_size, batch_sharding)
     result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
     if jax.process_index() == 0:
-        builders.write_json_atomically(os.path.join(workdir, f"evaluation_{split}.json"), result)
+        files.write_json_atomically(os.path.join(workdir, f"evaluation_{split}.json"), result)
         print(
             f"{split}: UA {result['ua']:.4f}  WA {result['wa']:.4f}  "
             f"macro-F1 {result['macro_f1']:.4f}  N {result['num_examples']}"
@@ -227,7 +230,7 @@ def _final_results(config, workdir, fold, manager, state, history, eval_step, sh
         "test": evaluate(eval_step, best_state, fold, "test", config.batch_size, sharding),
     }
     if jax.process_index() == 0:
-        builders.write_json_atomically(os.path.join(workdir, "results.json"), results)
+        files.write_json_atomically(os.path.join(workdir, "results.json"), results)
         test = results["test"]
         metrics.plot_confusion_matrix(
             np.array(test["confusion_matrix"]),

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from emohrnet_jax import files
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import corpora
 
@@ -182,20 +183,12 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "class_names": list(self.class_names()),
             }
         )
-        write_json_atomically(os.path.join(self.data_dir, SUMMARY_FILE), self._summary)
+        files.write_json_atomically(os.path.join(self.data_dir, SUMMARY_FILE), self._summary)
 
 
 def _class_label(names: tuple[str, ...] | None) -> tfds.features.ClassLabel:
     # Without names (reading a labelled_folder build), tfds restores them from the stored files.
     return tfds.features.ClassLabel(names=names) if names else tfds.features.ClassLabel()
-
-
-def write_json_atomically(path: str, value: Any) -> None:
-    """Writes JSON to `path` through a temporary file and a rename."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as file:
-        json.dump(value, file, indent=2)
-    os.replace(temporary, path)
 
 
 class Ravdess(_EmotionBuilder):

@@ -112,6 +112,24 @@ def _audio_files(root: str) -> Iterator[str]:
                 yield os.path.abspath(os.path.join(dirpath, name))
 
 
+def _named_files(
+    root: str, pattern: re.Pattern, excluded: dict[str, list[str]]
+) -> Iterator[tuple[str, str, re.Match]]:
+    """(path, stem, match) of the audio files whose stem matches `pattern`; the rest are counted
+    in `excluded` as hidden files or unrecognized names."""
+    for path in _audio_files(root):
+        name = os.path.basename(path)
+        stem = os.path.splitext(name)[0]
+        if name.startswith("."):
+            excluded[HIDDEN_FILE].append(path)
+            continue
+        match = pattern.match(stem)
+        if match is None:
+            excluded[UNRECOGNIZED_FILE_NAME].append(path)
+            continue
+        yield path, stem, match
+
+
 def _keep_first_of_each_id(
     utterances: list[Utterance], excluded: dict[str, list[str]]
 ) -> list[Utterance]:
@@ -151,16 +169,7 @@ def ravdess(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
     """
     _require_dir(manual_dir, _RAVDESS_EXPECTED)
     utterances, excluded = [], collections.defaultdict(list)
-    for path in _audio_files(manual_dir):
-        name = os.path.basename(path)
-        stem = os.path.splitext(name)[0]
-        if name.startswith("."):
-            excluded[HIDDEN_FILE].append(path)
-            continue
-        match = _RAVDESS_NAME.match(stem)
-        if match is None:
-            excluded[UNRECOGNIZED_FILE_NAME].append(path)
-            continue
+    for path, stem, match in _named_files(manual_dir, _RAVDESS_NAME, excluded):
         modality, channel, emotion, _, _, _, actor = match.groups()
         if modality != "03":
             excluded[f"modality {modality} (not audio-only)"].append(path)
@@ -193,16 +202,7 @@ def emovo(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
     """
     _require_dir(manual_dir, _EMOVO_EXPECTED)
     utterances, excluded = [], collections.defaultdict(list)
-    for path in _audio_files(manual_dir):
-        name = os.path.basename(path)
-        stem = os.path.splitext(name)[0]
-        if name.startswith("."):
-            excluded[HIDDEN_FILE].append(path)
-            continue
-        match = _EMOVO_NAME.match(stem)
-        if match is None:
-            excluded[UNRECOGNIZED_FILE_NAME].append(path)
-            continue
+    for path, stem, match in _named_files(manual_dir, _EMOVO_NAME, excluded):
         code, speaker = match.group(1).lower(), match.group(2).lower()
         if code not in _EMOVO_CODES:
             if not skip_unknown_labels:

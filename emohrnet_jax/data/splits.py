@@ -13,11 +13,11 @@ test, and validation speakers are always drawn from the speakers not tested on:
   near-equal groups.
 """
 
-import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from emohrnet_jax import files
 
 DEFAULT_NUM_FOLDS = {"iemocap": 5, "ravdess": 6, "emovo": 6}
 GENERIC_NUM_FOLDS = 5
@@ -70,7 +70,4 @@ def fold_speakers(
 
 def save_splits(path: str, dataset: str, fold: int, splits: dict[str, list[str]]) -> None:
     """Writes the fold's speakers as JSON, atomically."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as file:
-        json.dump({"dataset": dataset, "fold": fold, **splits}, file, indent=2)
-    os.replace(temporary, path)
+    files.write_json_atomically(path, {"dataset": dataset, "fold": fold, **splits})
