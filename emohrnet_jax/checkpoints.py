@@ -61,3 +61,39 @@ def restore(
         ),
     )
     return restored.state, list(restored.history)
+
+
+def best_record(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch record with the highest validation UA: the state that a run reports and serves."""
+    # Ties go to the later epoch, as orbax's BestN keeps the later of equal checkpoints.
+    return max(history, key=lambda record: (record[METRIC], record["step"]))
+
+
+def restore_best(workdir: str, like_state: Any) -> tuple[Any, dict[str, Any]]:
+    """The best-validation state of the run in `workdir`, and its epoch record.
+
+    Args:
+      workdir: a training run's folder (the one holding `checkpoints/`).
+      like_state: a state (or `jax.eval_shape` of one) with the checkpoint's structure, shapes,
+        dtypes and shardings.
+
+    Raises:
+      FileNotFoundError: no checkpoint yet.
+      ValueError: the checkpoints hold no completed epoch.
+    """
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    # Checked before the manager exists, as the manager would create the folder.
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoint in {directory}: train this run first")
+    # Read-only: a reader must never run the preservation policy (delete) on a run's folder.
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    latest = manager.latest_step()
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}: train this run first")
+    # The history alone: restoring the latest state too would cost a second full read.
+    history = manager.restore(latest, args=ocp.args.Composite(history=ocp.args.JsonRestore()))
+    if not history.history:
+        raise ValueError(f"{directory} holds no completed epoch")
+    best = best_record(list(history.history))
+    state, _ = restore(manager, best["step"], like_state)
+    return state, best

@@ -178,9 +178,8 @@ def _accumulate(sums: dict[str, float], step_metrics, step: int, manager) -> Non
     sums["steps"] += 1
 
 
-def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
-    # Ties go to the later epoch, as orbax's BestN keeps the later of equal checkpoints.
-    return max(history, key=lambda record: (record["validation_ua"], record["step"]))
+# Shared with prediction and export, which must choose the same state.
+_best = checkpoints.best_record
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:

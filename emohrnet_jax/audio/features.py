@@ -14,6 +14,11 @@ from emohrnet_jax.audio import synthetic
 
 # A clip whose peak absolute amplitude is below this is digital silence (or a mute channel).
 SILENCE_PEAK = 1e-4
+# Added to an utterance's variance before normalizing; training (TensorFlow) and prediction
+# (numpy) share it.
+NORMALIZATION_EPSILON = 1e-5
+# The prepared datasets store log-Mels in this dtype; prediction rounds its features the same way.
+STORED_DTYPE = np.float16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,26 @@ def load_audio(path: str, params: FeatureParams) -> Clip:
         audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, OSError) as error:
         raise AudioError("cannot decode audio", str(error)) from error
+    return conform(audio, rate, params)
+
+
+def conform(audio: np.ndarray, rate: int, params: FeatureParams) -> Clip:
+    """Decoded samples to float32 mono at `params.sample_rate`, checked as `load_audio` does.
+
+    Args:
+      audio: `(samples,)` or `(samples, channels)` (soundfile's layout), any float or int dtype
+        already scaled to [-1, 1].
+      rate: the samples' rate in Hz.
+      params: the target rate and the shortest clip kept.
+
+    Raises:
+      AudioError: empty, non-finite, silent or shorter than `params.min_seconds`.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        audio = audio[:, None]
+    if audio.ndim != 2:
+        raise AudioError("not a waveform", f"shape {audio.shape}, expected (samples, channels)")
     if audio.shape[0] == 0:
         raise AudioError("empty audio")
     conversions = []
@@ -110,6 +135,20 @@ def log_mel(waveform: np.ndarray, params: FeatureParams) -> np.ndarray:
         power=2.0,
     )
     return np.log(np.maximum(mel, params.log_floor)).astype(np.float32)
+
+
+def normalize(mel: np.ndarray) -> np.ndarray:
+    """Per-utterance normalization, as the input pipeline does it: one mean and one variance over
+    all of the utterance's cells, float32 out.
+
+    The numpy twin of `data.pipeline`'s TensorFlow version (a test keeps them equal), for code that
+    must not import TensorFlow.
+    """
+    # float64 statistics: closer to exact than either float32 reduction, so both agree with it.
+    mel64 = np.asarray(mel, np.float64)
+    mean = mel64.mean()
+    variance = np.square(mel64 - mean).mean()
+    return ((mel64 - mean) / np.sqrt(variance + NORMALIZATION_EPSILON)).astype(np.float32)
 
 
 def extract(path: str, params: FeatureParams) -> dict[str, Any]:

@@ -97,7 +97,9 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
-                    "mel": tfds.features.Tensor(shape=(params.n_mels, None), dtype=np.float16),
+                    "mel": tfds.features.Tensor(
+                        shape=(params.n_mels, None), dtype=features.STORED_DTYPE
+                    ),
                     "num_frames": np.int32,
                     "label": _class_label(self.class_names()),
                     "speaker": tfds.features.Text(),
@@ -137,7 +139,7 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield (
                 utterance.id,
                 {
-                    "mel": mel.astype(np.float16),
+                    "mel": mel.astype(features.STORED_DTYPE),
                     "num_frames": mel.shape[1],
                     "label": utterance.label,
                     "speaker": utterance.speaker,

@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import builders, splits
 
-NORMALIZATION_EPSILON = 1e-5
+NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
 
 
 def builder_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
