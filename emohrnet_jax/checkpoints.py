@@ -78,22 +78,23 @@ def restore_best(workdir: str, like_state: Any) -> tuple[Any, dict[str, Any]]:
         dtypes and shardings.
 
     Raises:
-      FileNotFoundError: no checkpoint yet.
-      ValueError: the checkpoints hold no completed epoch.
+      FileNotFoundError: no checkpoint yet, or none from the end of an epoch.
     """
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    # Checked before the manager exists, as the manager would create the folder.
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoint in {directory}: train this run first")
     # Read-only: a reader must never run the preservation policy (delete) on a run's folder.
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False),
+    )
     latest = manager.latest_step()
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {directory}: train this run first")
     # The history alone: restoring the latest state too would cost a second full read.
     history = manager.restore(latest, args=ocp.args.Composite(history=ocp.args.JsonRestore()))
     if not history.history:
-        raise ValueError(f"{directory} holds no completed epoch")
+        raise FileNotFoundError(f"{directory} holds no completed epoch: train for one at least")
     best = best_record(list(history.history))
     state, _ = restore(manager, best["step"], like_state)
     return state, best

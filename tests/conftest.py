@@ -8,6 +8,8 @@ compilation cache (a fresh folder per session, so CI stays hermetic).
 import os
 import tempfile
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
@@ -16,3 +18,11 @@ os.environ.setdefault(
 )
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+@pytest.fixture(scope="session")
+def saved_run(tmp_path_factory):
+    """A tiny run folder (config.json, best and latest checkpoints) shared by serving tests."""
+    from tests import saved_run as module  # After the environment above is set.
+
+    return module.make(str(tmp_path_factory.mktemp("saved_run")))

@@ -1,0 +1,394 @@
+r"""Emotion predictions for audio files with a trained run's best-validation state.
+
+  python -m emohrnet_jax.predict --workdir=runs/demo clip.wav more_clips/ > predictions.jsonl
+  python -m emohrnet_jax.predict --workdir=runs/demo --format=csv --top_k=2 --output=out.csv clips/
+
+Any file that soundfile decodes (WAV, FLAC, OGG, ...), at any sample rate, mono or multichannel,
+of any length. Features are made exactly as for the run's prepared training data: downmix,
+resample to the run's rate, log-Mel with the run's parameters, rounding to the stored float16,
+one mean and variance per clip. The model sees windows of the training crop's length
+(`config.data.num_frames`): a shorter clip is zero-padded at the end (as in training), a longer
+one is cut into windows every `--hop_frames` (half a window by default, the last window ending
+at the clip's end) whose logits are averaged before the softmax.
+
+Output, one line per file in walk order: JSON lines with `path` and either `label` and
+`probabilities` (every class) or `error` (the reason, `detail` has more); or CSV. Exit status:
+0, 3 when some files could not be scored (their lines say why), 1 when nothing could run.
+"""
+
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import functools
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+from absl import app, flags
+
+from emohrnet_jax import models, runs
+from emohrnet_jax.audio import features
+
+# Exit status when some inputs failed and the others were scored.
+EXIT_SOME_FAILED = 3
+# Extensions picked up when walking a folder; a file named on the command line is always tried.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The emotion of one clip: window logits averaged, then the softmax."""
+
+    label: str  # The most probable class.
+    probabilities: dict[str, float]  # Every class, in the run's class order.
+    logits: np.ndarray  # `(num_classes,)` mean of the windows' logits.
+    windows: int  # Windows the clip was scored with.
+    seconds: float  # Duration at the run's sample rate.
+
+    def top_k(self, k: int) -> list[tuple[str, float]]:
+        """The `k` most probable classes with their probabilities, most probable first."""
+        ranked = sorted(self.probabilities.items(), key=lambda item: -item[1])
+        return ranked[:k]
+
+
+class Predictor:
+    """A run's best-validation classifier with the run's feature extraction.
+
+    One compiled program: every batch is `batch_size` windows of `(n_mels, num_frames)`, the last
+    one padded (the padding's outputs are dropped).
+    """
+
+    def __init__(self, workdir: str, batch_size: int = 64, hop_frames: int | None = None):
+        """Loads `workdir/config.json` and the best-validation checkpoint.
+
+        Args:
+          workdir: a training run's folder.
+          batch_size: windows per model call.
+          hop_frames: frames between window starts of a long clip (None: half a window).
+
+        Raises:
+          runs.RunError: the run cannot be served (missing, untrained, mismatched checkpoint).
+          ValueError: a non-positive `batch_size` or `hop_frames`.
+        """
+        self.config = runs.load_config(workdir)
+        self.feature_params = runs.feature_params(self.config)
+        self.class_names = tuple(self.config.data.class_names)
+        self.num_frames = int(self.config.data.num_frames)
+        self.hop_frames = max(1, self.num_frames // 2) if hop_frames is None else hop_frames
+        if batch_size < 1 or self.hop_frames < 1:
+            raise ValueError(
+                f"need batch_size >= 1 and hop_frames >= 1, got {batch_size}, {hop_frames}"
+            )
+        self.batch_size = batch_size
+        self.variables, self.best = runs.load_best_variables(workdir, self.config)
+        model = models.create_model(self.config)
+        self._apply = jax.jit(lambda variables, mel: model.apply(variables, mel, train=False))
+
+    def model_input(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Normalized log-Mel `(n_mels, frames)` float32 of a clip, as the training data's.
+
+        Args:
+          waveform: `(samples,)` or `(samples, channels)` floats in [-1, 1].
+          sample_rate: of `waveform`, in Hz.
+
+        Raises:
+          features.AudioError: empty, non-finite, silent or too short (as in data preparation).
+        """
+        return self._normalized_mel(features.conform(waveform, sample_rate, self.feature_params))
+
+    def _normalized_mel(self, clip: features.Clip) -> np.ndarray:
+        mel = features.log_mel(clip.waveform, self.feature_params).astype(features.STORED_DTYPE)
+        return features.normalize(mel)
+
+    def windows(self, mel: np.ndarray) -> np.ndarray:
+        """`(n, n_mels, num_frames)` windows of a normalized log-Mel, as described in the module."""
+        frames = mel.shape[1]
+        if frames <= self.num_frames:  # Zeros: the clip's mean after normalization.
+            return np.pad(mel, ((0, 0), (0, self.num_frames - frames)))[None]
+        starts = list(range(0, frames - self.num_frames + 1, self.hop_frames))
+        if starts[-1] != frames - self.num_frames:
+            starts.append(frames - self.num_frames)
+        return np.stack([mel[:, start : start + self.num_frames] for start in starts])
+
+    def window_logits(self, windows: np.ndarray) -> np.ndarray:
+        """The model's logits `(n, num_classes)` for `(n, n_mels, num_frames)` windows."""
+        out = []
+        for start in range(0, len(windows), self.batch_size):
+            batch = windows[start : start + self.batch_size]
+            out.append(self._logits(batch))
+        return np.concatenate(out)
+
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        real = len(batch)
+        padded = np.zeros((self.batch_size, *batch.shape[1:]), np.float32)
+        padded[:real] = batch
+        return np.asarray(self._apply(self.variables, padded))[:real]
+
+    def predict(self, waveform: np.ndarray, sample_rate: int) -> Prediction:
+        """The emotion of one clip (any rate, mono or `(samples, channels)`, any length).
+
+        Raises:
+          features.AudioError: a clip that data preparation would also have rejected.
+        """
+        clip = features.conform(waveform, sample_rate, self.feature_params)
+        windows = self.windows(self._normalized_mel(clip))
+        return self._prediction(self.window_logits(windows), self._seconds(clip))
+
+    def _prediction(self, window_logits: np.ndarray, seconds: float) -> Prediction:
+        logits = np.mean(window_logits.astype(np.float64), axis=0)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        return Prediction(
+            label=self.class_names[int(np.argmax(logits))],
+            probabilities={
+                name: float(p) for name, p in zip(self.class_names, probabilities, strict=True)
+            },
+            logits=logits.astype(np.float32),
+            windows=len(window_logits),
+            seconds=seconds,
+        )
+
+    def _seconds(self, clip: features.Clip) -> float:
+        return len(clip.waveform) / self.feature_params.sample_rate
+
+    def _file_mel(self, path: str) -> tuple[np.ndarray, float] | features.AudioError:
+        try:
+            clip = features.load_audio(path, self.feature_params)
+        except features.AudioError as error:
+            return error
+        return self._normalized_mel(clip), self._seconds(clip)
+
+    def predict_files(
+        self, paths: Sequence[str], workers: int = 0
+    ) -> Iterator[tuple[str, Prediction | features.AudioError]]:
+        """`(path, prediction or the reason it failed)` for each file, in order.
+
+        Batches are filled with windows of consecutive files, so many short files run as fast as
+        one long one; `workers` threads decode and make features ahead of the model (0: none).
+        """
+        waiting: collections.deque[_Pending] = collections.deque()
+        buffer: list[tuple[_Pending, np.ndarray]] = []
+        for path, loaded in zip(paths, _ordered_map(self._file_mel, paths, workers), strict=True):
+            if isinstance(loaded, features.AudioError):
+                waiting.append(_Pending(path, seconds=0.0, needed=0, error=loaded))
+            else:
+                mel, seconds = loaded
+                windows = self.windows(mel)
+                item = _Pending(path, seconds=seconds, needed=len(windows))
+                buffer.extend((item, window) for window in windows)
+                waiting.append(item)
+            while len(buffer) >= self.batch_size:
+                self._run(buffer[: self.batch_size])
+                del buffer[: self.batch_size]
+            yield from self._finished(waiting)
+        if buffer:
+            self._run(buffer)
+        yield from self._finished(waiting)
+
+    def _run(self, entries: list[tuple["_Pending", np.ndarray]]) -> None:
+        logits = self._logits(np.stack([window for _, window in entries]))
+        for (item, _), row in zip(entries, logits, strict=True):
+            item.logits.append(row)
+
+    def _finished(self, waiting: collections.deque) -> Iterator[tuple[str, Any]]:
+        while waiting and len(waiting[0].logits) == waiting[0].needed:
+            item = waiting.popleft()
+            if item.error is not None:
+                yield item.path, item.error
+            else:
+                yield item.path, self._prediction(np.stack(item.logits), item.seconds)
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A file whose windows are queued for the model."""
+
+    path: str
+    seconds: float
+    needed: int
+    error: features.AudioError | None = None
+    logits: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+def _ordered_map(function: Callable, items: Sequence, workers: int) -> Iterator:
+    """`map(function, items)` in order, computed up to a few items ahead in `workers` threads."""
+    if workers < 1:
+        yield from map(function, items)
+        return
+    # Threads, not processes: decoding, resampling and the STFT release the GIL, and a worker
+    # process would import JAX again. The bound keeps memory flat over thousands of files.
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def audio_paths(arguments: Iterable[str]) -> list[str]:
+    """Files named in `arguments`, folders walked recursively in sorted order (audio only).
+
+    Paths are joined onto the argument as given (not made absolute), so that the output names
+    files the way the user did. A missing path is kept: it becomes an error line.
+    """
+    paths = []
+    for argument in arguments:
+        if not os.path.isdir(argument):
+            paths.append(argument)
+            continue
+        for folder, subfolders, names in os.walk(argument):
+            subfolders.sort()
+            paths += [
+                os.path.join(folder, name)
+                for name in sorted(names)
+                if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
+            ]
+    return paths
+
+
+def json_line(path: str, result: Prediction | features.AudioError, top_k: int = 0) -> str:
+    """One JSON line: `path`, then `label` and `probabilities` (+ `top_k`) or `error`."""
+    if isinstance(result, features.AudioError):
+        record = {"path": path, "error": result.reason, "detail": str(result)}
+    else:
+        record = {"path": path, "label": result.label, "probabilities": result.probabilities}
+        if top_k:
+            record["top_k"] = [{"label": name, "probability": p} for name, p in result.top_k(top_k)]
+        record.update(windows=result.windows, seconds=round(result.seconds, 3))
+    return json.dumps(record)
+
+
+def csv_header(class_names: Sequence[str], top_k: int = 0) -> list[str]:
+    """CSV columns: a probability per class, or with `top_k` the k best classes, ranked."""
+    if top_k:
+        ranked = [f"{column}_{i}" for i in range(1, top_k + 1) for column in ("top", "probability")]
+        return ["path", "label", *ranked, "error"]
+    return ["path", "label", *class_names, "error"]
+
+
+def csv_row(path: str, result: Prediction | features.AudioError, width: int, top_k: int = 0):
+    """The CSV cells of one file (`width` = number of probability columns and their labels)."""
+    if isinstance(result, features.AudioError):
+        return [path, "", *[""] * width, str(result)]
+    if top_k:
+        cells = [cell for name, p in result.top_k(top_k) for cell in (name, f"{p:.6f}")]
+        cells += [""] * (width - len(cells))  # fewer classes than k
+    else:
+        cells = [f"{p:.6f}" for p in result.probabilities.values()]
+    return [path, result.label, *cells, ""]
+
+
+def write_predictions(
+    predictor: Predictor,
+    paths: Sequence[str],
+    out: io.TextIOBase,
+    output_format: str = "jsonl",
+    top_k: int = 0,
+    workers: int = 0,
+    progress: bool | None = None,
+) -> int:
+    """Scores `paths`, writing one line per file to `out`; returns how many files failed.
+
+    `progress`: a tqdm bar on stderr (None: only when stderr is a terminal).
+    """
+    failed = 0
+    writer = None
+    if output_format == "csv":
+        header = csv_header(predictor.class_names, top_k)
+        width = len(header) - 3
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+    bar = tqdm.tqdm(
+        total=len(paths), unit="file", disable=None if progress is None else not progress
+    )
+    for path, result in predictor.predict_files(paths, workers):
+        failed += isinstance(result, features.AudioError)
+        if writer is None:
+            out.write(json_line(path, result, top_k) + "\n")
+        else:
+            writer.writerow(csv_row(path, result, width, top_k))
+        bar.update()
+    bar.close()
+    return failed
+
+
+def _define_flags() -> None:
+    # Defined only when run as a script, so that tests can import this module beside others.
+    flags.DEFINE_string("workdir", None, "Training run folder (config.json, checkpoints/).")
+    flags.DEFINE_string(
+        "output", None, "Write here (atomically, once every file is done) instead of to stdout."
+    )
+    flags.DEFINE_enum("format", "jsonl", ["jsonl", "csv"], "JSON lines, or CSV with a header row.")
+    flags.DEFINE_integer(
+        "top_k",
+        0,
+        "JSON: add a `top_k` list of the k most probable classes. CSV: show only the k most "
+        "probable classes (top_i, probability_i columns) instead of a column per class. 0: off.",
+        lower_bound=0,
+    )
+    flags.DEFINE_integer(
+        "batch_size", 64, "Windows per model call (one compiled shape).", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "hop_frames",
+        0,
+        "Frames between the windows of a clip longer than the training crop (their logits are "
+        "averaged). 0: half a window.",
+        lower_bound=0,
+    )
+    flags.DEFINE_integer(
+        "workers",
+        min(8, os.cpu_count() or 1),
+        "Threads decoding audio ahead of the model (0: none).",
+        lower_bound=0,
+    )
+    flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv: list[str]) -> int:
+    """The command line: scores the files and folders of `argv[1:]`; returns the exit status."""
+    inputs, options = argv[1:], flags.FLAGS
+    if not inputs:
+        raise app.UsageError("name at least one audio file or folder")
+    try:
+        predictor = Predictor(
+            options.workdir, batch_size=options.batch_size, hop_frames=options.hop_frames or None
+        )
+    except runs.RunError as error:
+        sys.exit(f"predict: {error}")
+    paths = audio_paths(inputs)
+    if not paths:
+        sys.exit(f"predict: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {inputs}")
+    write = functools.partial(
+        write_predictions,
+        predictor,
+        paths,
+        output_format=options.format,
+        top_k=options.top_k,
+        workers=options.workers,
+    )
+    if options.output:
+        temporary = f"{options.output}.tmp"
+        with open(temporary, "w", newline="") as out:
+            failed = write(out)
+        os.replace(temporary, options.output)
+    else:
+        failed = write(sys.stdout)
+    if failed:
+        print(f"predict: {failed} of {len(paths)} files could not be scored", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,225 @@
+"""Tests of prediction: features as in training, windows, the CLI's contract, errors."""
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+import soundfile
+
+from emohrnet_jax import models, predict, runs
+from emohrnet_jax.audio import features, synthetic
+
+CLASSES = list(synthetic.CLASS_NAMES)
+
+
+@pytest.fixture(scope="module")
+def predictor(saved_run):
+    return predict.Predictor(saved_run.workdir)
+
+
+def _speech(seconds: float, sample_rate: int = 16000, index: int = 0) -> np.ndarray:
+    spec = synthetic.CorpusSpec(
+        num_speakers=1, utterances_per_speaker=4, min_seconds=seconds, max_seconds=seconds
+    )
+    return synthetic.synthesize(synthetic.plan(spec)[index], spec, sample_rate)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """A folder of real audio files: good ones, odd ones, a corrupt one and a text file."""
+    root = tmp_path_factory.mktemp("clips")
+    (root / "nested").mkdir()
+    soundfile.write(root / "a_16k.wav", _speech(2.0, index=0), 16000, subtype="PCM_16")
+    soundfile.write(root / "nested" / "b.flac", _speech(3.0, index=1), 16000)
+    stereo = _speech(2.5, 48000, index=2)
+    soundfile.write(root / "c_48k_stereo.wav", np.stack([stereo, 0.5 * stereo], 1), 48000)
+    soundfile.write(root / "d_30s.wav", _speech(30.0, index=3), 16000, subtype="FLOAT")
+    # 0.3 s from the middle of an utterance: 19 frames, shorter than the 32-frame window.
+    soundfile.write(root / "e_short.wav", _speech(2.0, index=1)[12000:16800], 16000)
+    (root / "f_corrupt.wav").write_bytes(b"RIFF\x00\x01\x02\x03WAVEfmt not really a wav file")
+    (root / "notes.txt").write_text("not audio")
+    return root
+
+
+EXPECTED_ORDER = [
+    "a_16k.wav",
+    "c_48k_stereo.wav",
+    "d_30s.wav",
+    "e_short.wav",
+    "f_corrupt.wav",
+    os.path.join("nested", "b.flac"),
+]
+
+
+def _run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "emohrnet_jax.predict", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_numpy_features_equal_the_training_pipeline(predictor):
+    """Per-utterance normalization and padding agree with `data.pipeline` (TensorFlow)."""
+    from emohrnet_jax.data import builders, pipeline  # noqa: F401  (TensorFlow: this test only)
+
+    rng = np.random.default_rng(0)
+    for frames in (19, 32):  # shorter than the window, and exactly one window
+        stored = (rng.normal(-6.0, 4.0, (32, frames))).astype(features.STORED_DTYPE)
+        example = {"mel": stored, "label": 0, "speaker": "s", "id": "i"}
+        expected = pipeline._crop(pipeline._normalized(example), 32, None)["mel"].numpy()
+        ours = predictor.windows(features.normalize(stored))
+        chex.assert_shape(ours, (1, 32, 32))
+        np.testing.assert_allclose(ours[0], expected, atol=1e-5)
+    assert pipeline.NORMALIZATION_EPSILON == features.NORMALIZATION_EPSILON
+
+
+def test_the_best_validation_checkpoint_is_served(saved_run, predictor):
+    assert predictor.best == {"epoch": 1, "step": 4, "validation_ua": 0.6}
+    chex.assert_trees_all_equal(predictor.variables["params"], saved_run.best.params)
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_close(predictor.variables["params"], saved_run.latest.params)
+
+
+def test_one_window_equals_the_model_applied_to_it(saved_run, predictor):
+    # (num_frames - 1) * hop samples make exactly num_frames centred frames: no padding.
+    waveform = _speech(2.0)[4000 : 4000 + 31 * 256]
+    mel = predictor.model_input(waveform, 16000)
+    chex.assert_shape(mel, (32, 32))
+    result = predictor.predict(waveform, 16000)
+    assert result.windows == 1
+    model = models.create_model(saved_run.config)
+    direct = jax.jit(model.apply, static_argnames="train")(
+        predictor.variables, mel[None], train=False
+    )[0]
+    np.testing.assert_allclose(result.logits, direct, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        list(result.probabilities.values()), jax.nn.softmax(direct), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_long_clip_averages_overlapping_windows(predictor):
+    waveform = _speech(30.0, index=3)
+    mel = predictor.model_input(waveform, 16000)
+    windows = predictor.windows(mel)
+    frames = mel.shape[1]  # 1 + 480000 // 256 = 1876
+    starts = [*range(0, frames - 32 + 1, 16)]
+    starts += [] if starts[-1] == frames - 32 else [frames - 32]
+    chex.assert_shape(windows, (len(starts), 32, 32))
+    assert len(starts) > 100
+    for i in (0, 1, len(starts) - 1):
+        np.testing.assert_array_equal(windows[i], mel[:, starts[i] : starts[i] + 32])
+    window_logits = predictor.window_logits(windows)
+    assert np.ptp(window_logits, axis=0).max() > 1e-3, "windows should differ"
+    result = predictor.predict(waveform, 16000)
+    assert result.windows == len(starts)
+    np.testing.assert_allclose(result.logits, window_logits.mean(0), rtol=1e-5, atol=1e-6)
+    assert result.seconds == pytest.approx(30.0)
+
+
+def test_predictor_rejects_what_data_preparation_rejects(predictor):
+    with pytest.raises(features.AudioError, match="silent"):
+        predictor.predict(np.zeros(16000, np.float32), 16000)
+    with pytest.raises(features.AudioError, match="shorter than"):
+        predictor.predict(_speech(2.0)[:1000], 16000)
+
+
+def test_folders_are_walked_sorted_audio_only(clips):
+    paths = predict.audio_paths([str(clips), str(clips / "missing.wav")])
+    assert paths == [os.path.join(str(clips), name) for name in EXPECTED_ORDER] + [
+        str(clips / "missing.wav")
+    ]
+
+
+def test_cli_scores_a_folder_and_reports_the_corrupt_file(clips, saved_run, predictor, tmp_path):
+    output = tmp_path / "predictions.jsonl"
+    result = _run_cli(
+        f"--workdir={saved_run.workdir}", f"--output={output}", "--top_k=2", "--workers=2", clips
+    )
+    assert result.returncode == predict.EXIT_SOME_FAILED, result.stderr[-3000:]
+    assert "1 of 6 files could not be scored" in result.stderr
+    assert result.stdout == "" and not os.path.exists(f"{output}.tmp")
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["path"] for line in lines] == [os.path.join(str(clips), n) for n in EXPECTED_ORDER]
+    by_name = {os.path.relpath(line["path"], clips): line for line in lines}
+    corrupt = by_name.pop("f_corrupt.wav")
+    assert corrupt["error"] == "cannot decode audio" and "label" not in corrupt
+    assert by_name["d_30s.wav"]["windows"] > 100 and by_name["e_short.wav"]["windows"] == 1
+    assert by_name["c_48k_stereo.wav"]["seconds"] == pytest.approx(2.5, abs=0.01)
+    for name, line in by_name.items():
+        assert "error" not in line, name
+        assert list(line["probabilities"]) == CLASSES
+        assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert line["label"] == max(line["probabilities"], key=line["probabilities"].get)
+        assert len(line["top_k"]) == 2 and line["top_k"][0]["label"] == line["label"]
+        # The Python API on the decoded samples gives the same answer as the command line.
+        audio, rate = soundfile.read(clips / name, dtype="float32")
+        api = predictor.predict(audio, rate)
+        assert api.label == line["label"]
+        np.testing.assert_allclose(
+            list(api.probabilities.values()), list(line["probabilities"].values()), atol=1e-6
+        )
+
+
+def test_csv_output_with_and_without_top_k(clips, predictor):
+    paths = [str(clips / "a_16k.wav"), str(clips / "f_corrupt.wav"), str(clips / "e_short.wav")]
+    out = io.StringIO()
+    assert predict.write_predictions(predictor, paths, out, "csv", progress=False) == 1
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert list(rows[0]) == ["path", "label", *CLASSES, "error"]
+    assert [row["path"] for row in rows] == paths
+    assert rows[1]["label"] == "" and rows[1]["error"].startswith("cannot decode audio")
+    for row in (rows[0], rows[2]):
+        probabilities = {name: float(row[name]) for name in CLASSES}
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] == max(probabilities, key=probabilities.get) and not row["error"]
+
+    out = io.StringIO()
+    predict.write_predictions(predictor, paths, out, "csv", top_k=2, progress=False)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    ranked = ["top_1", "probability_1", "top_2", "probability_2"]
+    assert list(rows[0]) == ["path", "label", *ranked, "error"]
+    assert rows[0]["top_1"] == rows[0]["label"]
+    assert float(rows[0]["probability_1"]) >= float(rows[0]["probability_2"])
+
+
+def test_batches_spanning_files_change_nothing(clips, predictor):
+    """Windows of several files share a batch; each file alone (padded batch) gives the same."""
+    paths = [str(clips / name) for name in ("a_16k.wav", "e_short.wav", "c_48k_stereo.wav")]
+    together = list(predictor.predict_files(paths, workers=2))
+    assert [path for path, _ in together] == paths
+    assert sum(result.windows for _, result in together) < predictor.batch_size  # one batch
+    for path, result in together:
+        audio, rate = soundfile.read(path, dtype="float32")
+        np.testing.assert_allclose(result.logits, predictor.predict(audio, rate).logits, atol=1e-5)
+
+
+def test_missing_checkpoint_is_a_clear_cli_error(saved_run, clips, tmp_path):
+    shutil.copy(os.path.join(saved_run.workdir, "config.json"), tmp_path / "config.json")
+    result = _run_cli(f"--workdir={tmp_path}", clips / "a_16k.wav")
+    assert result.returncode == 1
+    assert "predict: no checkpoint in" in result.stderr and "train this run first" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_unusable_runs_are_run_errors(saved_run, tmp_path):
+    with pytest.raises(runs.RunError, match="is not a folder"):
+        predict.Predictor(str(tmp_path / "nowhere"))
+    with pytest.raises(runs.RunError, match=r"config\.json is missing"):
+        predict.Predictor(str(tmp_path))
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(saved_run.workdir, mismatched)
+    config = json.loads((mismatched / "config.json").read_text())
+    config["model"]["variant"] = "w18_small_v1"
+    (mismatched / "config.json").write_text(json.dumps(config))
+    with pytest.raises(runs.RunError, match=r"does not fit the model of its config\.json"):
+        predict.Predictor(str(mismatched))
