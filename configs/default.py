@@ -45,6 +45,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic_utterances_per_speaker = 80  # Per speaker, balanced over classes.
     config.data.synthetic_seed = 0  # Seed of the synthetic corpus.
 
+    # Cross-corpus evaluation (`--mode=evaluate`): score the run on another prepared corpus.
+    config.cross_corpus = ml_collections.ConfigDict()
+    config.cross_corpus.dataset = config_dict.placeholder(str)  # None: the training corpus.
+    config.cross_corpus.label_set = "4class"  # When that corpus is IEMOCAP.
+    # "theirs=ours" pairs, e.g. "joy=happy,anger=angry"; empty: the classes sharing a name.
+    # Their classes left out of the mapping are left out of the scores (and counted).
+    config.cross_corpus.label_map = ""
+
     config.model = ml_collections.ConfigDict()
     config.model.variant = "w18"  # tiny, w18_small_v1, w18_small_v2 or w18 (official widths).
     config.model.num_classes = 4  # Must equal len(config.data.class_names).

@@ -8,8 +8,6 @@
 Re-running a training command resumes from the workdir's latest checkpoint.
 """
 
-import os
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -24,14 +22,17 @@ _MODE = flags.DEFINE_enum(
     "mode", "train", ["train", "evaluate"], "Train (and test the best state), or evaluate a run."
 )
 _SPLIT = flags.DEFINE_enum(
-    "split", "test", ["train", "validation", "test"], "--mode=evaluate: the split to score."
+    "split",
+    "test",
+    ["train", "validation", "test", "all"],
+    "--mode=evaluate: the split to score (all: every speaker of config.cross_corpus.dataset).",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (Cloud TPU pods, multi-node GPU)."
 )
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache",
-    os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/emohrnet_jax/xla"),
+    train.DEFAULT_COMPILATION_CACHE,
     "Persistent XLA compilation cache, so that a re-run starts without recompiling ('' = off).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
@@ -42,9 +43,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
-    if _COMPILATION_CACHE.value:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE.value))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    train.enable_compilation_cache(_COMPILATION_CACHE.value)
     logging.info(
         "JAX %s: process %d of %d, %d devices %s",
         jax.__version__,

@@ -92,11 +92,19 @@ def train_step(
 
 
 def eval_step(
-    state: TrainState, batch: dict[str, jax.Array], num_classes: int
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    num_classes: int,
+    classes: tuple[int, ...] | None = None,
 ) -> dict[str, jax.Array]:
-    """Sums over the real (`mask`) examples of a batch: loss, count and the confusion matrix."""
+    """Sums over the real (`mask`) examples of a batch: loss, count and the confusion matrix.
+
+    `classes` restricts the prediction to those classes (cross-corpus: the mapped ones).
+    """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     logits = state.apply_fn(variables, batch["mel"], train=False)
+    if classes is not None:
+        logits = jnp.where(jnp.isin(jnp.arange(num_classes), jnp.array(classes)), logits, -jnp.inf)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     mask = batch["mask"]
     return {
@@ -111,8 +119,16 @@ def make_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def jit_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_classes: int):
-    """Train and eval steps jitted over `mesh`: state replicated, batch split on the `data` axis."""
+def jit_steps(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    num_classes: int,
+    eval_classes: tuple[int, ...] | None = None,
+):
+    """Train and eval steps jitted over `mesh`: state replicated, batch split on the `data` axis.
+
+    `eval_classes` restricts the eval step's predictions to those classes.
+    """
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     train = jax.jit(
@@ -122,7 +138,7 @@ def jit_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_cl
         donate_argnums=(0,),
     )
     evaluate = jax.jit(
-        functools.partial(eval_step, num_classes=num_classes),
+        functools.partial(eval_step, num_classes=num_classes, classes=eval_classes),
         in_shardings=(replicated, batch_sharding),
         out_shardings=replicated,
     )

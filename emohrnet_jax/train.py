@@ -23,6 +23,7 @@ from emohrnet_jax import checkpoints, files, metrics, steps
 from emohrnet_jax.data import pipeline
 
 TRAIN_KEYS = ("mel", "label")
+DEFAULT_COMPILATION_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/emohrnet_jax/xla")
 EVAL_KEYS = ("mel", "label", "mask")
 
 
@@ -41,6 +42,13 @@ class _Preemption:
         if jax.process_count() > 1:  # All hosts must agree on the step to stop at.
             return multihost_utils.reached_preemption_sync_point(step)
         return self._requested
+
+
+def enable_compilation_cache(folder: str) -> None:
+    """Keeps compiled XLA programs in `folder` ('' = off), so that a re-run starts fast."""
+    if folder:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _global_batch(batch: dict[str, np.ndarray], keys, sharding) -> dict[str, jax.Array]:
@@ -108,58 +116,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = int(state.step)
     seconds = history[-1]["train_seconds"] if history else 0.0
 
-    for epoch in range(step // steps_per_epoch, config.num_epochs):
-        started = time.perf_counter()
-        batches = fold.train_batches(
-            config.batch_size, config.seed, epoch, jax.process_index(), jax.process_count()
-        )
-        batches = itertools.islice(batches, step - epoch * steps_per_epoch, steps_per_epoch)
-        sums, previous = {"loss": 0.0, "accuracy": 0.0, "steps": 0}, None
-        for batch in batches:
-            state, step_metrics = train_step(
-                state, _global_batch(batch, TRAIN_KEYS, batch_sharding), key
+    # Inputs reach the devices only through the explicit `_global_batch`: an implicit host to
+    # device copy inside the loop (a numpy array handed to a jitted step) is an error.
+    with jax.transfer_guard_host_to_device("disallow"):
+        for epoch in range(step // steps_per_epoch, config.num_epochs):
+            started = time.perf_counter()
+            batches = fold.train_batches(
+                config.batch_size, config.seed, epoch, jax.process_index(), jax.process_count()
             )
-            step += 1
-            # Reading the previous step's loss keeps one step in flight while catching a NaN.
-            if previous is not None:
-                _accumulate(sums, previous, step - 1, manager)
-            previous = step_metrics
-            if preemption.reached(step):
-                checkpoints.save(manager, step, state, history)
-                manager.wait_until_finished()
-                logging.warning("Preempted: saved step %d; re-run to resume", step)
-                return None
-        _accumulate(sums, previous, step, manager)
-        epoch_seconds = time.perf_counter() - started
-        seconds += epoch_seconds
-        validation = evaluate(
-            eval_step, state, fold, "validation", config.batch_size, batch_sharding
-        )
-        record = {
-            "epoch": epoch + 1,
-            "step": step,
-            "train_loss": sums["loss"] / sums["steps"],
-            "train_accuracy": sums["accuracy"] / sums["steps"],
-            "validation_loss": validation["loss"],
-            "validation_ua": validation["ua"],
-            "validation_wa": validation["wa"],
-            "validation_macro_f1": validation["macro_f1"],
-            "train_seconds": seconds,
-            "examples_per_second": sums["steps"] * config.batch_size / epoch_seconds,
-        }
-        history.append(record)
-        writer.write_scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
-        checkpoints.save(manager, step, state, history, validation["ua"])
-        logging.info(
-            "epoch %d/%d  loss %.4f  val UA %.4f WA %.4f F1 %.4f  %.1f ex/s",
-            epoch + 1,
-            config.num_epochs,
-            record["train_loss"],
-            validation["ua"],
-            validation["wa"],
-            validation["macro_f1"],
-            record["examples_per_second"],
-        )
+            batches = itertools.islice(batches, step - epoch * steps_per_epoch, steps_per_epoch)
+            sums, previous = {"loss": 0.0, "accuracy": 0.0, "steps": 0}, None
+            for batch in batches:
+                state, step_metrics = train_step(
+                    state, _global_batch(batch, TRAIN_KEYS, batch_sharding), key
+                )
+                step += 1
+                # Reading the previous step's loss keeps one step in flight while catching a NaN.
+                if previous is not None:
+                    _accumulate(sums, previous, step - 1, manager)
+                previous = step_metrics
+                if preemption.reached(step):
+                    checkpoints.save(manager, step, state, history)
+                    manager.wait_until_finished()
+                    logging.warning("Preempted: saved step %d; re-run to resume", step)
+                    return None
+            _accumulate(sums, previous, step, manager)
+            epoch_seconds = time.perf_counter() - started
+            seconds += epoch_seconds
+            validation = evaluate(
+                eval_step, state, fold, "validation", config.batch_size, batch_sharding
+            )
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": sums["loss"] / sums["steps"],
+                "train_accuracy": sums["accuracy"] / sums["steps"],
+                "validation_loss": validation["loss"],
+                "validation_ua": validation["ua"],
+                "validation_wa": validation["wa"],
+                "validation_macro_f1": validation["macro_f1"],
+                "train_seconds": seconds,
+                "examples_per_second": sums["steps"] * config.batch_size / epoch_seconds,
+            }
+            history.append(record)
+            writer.write_scalars(
+                step, {k: v for k, v in record.items() if k not in ("epoch", "step")}
+            )
+            checkpoints.save(manager, step, state, history, validation["ua"])
+            logging.info(
+                "epoch %d/%d  loss %.4f  val UA %.4f WA %.4f F1 %.4f  %.1f ex/s",
+                epoch + 1,
+                config.num_epochs,
+                record["train_loss"],
+                validation["ua"],
+                validation["wa"],
+                validation["macro_f1"],
+                record["examples_per_second"],
+            )
     manager.wait_until_finished()
     writer.flush()
     return _final_results(config, workdir, fold, manager, state, history, eval_step, batch_sharding)
@@ -178,41 +191,58 @@ def _accumulate(sums: dict[str, float], step_metrics, step: int, manager) -> Non
     sums["steps"] += 1
 
 
-# Shared with prediction and export, which must choose the same state.
-_best = checkpoints.best_record
-
-
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
-    """Scores a run's best-validation state on `split`; writes `evaluation_<split>.json`."""
-    fold = pipeline.create_fold_input(config)
+    """Scores a run's best-validation state on `split`; writes `evaluation_<name>.json` and `.png`.
+
+    With `config.cross_corpus.dataset` set, the split is that corpus's (`all`: every speaker),
+    its labels mapped onto the run's classes and predictions restricted to the mapped classes;
+    `<name>` is then `<corpus>_<split>`.
+    """
+    corpus = config.cross_corpus.dataset
+    if corpus:
+        fold, mapping, left_out = pipeline.create_cross_corpus_input(config, split)
+        eval_classes = tuple(sorted({fold.class_names.index(ours) for ours in mapping.values()}))
+        name = f"{corpus}_{split}"
+    elif split == "all":
+        raise ValueError(
+            "--split=all scores every speaker, training speakers included: it is only meaningful "
+            "for another corpus (set config.cross_corpus.dataset)"
+        )
+    else:
+        fold, eval_classes, name = pipeline.create_fold_input(config), None, split
     mesh, replicated, batch_sharding = _shardings()
-    manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
-    if manager.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {manager.directory}: train this run first")
-    steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
-    state = jax.device_put(steps.create_train_state(config, steps_per_epoch), replicated)
-    _, history = checkpoints.restore(manager, manager.latest_step(), state)
-    if not history:
-        raise ValueError(f"{manager.directory} holds no completed epoch to evaluate")
-    best = _best(history)
-    state, _ = checkpoints.restore(manager, best["step"], state)
-    _, eval_step = steps.jit_steps(config, mesh, len(fold.class_names))
+    # The optimizer state's structure, not its schedule's length, must match the checkpoint.
+    state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1), replicated)
+    state, best = checkpoints.restore_best(workdir, state)
+    _, eval_step = steps.jit_steps(config, mesh, len(fold.class_names), eval_classes)
     result = evaluate(eval_step, state, fold, split, config.batch_size, batch_sharding)
+    if eval_classes is not None:
+        kept = np.ix_(eval_classes, eval_classes)
+        confusion = np.array(result["confusion_matrix"])[kept]
+        result.update(metrics.summarize(confusion, [fold.class_names[i] for i in eval_classes]))
+        result.update(dataset=corpus, label_map=mapping, left_out=left_out)
     result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
     if jax.process_index() == 0:
-        files.write_json_atomically(os.path.join(workdir, f"evaluation_{split}.json"), result)
+        path = os.path.join(workdir, f"evaluation_{name}")
+        files.write_json_atomically(path + ".json", result)
+        classes = list(result["per_class_recall"])
+        metrics.plot_confusion_matrix(
+            np.array(result["confusion_matrix"]), classes, path + ".png", title=name
+        )
         print(
-            f"{split}: UA {result['ua']:.4f}  WA {result['wa']:.4f}  "
+            f"{name}: UA {result['ua']:.4f}  WA {result['wa']:.4f}  "
             f"macro-F1 {result['macro_f1']:.4f}  N {result['num_examples']}"
         )
-        for name, recall in result["per_class_recall"].items():
-            print(f"  {name:<12} recall {'n/a' if recall is None else f'{recall:.4f}'}")
+        for class_name, recall in result["per_class_recall"].items():
+            print(f"  {class_name:<12} recall {'n/a' if recall is None else f'{recall:.4f}'}")
+        if corpus and any(left_out.values()):
+            print(f"  left out (not in the label map): {left_out}")
     return result
 
 
 def _final_results(config, workdir, fold, manager, state, history, eval_step, sharding):
     """Restores the best-validation state, tests it once, writes results and pictures."""
-    best = _best(history)
+    best = checkpoints.best_record(history)
     best_state, _ = checkpoints.restore(manager, best["step"], state)
     results = {
         "dataset": config.data.dataset,

@@ -1,7 +1,9 @@
 """Shared test helpers."""
 
+import importlib.util
 import pathlib
 import runpy
+import types
 
 import ml_collections
 
@@ -11,3 +13,27 @@ CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 def load_config(name: str) -> ml_collections.ConfigDict:
     """Loads `configs/<name>.py` the way the command-line flags do, from any working directory."""
     return runpy.run_path(str(CONFIGS / f"{name}.py"))["get_config"]()
+
+
+def load_tool(name: str) -> types.ModuleType:
+    """Imports `tools/<name>.py` (tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, CONFIGS.parent / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
+    """The demo config shrunk to seconds: tiny HRNet, 32 bands x 32 frames, 8 speakers."""
+    config = load_config("demo")
+    config.data.data_dir = str(data_dir)
+    config.data.n_mels, config.data.n_fft, config.data.num_frames = 32, 512, 32
+    config.data.synthetic_speakers, config.data.synthetic_utterances_per_speaker = 8, 8
+    config.data.num_folds = 4
+    config.model.variant = "tiny"
+    config.augment.freq_mask_width, config.augment.time_mask_width = 4, 4
+    config.batch_size, config.num_epochs = 8, 2
+    for field, value in overrides.items():
+        section, _, key = field.rpartition(".")
+        (config[section] if section else config)[key] = value
+    return config

@@ -1,6 +1,5 @@
 """Tests of the tfds builders, the build summary, speaker-independent folds and the pipeline."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -388,11 +387,7 @@ def test_iemocap_builds_with_its_label_set_and_utterance_speakers(tmp_path):
 
 
 def test_linear_baseline_scores_every_test_example(synthetic_config):
-    spec = importlib.util.spec_from_file_location(
-        "linear_baseline", helpers.CONFIGS.parent / "tools" / "linear_baseline.py"
-    )
-    baseline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(baseline)
+    baseline = helpers.load_tool("linear_baseline")
     mel = np.arange(12.0).reshape(3, 4)
     np.testing.assert_array_equal(baseline.utterance_features(mel, "mean"), [1.5, 5.5, 9.5])
     stats = baseline.utterance_features(mel, "stats")
@@ -402,3 +397,22 @@ def test_linear_baseline_scores_every_test_example(synthetic_config):
         result = baseline.run(synthetic_config, kind)
         assert result["num_examples"] == 16
         assert 0.0 <= result["ua"] <= 1.0
+
+
+def test_label_maps_pair_shared_names_or_the_listed_pairs():
+    ours = ("neutral", "happy", "angry", "sad")
+    theirs = ("anger", "joy", "neutral", "calm")
+    assert pipeline.parse_label_map("", theirs, ours) == {"neutral": "neutral"}
+    assert pipeline.parse_label_map(" joy=happy,anger = angry", theirs, ours) == {
+        "joy": "happy",
+        "anger": "angry",
+    }
+    for text, match in [
+        ("joy:happy", "not of the form"),
+        ("fear=sad", "'fear' is not one of"),
+        ("joy=glad", "'glad' is not one of"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            pipeline.parse_label_map(text, theirs, ours)
+    with pytest.raises(ValueError, match="no class of"):
+        pipeline.parse_label_map("", ("joy", "calm"), ours)

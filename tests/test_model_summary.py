@@ -1,7 +1,5 @@
 """Tests of tools/model_summary.py."""
 
-import importlib.util
-
 import pytest
 
 from tests import helpers
@@ -9,12 +7,7 @@ from tests import helpers
 
 @pytest.fixture(scope="module")
 def model_summary():
-    spec = importlib.util.spec_from_file_location(
-        "model_summary", helpers.CONFIGS.parent / "tools" / "model_summary.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return helpers.load_tool("model_summary")
 
 
 def test_summary_lists_stages_in_order_with_parameters_and_flops(model_summary):

@@ -11,32 +11,18 @@ import chex
 import jax
 import numpy as np
 import pytest
+import soundfile
 
 from emohrnet_jax import checkpoints, steps, train
-from emohrnet_jax.data import pipeline
+from emohrnet_jax.audio import features, synthetic
+from emohrnet_jax.data import builders, pipeline
 from tests import helpers
-
-
-def _tiny_config(data_dir, **overrides):
-    """The demo config shrunk to seconds: tiny HRNet, 32 bands x 32 frames, 8 speakers."""
-    config = helpers.load_config("demo")
-    config.data.data_dir = str(data_dir)
-    config.data.n_mels, config.data.n_fft, config.data.num_frames = 32, 512, 32
-    config.data.synthetic_speakers, config.data.synthetic_utterances_per_speaker = 8, 8
-    config.data.num_folds = 4
-    config.model.variant = "tiny"
-    config.augment.freq_mask_width, config.augment.time_mask_width = 4, 4
-    config.batch_size, config.num_epochs = 8, 2
-    for field, value in overrides.items():
-        section, _, key = field.rpartition(".")
-        (config[section] if section else config)[key] = value
-    return config
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("synthetic")
-    pipeline.load_builder(_tiny_config(path).data)  # prepared once for the module
+    pipeline.load_builder(helpers.tiny_config(path).data)  # prepared once for the module
     return path
 
 
@@ -44,7 +30,7 @@ def data_dir(tmp_path_factory):
 def uninterrupted(data_dir, tmp_path_factory):
     """A complete 2-epoch run, the reference for the resume tests."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    return train.train_and_evaluate(_tiny_config(data_dir), str(workdir)), workdir
+    return train.train_and_evaluate(helpers.tiny_config(data_dir), str(workdir)), workdir
 
 
 def _batch(n=8, frames=32, seed=0):
@@ -57,7 +43,7 @@ def _batch(n=8, frames=32, seed=0):
 
 def test_sharded_steps_match_a_single_device(data_dir):
     assert jax.device_count() == 8, "conftest fakes 8 CPU devices"
-    config = _tiny_config(data_dir)
+    config = helpers.tiny_config(data_dir)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = jax.sharding.Mesh(np.array(devices), ("data",))
@@ -77,7 +63,7 @@ def test_sharded_steps_match_a_single_device(data_dir):
 
 
 def test_a_train_step_updates_parameters_statistics_and_the_step(data_dir):
-    config = _tiny_config(data_dir)
+    config = helpers.tiny_config(data_dir)
     mesh = steps.make_mesh()
     state = steps.create_train_state(config, steps_per_epoch=4)
     before = jax.device_get((state.params, state.batch_stats))
@@ -95,7 +81,7 @@ def test_a_train_step_updates_parameters_statistics_and_the_step(data_dir):
 
 
 def test_checkpoint_round_trip(data_dir, tmp_path):
-    config = _tiny_config(data_dir)
+    config = helpers.tiny_config(data_dir)
     state = steps.create_train_state(config, steps_per_epoch=4)
     train_step, _ = steps.jit_steps(config, steps.make_mesh(), num_classes=4)
     state, _ = train_step(state, _batch(), jax.random.key(0))  # non-trivial optimizer state
@@ -103,7 +89,7 @@ def test_checkpoint_round_trip(data_dir, tmp_path):
     history = [{"epoch": 1, "step": 1, "validation_ua": 0.5}]
     checkpoints.save(manager, 1, state, history, validation_ua=0.5)
     manager.wait_until_finished()
-    fresh = steps.create_train_state(_tiny_config(data_dir, seed=1), steps_per_epoch=4)
+    fresh = steps.create_train_state(helpers.tiny_config(data_dir, seed=1), steps_per_epoch=4)
     restored, restored_history = checkpoints.restore(manager, 1, fresh)
     chex.assert_trees_all_equal(jax.device_get(restored.params), jax.device_get(state.params))
     chex.assert_trees_all_equal(jax.device_get(restored.opt_state), jax.device_get(state.opt_state))
@@ -148,7 +134,7 @@ def test_training_writes_results_chosen_on_validation(uninterrupted):
 
 def test_evaluate_mode_rescores_the_best_state(uninterrupted, data_dir):
     results, workdir = uninterrupted
-    result = train.evaluate_run(_tiny_config(data_dir), str(workdir), "test")
+    result = train.evaluate_run(helpers.tiny_config(data_dir), str(workdir), "test")
     assert result["confusion_matrix"] == results["test"]["confusion_matrix"]
     assert result["best_epoch"] == results["best_epoch"]
     with open(workdir / "evaluation_test.json") as file:
@@ -157,7 +143,7 @@ def test_evaluate_mode_rescores_the_best_state(uninterrupted, data_dir):
 
 def test_evaluate_mode_needs_a_trained_run(data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="train this run first"):
-        train.evaluate_run(_tiny_config(data_dir), str(tmp_path), "test")
+        train.evaluate_run(helpers.tiny_config(data_dir), str(tmp_path), "test")
 
 
 def _state_like(workdir):
@@ -183,10 +169,12 @@ def test_preempted_mid_epoch_and_resumed_equals_uninterrupted(
     uninterrupted, data_dir, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(train._Preemption, "reached", lambda self, step: step == 3)
-    assert train.train_and_evaluate(_tiny_config(data_dir), str(tmp_path)) is None
+    assert train.train_and_evaluate(helpers.tiny_config(data_dir), str(tmp_path)) is None
     assert checkpoints.create_manager(str(tmp_path), 2).latest_step() == 3  # mid-epoch 1
     monkeypatch.undo()
-    _same_run(train.train_and_evaluate(_tiny_config(data_dir), str(tmp_path)), uninterrupted[0])
+    _same_run(
+        train.train_and_evaluate(helpers.tiny_config(data_dir), str(tmp_path)), uninterrupted[0]
+    )
 
 
 def test_killed_with_sigkill_and_rerun_equals_uninterrupted(uninterrupted, data_dir, tmp_path):
@@ -219,7 +207,7 @@ def test_killed_with_sigkill_and_rerun_equals_uninterrupted(uninterrupted, data_
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:]
     assert not (tmp_path / "results.json").exists()
-    resumed = train.train_and_evaluate(_tiny_config(data_dir), str(tmp_path))
+    resumed = train.train_and_evaluate(helpers.tiny_config(data_dir), str(tmp_path))
     _same_run(resumed, uninterrupted[0])
 
 
@@ -234,12 +222,12 @@ def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline.FoldInput, "train_batches", poisoned)
     with pytest.raises(FloatingPointError, match="at step 3"):
-        train.train_and_evaluate(_tiny_config(data_dir), str(tmp_path))
+        train.train_and_evaluate(helpers.tiny_config(data_dir), str(tmp_path))
 
 
 def test_batch_size_must_divide_over_the_devices(data_dir, tmp_path):
     with pytest.raises(ValueError, match="multiple of the 8 devices"):
-        train.train_and_evaluate(_tiny_config(data_dir, batch_size=12), str(tmp_path))
+        train.train_and_evaluate(helpers.tiny_config(data_dir, batch_size=12), str(tmp_path))
 
 
 def test_main_rejects_a_misspelled_override_naming_it(tmp_path):
@@ -259,3 +247,84 @@ def test_main_rejects_a_misspelled_override_naming_it(tmp_path):
     assert result.returncode != 0
     assert "learning_rte" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def _labelled_folder_corpus(folder, data_config):
+    """Prepares 16 labelled_folder clips (4 classes, one unknown to the model) like the run."""
+    spec = synthetic.CorpusSpec(2, 8, min_seconds=0.6, max_seconds=0.8, seed=5)
+    labels = ("anger", "calm", "joy", "neutral")
+    rows = ["path,label,speaker"]
+    for i, utterance in enumerate(synthetic.plan(spec)):
+        soundfile.write(
+            folder / f"{utterance.id}.wav", synthetic.synthesize(utterance, spec), 16000
+        )
+        rows.append(f"{utterance.id}.wav,{labels[i % 4]},{utterance.speaker}")
+    (folder / "clips.csv").write_text("\n".join(rows) + "\n")
+    builders.prepare(
+        "labelled_folder",
+        data_config.data_dir,
+        feature_params=features.FeatureParams.from_config(data_config),
+        num_workers=0,
+        csv_path=str(folder / "clips.csv"),
+    )
+
+
+def test_cross_corpus_evaluation_maps_labels_and_counts_the_rest(uninterrupted, data_dir, tmp_path):
+    _, workdir = uninterrupted
+    config = helpers.tiny_config(
+        data_dir,
+        **{
+            "cross_corpus.dataset": "labelled_folder",
+            "cross_corpus.label_map": "anger=angry, joy=happy, neutral=neutral",
+        },
+    )
+    _labelled_folder_corpus(tmp_path, config.data)
+    result = train.evaluate_run(config, str(workdir), "all")
+    assert result["left_out"] == {"calm": 4}
+    assert result["label_map"] == {"anger": "angry", "joy": "happy", "neutral": "neutral"}
+    assert list(result["per_class_recall"]) == ["neutral", "happy", "angry"]
+    # Predictions are restricted to the mapped classes: none falls outside the 3x3 matrix.
+    assert np.sum(result["confusion_matrix"]) == result["num_examples"] == 12
+    assert np.sum(result["confusion_matrix"], axis=1).tolist() == [4, 4, 4]
+    assert (workdir / "evaluation_labelled_folder_all.png").exists()
+    with open(workdir / "evaluation_labelled_folder_all.json") as file:
+        assert json.load(file)["ua"] == pytest.approx(result["ua"])
+
+
+def test_all_speakers_of_the_training_corpus_is_refused(uninterrupted, data_dir):
+    with pytest.raises(ValueError, match="training speakers included"):
+        train.evaluate_run(helpers.tiny_config(data_dir), str(uninterrupted[1]), "all")
+
+
+@pytest.fixture(scope="module")
+def cross_validate():
+    return helpers.load_tool("cross_validate")
+
+
+def test_cross_validation_summarizes_folds_and_skips_finished_ones(
+    cross_validate, data_dir, tmp_path, monkeypatch
+):
+    config = helpers.tiny_config(data_dir, num_epochs=1)
+    summary = cross_validate.run_folds(config, str(tmp_path), folds=[0, 1])
+    folds = []
+    for k in (0, 1):
+        with open(tmp_path / f"fold_{k}" / "results.json") as file:
+            folds.append(json.load(file))
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    assert summary["num_folds"] == 4 and summary["folds_done"] == 2
+    uas = [f["test"]["ua"] for f in folds]
+    assert summary["mean"]["ua"] == pytest.approx(np.mean(uas))
+    assert summary["std"]["ua"] == pytest.approx(np.std(uas, ddof=1))
+    summed = np.add(folds[0]["test"]["confusion_matrix"], folds[1]["test"]["confusion_matrix"])
+    assert summary["confusion_matrix"] == summed.tolist()
+    assert folds[0]["speakers"]["test"] != folds[1]["speakers"]["test"]
+    assert (tmp_path / "confusion_matrix.png").exists()
+    assert "+-" in cross_validate.format_summary(summary)
+
+    def no_training(*_):
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr(train, "train_and_evaluate", no_training)
+    assert cross_validate.run_folds(config, str(tmp_path), folds=[0, 1]) == summary
+    with pytest.raises(ValueError, match="out of range"):
+        cross_validate.run_folds(config, str(tmp_path), folds=[4])

@@ -13,7 +13,7 @@
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -44,12 +44,14 @@ def builder_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def load_builder(
-    data_config: ml_collections.ConfigDict, prepare_synthetic: bool = True
+    data_config: ml_collections.ConfigDict,
+    prepare_synthetic: bool = True,
+    check_classes: bool = True,
 ) -> tfds.core.DatasetBuilder:
     """The prepared dataset of `config.data`, checked against the config's features and classes.
 
     The synthetic corpus is prepared on first use; a corpus that needs raw files is an error that
-    says how to prepare it.
+    says how to prepare it. `check_classes=False` accepts any stored classes (cross-corpus).
     """
     params = features.FeatureParams.from_config(data_config)
     dataset = data_config.dataset
@@ -74,7 +76,7 @@ def load_builder(
         raise ValueError(
             f"prepared features {stored.get('feature_params')} differ from the config's {params}"
         )
-    if list(stored["class_names"]) != list(data_config.class_names):
+    if check_classes and list(stored["class_names"]) != list(data_config.class_names):
         raise ValueError(
             f"config.data.class_names={list(data_config.class_names)} but {dataset} was prepared "
             f"with classes {stored['class_names']} (the logits must follow the dataset's order)"
@@ -90,13 +92,19 @@ class FoldInput:
     speakers: dict[str, list[str]]
     class_names: tuple[str, ...]
     num_frames: int
+    # Cross-corpus: stored label index -> model class index, -1 for a class left out.
+    label_map: tuple[int, ...] | None = None
     _counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def split(self, name: str) -> tf.data.Dataset:
-        """Normalized float32 examples of `train`, `validation` or `test`, in stored order."""
+        """Normalized float32 examples of a split (a key of `speakers`), in stored order."""
         wanted = tf.constant(self.speakers[name])
         dataset = self.builder.as_dataset(split=builders.SPLIT, shuffle_files=False)
         dataset = dataset.filter(lambda x: tf.reduce_any(tf.equal(x["speaker"], wanted)))
+        if self.label_map is not None:
+            table = tf.constant(self.label_map, tf.int64)
+            dataset = dataset.map(lambda x: {**x, "label": tf.gather(table, x["label"])})
+            dataset = dataset.filter(lambda x: x["label"] >= 0)
         return dataset.map(_normalized, num_parallel_calls=tf.data.AUTOTUNE)
 
     def count(self, name: str) -> int:
@@ -186,6 +194,78 @@ def create_fold_input(config: ml_collections.ConfigDict, workdir: str | None = N
         class_names=tuple(builder.info.features["label"].names),
         num_frames=config.data.num_frames,
     )
+
+
+def parse_label_map(
+    text: str, corpus_classes: Sequence[str], model_classes: Sequence[str]
+) -> dict[str, str]:
+    """Reads "theirs=ours,..." pairs; an empty text pairs the classes that share a name.
+
+    Raises:
+      ValueError: on a malformed pair, a name that is not a class, or a mapping that is empty.
+    """
+    if not text.strip():
+        mapping = {name: name for name in corpus_classes if name in model_classes}
+    else:
+        mapping = {}
+        for pair in text.split(","):
+            theirs, sep, ours = (part.strip() for part in pair.partition("="))
+            if not sep or not theirs or not ours:
+                raise ValueError(f"label_map entry {pair!r} is not of the form theirs=ours")
+            if theirs not in corpus_classes:
+                raise ValueError(f"label_map: {theirs!r} is not one of {list(corpus_classes)}")
+            if ours not in model_classes:
+                raise ValueError(f"label_map: {ours!r} is not one of {list(model_classes)}")
+            mapping[theirs] = ours
+    if not mapping:
+        raise ValueError(
+            f"no class of {list(corpus_classes)} maps onto the model's {list(model_classes)}; "
+            "set config.cross_corpus.label_map, e.g. 'joy=happy,anger=angry'"
+        )
+    return mapping
+
+
+def create_cross_corpus_input(
+    config: ml_collections.ConfigDict, split: str
+) -> tuple[FoldInput, dict[str, str], dict[str, int]]:
+    """Corpus `config.cross_corpus.dataset`, prepared with the run's features, labels mapped.
+
+    `split` is `all` (every speaker) or that corpus's `train`, `validation` or `test` speakers of
+    fold `config.data.fold` (its own protocol). Returns the input (model class names, mapped
+    labels), the mapping and the number of examples of each class left out.
+    """
+    cross = config.cross_corpus
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    data_config.dataset = cross.dataset
+    data_config.label_set = cross.label_set
+    builder = load_builder(data_config, prepare_synthetic=False, check_classes=False)
+    corpus_classes = list(builder.info.metadata["class_names"])
+    model_classes = list(config.data.class_names)
+    mapping = parse_label_map(cross.label_map, corpus_classes, model_classes)
+    speakers = list(builder.info.metadata["speakers"])
+    if split == "all":
+        fold_speakers = {"all": speakers}
+    else:
+        fold_speakers = splits.fold_speakers(cross.dataset, speakers, config.data.fold)
+    fold = FoldInput(
+        builder=builder,
+        speakers=fold_speakers,
+        class_names=tuple(model_classes),
+        num_frames=config.data.num_frames,
+        label_map=tuple(
+            model_classes.index(mapping[name]) if name in mapping else -1 for name in corpus_classes
+        ),
+    )
+    wanted = tf.constant(fold_speakers[split])
+    stored = builder.as_dataset(
+        split=builders.SPLIT, shuffle_files=False, decoders={"mel": tfds.decode.SkipDecoding()}
+    )
+    stored = stored.filter(lambda x: tf.reduce_any(tf.equal(x["speaker"], wanted)))
+    labels = [int(label) for label in tfds.as_numpy(stored.map(lambda x: x["label"]))]
+    left_out = {
+        name: labels.count(i) for i, name in enumerate(corpus_classes) if name not in mapping
+    }
+    return fold, mapping, left_out
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -1,0 +1,130 @@
+"""Runs every speaker-independent fold of a corpus's protocol and summarizes them.
+
+  python tools/cross_validate.py --config=configs/iemocap.py --workdir=runs/iemocap_cv
+  python tools/cross_validate.py --config=configs/demo.py --workdir=runs/demo_cv --folds=0,1
+
+Fold k trains in `WORKDIR/fold_k` exactly as `python -m emohrnet_jax.main --config.data.fold=k`
+would. A fold with a `results.json` is done and is not re-run; an interrupted fold resumes from
+its latest checkpoint. Writes `WORKDIR/summary.json` (per-fold and mean +- std UA, WA and macro-F1
+on each fold's test speakers, and the summed test confusion matrix), `WORKDIR/confusion_matrix.png`
+and prints a table. The sample standard deviation (ddof=1) is the one papers usually report.
+"""
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from emohrnet_jax import files, metrics, train
+from emohrnet_jax.data import splits
+
+METRICS = ("ua", "wa", "macro_f1")
+
+
+def fold_workdir(workdir: str, fold: int) -> str:
+    return os.path.join(workdir, f"fold_{fold}")
+
+
+def run_folds(
+    config: ml_collections.ConfigDict, workdir: str, folds: list[int] | None = None
+) -> dict[str, Any]:
+    """Trains the folds not yet done (all of the protocol's by default), then summarizes all."""
+    total = splits.num_folds(config.data.dataset, config.data.get("num_folds"))
+    folds = list(range(total)) if folds is None else folds
+    bad = [fold for fold in folds if not 0 <= fold < total]
+    if bad:
+        raise ValueError(f"folds {bad} are out of range: {config.data.dataset} has {total} folds")
+    results = []
+    for fold in folds:
+        path = os.path.join(fold_workdir(workdir, fold), "results.json")
+        if os.path.exists(path):
+            print(f"fold {fold}: done, read from {path}")
+            with open(path) as file:
+                results.append(json.load(file))
+            continue
+        print(f"fold {fold} of {total}: training in {fold_workdir(workdir, fold)}")
+        fold_config = config.copy_and_resolve_references()
+        with fold_config.unlocked():
+            fold_config.data.fold = fold
+        result = train.train_and_evaluate(fold_config, fold_workdir(workdir, fold))
+        if result is None:
+            raise SystemExit(f"preempted during fold {fold}: re-run the same command to resume")
+        results.append(result)
+    summary = summarize(results, total)
+    files.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
+    metrics.plot_confusion_matrix(
+        np.array(summary["confusion_matrix"]),
+        summary["class_names"],
+        os.path.join(workdir, "confusion_matrix.png"),
+        title=f"{summary['dataset']}: {len(results)} folds, test (summed)",
+    )
+    return summary
+
+
+def summarize(results: list[dict[str, Any]], num_folds: int) -> dict[str, Any]:
+    """Per-fold and mean +- std test metrics, and the summed test confusion matrix."""
+    names = results[0]["class_names"]
+    per_fold = [
+        {
+            "fold": r["fold"],
+            "best_epoch": r["best_epoch"],
+            "test_speakers": r["speakers"]["test"],
+            **{m: r["test"][m] for m in METRICS},
+            "num_examples": r["test"]["num_examples"],
+        }
+        for r in results
+    ]
+    values = {m: np.array([f[m] for f in per_fold]) for m in METRICS}
+    confusion = np.sum([r["test"]["confusion_matrix"] for r in results], axis=0)
+    return {
+        "dataset": results[0]["dataset"],
+        "class_names": names,
+        "num_folds": num_folds,
+        "folds_done": len(results),
+        "folds": per_fold,
+        "mean": {m: float(v.mean()) for m, v in values.items()},
+        "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
+        "confusion_matrix": confusion.tolist(),
+        "pooled": metrics.summarize(confusion, names),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The console table: one row per fold, then mean +- std, in percent."""
+    row = "{:<6}  {:>14}  {:>14}  {:>14}  {:>6}"
+    lines = [row.format("fold", "UA %", "WA %", "macro-F1 %", "N")]
+    for fold in summary["folds"]:
+        cells = [f"{100 * fold[m]:.2f}" for m in METRICS]
+        lines.append(row.format(fold["fold"], *cells, fold["num_examples"]))
+    cells = [f"{100 * summary['mean'][m]:.2f} +- {100 * summary['std'][m]:.2f}" for m in METRICS]
+    lines.append(row.format("mean", *cells, summary["pooled"]["num_examples"]))
+    if summary["folds_done"] < summary["num_folds"]:
+        lines.append(f"({summary['folds_done']} of {summary['num_folds']} folds)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    folds = [int(f) for f in flags.FLAGS.folds] if flags.FLAGS.folds else None
+    train.enable_compilation_cache(flags.FLAGS.compilation_cache)
+    summary = run_folds(flags.FLAGS.config, flags.FLAGS.workdir, folds)
+    print(format_summary(summary))
+
+
+if __name__ == "__main__":
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Folder of the folds (fold_K) and the summary.")
+    flags.DEFINE_list("folds", None, "Folds to run (default: every fold of the protocol).")
+    flags.DEFINE_string(
+        "compilation_cache",
+        train.DEFAULT_COMPILATION_CACHE,
+        "Persistent XLA compilation cache ('' = off).",
+    )
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
