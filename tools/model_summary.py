@@ -7,7 +7,6 @@ Shapes and parameters come from tracing alone; FLOPs from XLA's cost analysis of
 evaluation forward pass (multiply and add counted separately), per example.
 """
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -16,7 +15,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import models
+from emohrnet_jax import cost, models
 
 
 def summarize(config: ml_collections.ConfigDict, batch_size: int, flops: bool) -> dict[str, Any]:
@@ -48,7 +47,7 @@ def summarize(config: ml_collections.ConfigDict, batch_size: int, flops: bool) -
     }
     if flops:
         compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, mel).compile()
-        summary["flops_per_example"] = _cost(compiled.cost_analysis(), "flops") / batch_size
+        summary["flops_per_example"] = cost.compiled_flops(compiled) / batch_size
     return summary
 
 
@@ -60,13 +59,6 @@ def _order(name: str) -> tuple[int, str]:
     """Sorts stem0, stem1, stage1, transition1, ..., fuse, classifier in data-flow order."""
     base = "stem" if name.startswith("stem") else name
     return (_DATA_FLOW.index(base) if base in _DATA_FLOW else len(_DATA_FLOW), name)
-
-
-def _cost(analysis: Mapping[str, float] | list[Mapping[str, float]], key: str) -> float:
-    # Older jax versions return one dict per computation in a list.
-    if isinstance(analysis, list):
-        return sum(a.get(key, 0.0) for a in analysis)
-    return analysis.get(key, 0.0)
 
 
 def _print(summary: dict[str, Any]) -> None:
