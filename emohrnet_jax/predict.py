@@ -11,9 +11,21 @@ one mean and variance per clip. The model sees windows of the training crop's le
 one is cut into windows every `--hop_frames` (half a window by default, the last window ending
 at the clip's end) whose logits are averaged before the softmax.
 
-Output, one line per file in walk order: JSON lines with `path` and either `label` and
-`probabilities` (every class) or `error` (the reason, `detail` has more); or CSV. Exit status:
-0, 3 when some files could not be scored (their lines say why), 1 when nothing could run.
+Folders are walked recursively in sorted order, picking up audio extensions only (.wav .flac
+.ogg .oga .opus .mp3 .aif .aiff); a file named on the command line is always tried. Windows of
+consecutive files fill the same batches, so a folder of many short clips runs at full speed.
+A progress bar goes to stderr when it is a terminal.
+
+Output, one line per file in walk order, to stdout or `--output`:
+- JSON lines (default): `path` (as walked from the arguments) and either `label` and
+  `probabilities` (every class, summing to 1), plus `windows`, `seconds` and with `--top_k` a
+  ranked `top_k` list; or `error` (the short reason, e.g. "cannot decode audio") and `detail`.
+    {"path": "clips/a.wav", "label": "happy", "probabilities": {"neutral": 0.1, ...}, ...}
+    {"path": "clips/bad.wav", "error": "cannot decode audio", "detail": "..."}
+- CSV (`--format=csv`): a header, then path, label, a probability column per class (or with
+  `--top_k` the columns top_1, probability_1, ...), error.
+Exit status: 0; 3 when some files could not be scored (their lines say why, the others are
+scored); 1 when nothing could run (no such run, no checkpoint, a checkpoint that does not fit).
 """
 
 import collections

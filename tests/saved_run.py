@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from emohrnet_jax import checkpoints, files, steps
+from emohrnet_jax import checkpoints, files, models, steps
 from tests import helpers
 
 
@@ -75,3 +75,15 @@ def make(workdir: str) -> SavedRun:
         checkpoints.save(manager, 4 * epoch, state, list(history), ua)
     manager.wait_until_finished()
     return SavedRun(str(workdir), run_config, best, latest)
+
+
+def flax_logits(run: SavedRun, mel: np.ndarray) -> np.ndarray:
+    """The Flax model's logits with the best state, one window at a time.
+
+    One window per call: a single compiled shape that every serving test shares (through the
+    session's persistent compilation cache), whatever the number of windows.
+    """
+    model = models.create_model(run.config)
+    apply = jax.jit(model.apply, static_argnames="train")
+    variables = {"params": run.best.params, "batch_stats": run.best.batch_stats}
+    return np.concatenate([apply(variables, window[None], train=False) for window in mel])

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from emohrnet_jax import models, predict, runs
+from emohrnet_jax import predict, runs
 from emohrnet_jax.audio import features, synthetic
+from tests import saved_run as saved_run_module
 
 CLASSES = list(synthetic.CLASS_NAMES)
 
@@ -97,10 +98,7 @@ def test_one_window_equals_the_model_applied_to_it(saved_run, predictor):
     chex.assert_shape(mel, (32, 32))
     result = predictor.predict(waveform, 16000)
     assert result.windows == 1
-    model = models.create_model(saved_run.config)
-    direct = jax.jit(model.apply, static_argnames="train")(
-        predictor.variables, mel[None], train=False
-    )[0]
+    direct = saved_run_module.flax_logits(saved_run, mel[None])[0]
     np.testing.assert_allclose(result.logits, direct, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
         list(result.probabilities.values()), jax.nn.softmax(direct), rtol=1e-5, atol=1e-6

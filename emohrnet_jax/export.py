@@ -1,0 +1,203 @@
+r"""Exports a run's best-validation classifier for serving without the training code.
+
+  python -m emohrnet_jax.export --workdir=runs/demo --output=exported/demo
+
+writes to `--output`:
+
+- `model.jax_exported`: `jax.export` serialized StableHLO, for CPU, CUDA and TPU by default
+  (`--platforms`). Load it with JAX alone:
+      exported = jax.export.deserialize(open(path, "rb").read())
+      outputs = exported.call(mel)
+- `saved_model/`: a TensorFlow SavedModel made with `jax.experimental.jax2tf` (the same
+  StableHLO inside an XlaCallModule op). Signature `serving_default`, one input named `mel`:
+      tf.saved_model.load(path).signatures["serving_default"](mel=mel)
+- `metadata.json`: class names, feature parameters, normalization, window length, input and
+  output shapes, the checkpoint's epoch and validation UA: what a server needs to make inputs.
+
+Both models take `mel`, a float32 batch `(batch, n_mels, num_frames)` of normalized log-Mel
+windows (the batch size is symbolic: any size works), made as `emohrnet_jax.predict` makes them,
+and return a dict of float32 `(batch, num_classes)`: `logits` and `probabilities` (softmax of
+the logits, classes in the order of `class_names`). A clip longer than one window: average the
+windows' logits, then take the softmax.
+"""
+
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from emohrnet_jax import files, models, runs
+from emohrnet_jax.audio import features
+
+JAX_FILE = "model.jax_exported"
+SAVED_MODEL_DIR = "saved_model"
+METADATA_FILE = "metadata.json"
+SIGNATURE = "serving_default"
+INPUT_NAME = "mel"
+FORMATS = ("jax", "saved_model")
+
+
+def serving_function(config, variables: dict[str, Any]):
+    """`mel (batch, n_mels, num_frames) -> {"logits", "probabilities"}` with the weights inside."""
+    model = models.create_model(config)
+    # Host copies: the weights become constants of the exported program, not device buffers.
+    variables = jax.device_get(variables)
+
+    def serve(mel: jax.Array) -> dict[str, jax.Array]:
+        logits = model.apply(variables, mel, train=False).astype(jnp.float32)
+        return {"logits": logits, "probabilities": jax.nn.softmax(logits, axis=-1)}
+
+    return serve
+
+
+def input_spec(config) -> jax.ShapeDtypeStruct:
+    """The serving input: a symbolic batch of `(n_mels, num_frames)` float32 windows."""
+    (batch,) = jax.export.symbolic_shape("batch")
+    return jax.ShapeDtypeStruct((batch, config.data.n_mels, config.data.num_frames), jnp.float32)
+
+
+def export_jax(serve, config, platforms: Sequence[str]) -> bytes:
+    """The serialized `jax.export.Exported` of `serve`, for `platforms`."""
+    exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(input_spec(config))
+    return exported.serialize()
+
+
+def export_saved_model(serve, config, platforms: Sequence[str], path: str) -> None:
+    """A TensorFlow SavedModel of `serve` at `path` (imports TensorFlow)."""
+    import tensorflow as tf  # Here only: the rest of the package serves without TensorFlow.
+    from jax.experimental import jax2tf
+
+    converted = jax2tf.convert(
+        serve,
+        polymorphic_shapes=["(batch, ...)"],
+        native_serialization_platforms=tuple(platforms),
+        with_gradient=False,
+    )
+    spec = tf.TensorSpec(
+        [None, config.data.n_mels, config.data.num_frames], tf.float32, name=INPUT_NAME
+    )
+    module = tf.Module()
+    module.serve = tf.function(converted, autograph=False, input_signature=[spec])
+    tf.saved_model.save(module, path, signatures={SIGNATURE: module.serve.get_concrete_function()})
+
+
+def metadata(config, best: dict[str, Any], platforms: Sequence[str], formats) -> dict[str, Any]:
+    """What a server needs besides the model: how to make inputs and read outputs."""
+    n_mels, num_frames = int(config.data.n_mels), int(config.data.num_frames)
+    num_classes = len(config.data.class_names)
+    return {
+        "class_names": list(config.data.class_names),
+        "feature_params": runs.feature_params(config).as_dict(),
+        "features": (
+            "mono, resampled to sample_rate; natural-log Mel power (librosa, centred frames, "
+            "power floored at log_floor); rounded to float16; one mean and variance per clip: "
+            "(mel - mean) / sqrt(variance + normalization_epsilon)"
+        ),
+        "normalization_epsilon": features.NORMALIZATION_EPSILON,
+        "windows": {
+            "num_frames": num_frames,
+            "shorter_clips": "zero-padded at the end",
+            "longer_clips": "windows every num_frames // 2 frames (the last ending at the clip's "
+            "end); average their logits, then softmax",
+        },
+        "input": {"name": INPUT_NAME, "shape": [None, n_mels, num_frames], "dtype": "float32"},
+        "outputs": {
+            name: {"shape": [None, num_classes], "dtype": "float32"}
+            for name in ("logits", "probabilities")
+        },
+        "files": {
+            **({"jax_export": JAX_FILE} if "jax" in formats else {}),
+            **({"saved_model": SAVED_MODEL_DIR} if "saved_model" in formats else {}),
+        },
+        "saved_model_signature": SIGNATURE,
+        "platforms": list(platforms),
+        "checkpoint": {key: best[key] for key in ("epoch", "step", "validation_ua") if key in best},
+        "model": {key: config.model[key] for key in ("variant", "dtype")},
+        "jax_version": jax.__version__,
+    }
+
+
+def export_run(
+    workdir: str,
+    output: str,
+    formats: Sequence[str] = FORMATS,
+    platforms: Sequence[str] = ("cpu", "cuda", "tpu"),
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Exports the best-validation classifier of `workdir` to the folder `output`.
+
+    The folder appears complete or not at all (written beside it, then renamed).
+
+    Returns:
+      The metadata written to `output/metadata.json`.
+
+    Raises:
+      runs.RunError: the run cannot be served.
+      FileExistsError: `output` holds files and `overwrite` is False.
+      ValueError: an unknown format.
+    """
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise ValueError(f"formats must be some of {FORMATS}, got {list(formats)}")
+    if os.path.exists(output) and os.listdir(output) and not overwrite:
+        raise FileExistsError(f"{output} is not empty (pass --overwrite to replace it)")
+    config = runs.load_config(workdir)
+    variables, best = runs.load_best_variables(workdir, config)
+    serve = serving_function(config, variables)
+    staging = f"{output.rstrip(os.sep)}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    if "jax" in formats:
+        with open(os.path.join(staging, JAX_FILE), "wb") as file:
+            file.write(export_jax(serve, config, platforms))
+    if "saved_model" in formats:
+        export_saved_model(serve, config, platforms, os.path.join(staging, SAVED_MODEL_DIR))
+    info = metadata(config, best, platforms, formats)
+    files.write_json_atomically(os.path.join(staging, METADATA_FILE), info)
+    if os.path.exists(output):
+        shutil.rmtree(output)
+    os.replace(staging, output)
+    return info
+
+
+def _define_flags() -> None:
+    # Defined only when run as a script, so that tests can import this module beside others.
+    flags.DEFINE_string("workdir", None, "Training run folder (config.json, checkpoints/).")
+    flags.DEFINE_string("output", None, "Folder to write the exported model into.")
+    flags.DEFINE_list("formats", list(FORMATS), f"Some of {', '.join(FORMATS)}.")
+    flags.DEFINE_list(
+        "platforms",
+        ["cpu", "cuda", "tpu"],
+        "Platforms the exported StableHLO is lowered for (cpu, cuda, rocm, tpu).",
+    )
+    flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output folder.")
+    flags.mark_flags_as_required(["workdir", "output"])
+
+
+def main(argv: list[str]) -> None:
+    """The command line: exports, then prints where the files are."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    options = flags.FLAGS
+    try:
+        info = export_run(
+            options.workdir, options.output, options.formats, options.platforms, options.overwrite
+        )
+    except (runs.RunError, FileExistsError, ValueError) as error:
+        sys.exit(f"export: {error}")
+    checkpoint = info["checkpoint"]
+    print(
+        f"exported epoch {checkpoint.get('epoch')} (validation UA "
+        f"{checkpoint.get('validation_ua', float('nan')):.4f}) to {options.output}: "
+        f"{', '.join(info['files'].values())}, {METADATA_FILE}"
+    )
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
