@@ -71,7 +71,7 @@ def _run_cli(*args):
 
 def test_numpy_features_equal_the_training_pipeline(predictor):
     """Per-utterance normalization and padding agree with `data.pipeline` (TensorFlow)."""
-    from emohrnet_jax.data import builders, pipeline  # noqa: F401  (TensorFlow: this test only)
+    from emohrnet_jax.data import pipeline  # TensorFlow: this test only.
 
     rng = np.random.default_rng(0)
     for frames in (19, 32):  # shorter than the window, and exactly one window
