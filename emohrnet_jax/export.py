@@ -29,7 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app, flags, logging
 
 from emohrnet_jax import files, models, runs
 from emohrnet_jax.audio import features
@@ -184,6 +184,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = flags.FLAGS
+    if not options["verbosity"].present:  # orbax's INFO lines would bury what this prints.
+        logging.set_verbosity(logging.WARNING)
     try:
         info = export_run(
             options.workdir, options.output, options.formats, options.platforms, options.overwrite

@@ -43,7 +43,7 @@ from typing import Any
 import jax
 import numpy as np
 import tqdm
-from absl import app, flags
+from absl import app, flags, logging
 
 from emohrnet_jax import models, runs
 from emohrnet_jax.audio import features
@@ -369,8 +369,12 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> int:
     """The command line: scores the files and folders of `argv[1:]`; returns the exit status."""
     inputs, options = argv[1:], flags.FLAGS
+    if not options["verbosity"].present:  # orbax's INFO lines would bury what this prints.
+        logging.set_verbosity(logging.WARNING)
     if not inputs:
         raise app.UsageError("name at least one audio file or folder")
+    if options.output and not os.path.isdir(os.path.dirname(os.path.abspath(options.output))):
+        sys.exit(f"predict: the folder of --output={options.output} does not exist")
     try:
         predictor = Predictor(
             options.workdir, batch_size=options.batch_size, hop_frames=options.hop_frames or None

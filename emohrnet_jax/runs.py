@@ -78,10 +78,10 @@ def load_best_variables(
     # orbax and tensorstore report a mismatched tree or shape with several exception types;
     # the likely cause is the same, and the original stays chained for debugging.
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        reason = " ".join(str(error).split())[:300] or repr(error)
         raise RunError(
             f"the checkpoint in {os.path.join(workdir, 'checkpoints')} does not fit the model of "
-            f"its config.json ({describe(config)}): {first_line}"
+            f"its config.json ({describe(config)}): {reason}"
         ) from error
     return {"params": state.params, "batch_stats": state.batch_stats}, best
 
