@@ -293,6 +293,13 @@ class LabelledFolder(_EmotionBuilder):
 class Synthetic(_EmotionBuilder):
     """The built-in corpus: source-filter synthetic speech, no download."""
 
+    # The corpus is code: a change to the synthesizer is a new version, so that a corpus prepared
+    # by an older synthesizer is rebuilt instead of silently reused.
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Stronger pitch accents and final rises, slower sad speech, intensity U(0.75, 1).",
+    }
     BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
 
     @classmethod
