@@ -23,16 +23,18 @@ CONTRACT = (
 # Runs the tool as a script while tensorflow, tfds, librosa and soundfile cannot be imported, as on
 # the GPU machines; prints the heavy modules that were loaded anyway.
 _WITHOUT_TENSORFLOW = """
-import importlib.abc, runpy, sys
+import importlib.machinery, runpy, sys
 
 BLOCKED = {"tensorflow", "tensorflow_datasets", "librosa", "soundfile"}
+find_on_path = importlib.machinery.PathFinder.find_spec
 
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+def find_spec(name, path=None, target=None):
+    # Not found, as when not installed (importlib.util.find_spec answers None, too).
+    if name.split(".")[0] in BLOCKED:
+        return None
+    return find_on_path(name, path, target)
 
-sys.meta_path.insert(0, Block())
+importlib.machinery.PathFinder.find_spec = staticmethod(find_spec)
 sys.argv = ["tools/benchmark.py"] + sys.argv[1:]
 try:
     runpy.run_path("tools/benchmark.py", run_name="__main__")
