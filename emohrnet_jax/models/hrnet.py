@@ -18,7 +18,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 ModuleDef = Any
 Strides = tuple[int, int]
@@ -54,11 +53,9 @@ def _stages(modules: Sequence[int], blocks: int, widths: Sequence[int]) -> tuple
     )
 
 
-# Official widths (HRNet-W18-Small-v1, -Small-v2, -W18), plus `tiny` for tests and `small` for the
-# CPU demo (XLA's per-op overhead dominates at these widths: `small` trains at ~half tiny's speed).
+# Official widths (HRNet-W18-Small-v1, -Small-v2, -W18), plus `tiny` for tests.
 VARIANTS: dict[str, HRNetSpec] = {
     "tiny": HRNetSpec(8, 1, 4, _stages((1, 1, 1), 1, (4, 8, 16, 32))),
-    "small": HRNetSpec(16, 1, 8, _stages((1, 1, 1), 1, (8, 16, 32, 64))),
     "w18_small_v1": HRNetSpec(64, 1, 32, _stages((1, 1, 1), 2, (16, 32, 64, 128))),
     "w18_small_v2": HRNetSpec(64, 2, 64, _stages((1, 3, 2), 2, (18, 36, 72, 144))),
     "w18": HRNetSpec(64, 4, 64, _stages((1, 4, 3), 4, (18, 36, 72, 144))),
@@ -71,32 +68,8 @@ def _conv3x3(conv: ModuleDef, features: int, strides: Strides, name: str) -> nn.
 
 
 def resize_to(x: jax.Array, height: int, width: int, method: str) -> jax.Array:
-    """Resizes an NHWC map to exactly (height, width).
-
-    "nearest" picks the same source rows and columns as `jax.image.resize`, but as a repetition
-    (exact factors) or a 0/1 selection matmul: `jax.image.resize` indexes with a gather, whose
-    gradient is a scatter-add that XLA's CPU backend runs slowly (BENCHMARKS.md).
-    """
-    if method != "nearest":
-        return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method=method)
-    for axis, size in ((1, height), (2, width)):
-        x = _nearest_along(x, axis, size)
-    return x
-
-
-def _nearest_along(x: jax.Array, axis: int, size: int) -> jax.Array:
-    source = x.shape[axis]
-    if source == size:
-        return x
-    # jax.image.resize's nearest index, computed the same way in float32 (static shapes).
-    index = (np.arange(size, dtype=np.float32) + 0.5) * np.float32(source) / np.float32(size)
-    index = np.floor(index).astype(np.int32)
-    if size % source == 0 and np.array_equal(index, np.arange(size) // (size // source)):
-        return jnp.repeat(x, size // source, axis=axis)
-    select = jnp.asarray(np.eye(source, dtype=np.float32)[index], x.dtype)  # (size, source)
-    # HIGHEST: a TPU's default float32 matmul would round x to bfloat16.
-    y = jnp.tensordot(select, x, axes=[[1], [axis]], precision=jax.lax.Precision.HIGHEST)
-    return jnp.moveaxis(y, 0, axis)
+    """Resizes an NHWC map to exactly (height, width)."""
+    return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method=method)
 
 
 class BasicBlock(nn.Module):
