@@ -33,6 +33,8 @@ def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
     config.model.variant = "tiny"
     config.augment.freq_mask_width, config.augment.time_mask_width = 4, 4
     config.batch_size, config.num_epochs = 8, 2
+    # The paper's constant rate: one compiled train step whatever the number of epochs.
+    config.lr_schedule, config.warmup_epochs = "constant", 0.0
     for field, value in overrides.items():
         section, _, key = field.rpartition(".")
         (config[section] if section else config)[key] = value

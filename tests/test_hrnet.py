@@ -63,6 +63,7 @@ def test_odd_lengths_halve_with_ceiling():
 # W18-Small-v2 3.9M, W18 9.6M), whose head is the same 1x1 fuse conv.
 PARAM_COUNTS = {
     "tiny": 60_524,
+    "small": 238_868,
     "w18_small_v1": 1_535_812,
     "w18_small_v2": 3_934_092,
     "w18": 9_635_632,

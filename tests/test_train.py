@@ -155,6 +155,8 @@ def _state_like(workdir):
         stored["data"]["num_frames"],
     )
     config.model.variant = stored["model"]["variant"]
+    # The schedule decides the optimizer state's structure.
+    config.lr_schedule, config.warmup_epochs = stored["lr_schedule"], stored["warmup_epochs"]
     return steps.create_train_state(config, steps_per_epoch=4)
 
 
@@ -196,6 +198,8 @@ def test_killed_with_sigkill_and_rerun_equals_uninterrupted(uninterrupted, data_
         "--config.augment.time_mask_width=4",
         "--config.batch_size=8",
         "--config.num_epochs=2",
+        "--config.lr_schedule=constant",
+        "--config.warmup_epochs=0",
     ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
