@@ -56,6 +56,8 @@ def _tiny_flags(tmp_path) -> list[str]:
         f"--config.model.variant={config.model.variant}",
         f"--config.augment.freq_mask_width={config.augment.freq_mask_width}",
         f"--config.augment.time_mask_width={config.augment.time_mask_width}",
+        f"--config.lr_schedule={config.lr_schedule}",
+        f"--config.warmup_epochs={config.warmup_epochs}",
         f"--batch_size={config.batch_size}",
         "--steps=2",
         "--warmup=1",

@@ -416,3 +416,17 @@ def test_label_maps_pair_shared_names_or_the_listed_pairs():
             pipeline.parse_label_map(text, theirs, ours)
     with pytest.raises(ValueError, match="no class of"):
         pipeline.parse_label_map("", ("joy", "calm"), ours)
+
+
+def test_an_unprepared_corpus_names_the_command_that_prepares_it(tmp_path):
+    config = helpers.load_config("demo")
+    config.data.data_dir = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="--dataset=synthetic --data_dir=") as error:
+        pipeline.load_builder(config.data, prepare_synthetic=False)
+    assert "manual_dir" not in str(error.value)
+    config.data.dataset, config.data.class_names = (
+        "emovo",
+        helpers.load_config("emovo").data.class_names,
+    )
+    with pytest.raises(FileNotFoundError, match="--dataset=emovo --manual_dir=RAW"):
+        pipeline.load_builder(config.data)

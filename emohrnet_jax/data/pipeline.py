@@ -65,9 +65,11 @@ def load_builder(
         if dataset == "synthetic" and prepare_synthetic:
             builder.download_and_prepare()
         else:
+            source = {"synthetic": "", "labelled_folder": " --csv=CLIPS.csv"}
             raise FileNotFoundError(
                 f"{dataset} with these features is not prepared in {builder.data_dir}; run "
-                f"`python tools/prepare_data.py --dataset={dataset} --manual_dir=RAW "
+                f"`python tools/prepare_data.py --dataset={dataset}"
+                f"{source.get(dataset, ' --manual_dir=RAW')} "
                 f"--data_dir={data_config.data_dir or '~/tensorflow_datasets'}` with the same "
                 f"feature parameters ({params})"
             )
