@@ -23,8 +23,8 @@ from emohrnet_jax import checkpoints, files, metrics, steps
 from emohrnet_jax.data import pipeline
 
 TRAIN_KEYS = ("mel", "label")
-DEFAULT_COMPILATION_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/emohrnet_jax/xla")
 EVAL_KEYS = ("mel", "label", "mask")
+DEFAULT_COMPILATION_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/emohrnet_jax/xla")
 
 
 class _Preemption:

@@ -100,9 +100,7 @@ class FoldInput:
 
     def split(self, name: str) -> tf.data.Dataset:
         """Normalized float32 examples of a split (a key of `speakers`), in stored order."""
-        wanted = tf.constant(self.speakers[name])
-        dataset = self.builder.as_dataset(split=builders.SPLIT, shuffle_files=False)
-        dataset = dataset.filter(lambda x: tf.reduce_any(tf.equal(x["speaker"], wanted)))
+        dataset = _utterances_of(self.builder, self.speakers[name])
         if self.label_map is not None:
             table = tf.constant(self.label_map, tf.int64)
             dataset = dataset.map(lambda x: {**x, "label": tf.gather(table, x["label"])})
@@ -258,16 +256,21 @@ def create_cross_corpus_input(
             model_classes.index(mapping[name]) if name in mapping else -1 for name in corpus_classes
         ),
     )
-    wanted = tf.constant(fold_speakers[split])
-    stored = builder.as_dataset(
-        split=builders.SPLIT, shuffle_files=False, decoders={"mel": tfds.decode.SkipDecoding()}
-    )
-    stored = stored.filter(lambda x: tf.reduce_any(tf.equal(x["speaker"], wanted)))
+    stored = _utterances_of(builder, fold_speakers[split], {"mel": tfds.decode.SkipDecoding()})
     labels = [int(label) for label in tfds.as_numpy(stored.map(lambda x: x["label"]))]
     left_out = {
         name: labels.count(i) for i, name in enumerate(corpus_classes) if name not in mapping
     }
     return fold, mapping, left_out
+
+
+def _utterances_of(
+    builder: tfds.core.DatasetBuilder, speakers: Sequence[str], decoders: Any = None
+) -> tf.data.Dataset:
+    """The stored utterances of `speakers`, in stored order."""
+    wanted = tf.constant(list(speakers))
+    dataset = builder.as_dataset(split=builders.SPLIT, shuffle_files=False, decoders=decoders)
+    return dataset.filter(lambda x: tf.reduce_any(tf.equal(x["speaker"], wanted)))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
