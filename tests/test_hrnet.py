@@ -1,14 +1,16 @@
 """Tests of the Flax HRNet: per-stage shapes, parameter counts, BatchNorm modes, dtypes, errors."""
 
+import functools
 import math
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emohrnet_jax.models import VARIANTS, HRNet, create_model
+from emohrnet_jax.models import VARIANTS, HRNet, create_model, hrnet
 from emohrnet_jax.models.hrnet import resize_to
 from tests import helpers
 
@@ -196,3 +198,24 @@ def test_resize_to_twice_the_size_is_nearest_neighbour_repetition():
     x = jnp.arange(12.0).reshape(1, 2, 3, 2)
     up = resize_to(x, 4, 6, "nearest")
     chex.assert_trees_all_equal(up, jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+
+
+def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
+    x = jax.random.normal(jax.random.key(1), (2, 5, 7, 6))
+    conv = nn.Conv(4, (1, 1), use_bias=False)
+    variables = conv.init(jax.random.key(0), x)
+    pointwise = hrnet.make_conv(4, (1, 1), use_bias=False)
+    assert isinstance(pointwise, hrnet.PointwiseConv)
+    chex.assert_trees_all_equal(pointwise.init(jax.random.key(0), x), variables)
+
+    def loss(module, variables, x):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    chex.assert_trees_all_close(
+        jax.value_and_grad(functools.partial(loss, pointwise), argnums=(0, 1))(variables, x),
+        jax.value_and_grad(functools.partial(loss, conv), argnums=(0, 1))(variables, x),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert not isinstance(hrnet.make_conv(4, (1, 1), strides=(2, 2)), hrnet.PointwiseConv)
+    assert not isinstance(hrnet.make_conv(4, (3, 3)), hrnet.PointwiseConv)

@@ -6,9 +6,9 @@
 
 The train step is the real one of training (`steps.jit_steps`: augmentation, forward, backward,
 AdamW), timed step by step after warm-up; its FLOPs come from XLA's cost analysis of the compiled
-program and are compared with a float32 matmul peak measured in the same run. Inference is the
-jitted evaluation step (throughput) and the real-time factor of one 3 s clip (log-Mel features plus
-the forward pass, divided by 3 s).
+program and are compared with a matmul peak in the model's compute dtype, measured in the same
+run. Inference is the jitted evaluation step (throughput) and the real-time factor of one 3 s clip
+(log-Mel features plus the forward pass, divided by 3 s).
 
 The model parts need only JAX, Flax, optax and ml_collections (the GPU machines have no
 TensorFlow): TensorFlow, tfds, librosa and soundfile are imported only by the input-pipeline and
@@ -84,9 +84,9 @@ def _time(call: Callable[[], Any], repeats: int) -> list[float]:
     return seconds
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """Best float32 `jnp.dot` GFLOP/s of two `size` x `size` matrices (2 n^3 FLOPs)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+    """Best `jnp.dot` GFLOP/s of two `size` x `size` matrices of `dtype` (2 n^3 FLOPs)."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
     dot = jax.jit(jnp.dot)
     jax.block_until_ready(dot(a, a))
     return 2 * size**3 / min(_time(lambda: dot(a, a), repeats)) / 1e9
@@ -111,6 +111,7 @@ def benchmark_model(
     num_steps: int,
     warmup: int,
     matmul_size: int = 2048,
+    profile_dir: str | None = None,
 ) -> dict[str, Any]:
     """Compile time, step times, throughput, FLOPs and GFLOP/s of the train and evaluation steps.
 
@@ -120,11 +121,18 @@ def benchmark_model(
       num_steps: timed train steps (evaluation steps likewise), after `warmup` untimed ones.
       warmup: untimed steps after compilation.
       matmul_size: side of the square matrices of the matmul peak.
+      profile_dir: when set, a `jax.profiler` trace of 3 more train steps is written there
+        (TensorBoard's profile plugin or xprof reads it).
     """
     mesh = steps.make_mesh()
     if batch_size % mesh.size:
         raise ValueError(f"batch size {batch_size} does not divide over {mesh.size} devices")
-    results: dict[str, Any] = {"matmul_peak_gflops": matmul_peak_gflops(matmul_size)}
+    # The peak in the model's compute dtype: bfloat16 runs on other units than float32 on GPU/TPU.
+    dtype = config.model.dtype
+    results: dict[str, Any] = {
+        "matmul_peak_gflops": matmul_peak_gflops(matmul_size, dtype=dtype),
+        "matmul_dtype": dtype,
+    }
     started = time.perf_counter()
     state = jax.block_until_ready(steps.create_train_state(config, steps_per_epoch=1000))
     results["init_s"] = time.perf_counter() - started
@@ -133,11 +141,15 @@ def benchmark_model(
     train_batch = {"mel": batch["mel"], "label": batch["label"]}
     key = jax.random.key(config.seed)
 
+    lowered = train.lower(state, train_batch, key)
+    model_flops = cost.matmul_flops(train, state, train_batch, key)
+    flops = cost.lowered_flops(lowered)
+    if flops is None:
+        flops = model_flops
+        results["notes"] = ["gflops_per_step: no XLA cost analysis here, convolutions and matmuls"]
     started = time.perf_counter()
-    train = train.lower(state, train_batch, key).compile()
+    train = lowered.compile()
     results["compile_s"] = time.perf_counter() - started
-    # Cost analysis counts one device's share of the data-parallel program.
-    flops = cost.compiled_flops(train) * mesh.size
 
     def train_once():
         nonlocal state
@@ -147,24 +159,35 @@ def benchmark_model(
     _time(train_once, warmup)
     seconds = _time(train_once, num_steps)
     results.update(_median_min_max(seconds, "train_step"))
+    if profile_dir:
+        with jax.profiler.trace(profile_dir):
+            _time(train_once, 3)
     median = results["train_step_median_s"]
     results["examples_per_s"] = batch_size / median
     results["gflops_per_step"] = flops / 1e9
     results["achieved_gflops"] = flops / 1e9 / median
+    results["model_gflops_per_step"] = model_flops / 1e9
     # Measured again after the steps and the best kept: the peak is a best case by definition.
-    peak = max(results["matmul_peak_gflops"], matmul_peak_gflops(matmul_size))
+    peak = max(results["matmul_peak_gflops"], matmul_peak_gflops(matmul_size, dtype=dtype))
     results["matmul_peak_gflops"] = peak
-    results["fraction_of_matmul_peak"] = results["achieved_gflops"] / results["matmul_peak_gflops"]
+    results["fraction_of_matmul_peak"] = results["achieved_gflops"] / peak
+    # MFU: the convolutions' and matmuls' FLOPs per second over the matmul peak.
+    results["model_flops_utilization"] = model_flops / 1e9 / median / peak
 
+    lowered = evaluate.lower(state, batch)
+    results["eval_gflops_per_step"] = (
+        cost.lowered_flops(lowered) or cost.matmul_flops(evaluate, state, batch)
+    ) / 1e9
     started = time.perf_counter()
-    evaluate = evaluate.lower(state, batch).compile()
+    evaluate = lowered.compile()
     results["eval_compile_s"] = time.perf_counter() - started
-    results["eval_gflops_per_step"] = cost.compiled_flops(evaluate) * mesh.size / 1e9
     _time(lambda: evaluate(state, batch), warmup)
     eval_seconds = _time(lambda: evaluate(state, batch), num_steps)
     results.update(_median_min_max(eval_seconds, "eval_step"))
     results["eval_examples_per_s"] = batch_size / results["eval_step_median_s"]
-    results.update(benchmark_clip(config, state, num_steps))
+    clip = benchmark_clip(config, state, num_steps)
+    results["notes"] = results.get("notes", []) + clip.pop("notes", [])
+    results.update(clip)
     # ru_maxrss is in KiB on Linux (bytes on macOS).
     scale = 1 if sys.platform == "darwin" else 1024
     results["peak_host_memory_mib"] = (
@@ -306,6 +329,7 @@ def run(
     preprocessing: bool = True,
     preprocessing_clips: int = 32,
     matmul_size: int = 2048,
+    profile_dir: str | None = None,
 ) -> dict[str, Any]:
     """Every benchmark of this tool for one config and batch size, as one flat dict."""
     results: dict[str, Any] = {
@@ -317,7 +341,7 @@ def run(
         "steps": num_steps,
         "notes": [],
     }
-    parts = [benchmark_model(config, batch_size, num_steps, warmup, matmul_size)]
+    parts = [benchmark_model(config, batch_size, num_steps, warmup, matmul_size, profile_dir)]
     if input_pipeline:
         parts.append(benchmark_input_pipeline(config, batch_size, max(num_steps, 10)))
     if preprocessing:
@@ -343,7 +367,11 @@ def _print(results: dict[str, Any]) -> None:
     print(
         f"FLOPs per step {results['gflops_per_step']:.2f} G: {results['achieved_gflops']:.1f} "
         f"GFLOP/s = {results['fraction_of_matmul_peak']:.0%} of the matmul peak "
-        f"{results['matmul_peak_gflops']:.1f} GFLOP/s"
+        f"{results['matmul_peak_gflops']:.1f} GFLOP/s ({results['matmul_dtype']})"
+    )
+    print(
+        f"convolutions and matmuls {results['model_gflops_per_step']:.2f} GFLOP per step: "
+        f"{results['model_flops_utilization']:.0%} of the matmul peak (MFU)"
     )
     print(f"evaluation: {results['eval_examples_per_s']:.1f} examples/s")
     what = "features + model" if results["inference_rtf_includes_features"] else "model only"
@@ -376,6 +404,7 @@ def main(argv: list[str]) -> None:
         _PREPROCESSING.value,
         _PREPROCESSING_CLIPS.value,
         _MATMUL_SIZE.value,
+        _PROFILE_DIR.value,
     )
     results["command"] = " ".join(sys.argv)
     _print(results)
@@ -400,5 +429,8 @@ if __name__ == "__main__":
         "preprocessing_clips", 32, "Synthetic clips for the preprocessing throughput."
     )
     _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Matrix side of the matmul peak.")
+    _PROFILE_DIR = flags.DEFINE_string(
+        "profile_dir", None, "Write a jax.profiler trace of 3 train steps to this folder."
+    )
     flags.mark_flags_as_required(["config"])
     app.run(main)

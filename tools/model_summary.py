@@ -3,7 +3,7 @@
   python tools/model_summary.py --config=configs/demo.py
   python tools/model_summary.py --config=configs/iemocap.py --config.model.variant=w18_small_v2
 
-Shapes and parameters come from tracing alone; FLOPs from XLA's cost analysis of the compiled
+Shapes and parameters come from tracing alone; FLOPs from XLA's cost analysis of the lowered
 evaluation forward pass (multiply and add counted separately), per example.
 """
 
@@ -46,8 +46,8 @@ def summarize(config: ml_collections.ConfigDict, batch_size: int, flops: bool) -
         "total_params": sum(params.values()),
     }
     if flops:
-        compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, mel).compile()
-        summary["flops_per_example"] = cost.compiled_flops(compiled) / batch_size
+        lowered = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, mel)
+        summary["flops_per_example"] = cost.lowered_flops(lowered) / batch_size
     return summary
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     # Flags are defined only when run as a script, so tests can import this module.
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-    _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Batch size of the compiled forward pass.")
-    _FLOPS = flags.DEFINE_bool("flops", True, "Compile the forward pass to count its FLOPs.")
+    _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Batch size of the analysed forward pass.")
+    _FLOPS = flags.DEFINE_bool("flops", True, "Lower the forward pass to count its FLOPs.")
     flags.mark_flags_as_required(["config"])
     app.run(main)

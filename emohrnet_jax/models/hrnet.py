@@ -69,6 +69,30 @@ def _conv3x3(conv: ModuleDef, features: int, strides: Strides, name: str) -> nn.
     return conv(features, (3, 3), strides=strides, padding=((1, 1), (1, 1)), name=name)
 
 
+class PointwiseConv(nn.Conv):
+    """A 1x1, stride-1 `nn.Conv` computed as a matmul over channels: same parameters and outputs.
+
+    XLA's CPU backend computes the kernel gradient of a 1x1 convolution as a convolution whose
+    window is the whole feature map, at a few GFLOP/s; the gradient of a matmul is a matmul
+    (BENCHMARKS.md).
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if tuple(self.kernel_size) != (1, 1) or self.use_bias or self.feature_group_count != 1:
+            raise ValueError("PointwiseConv is a 1x1 convolution without bias or groups")
+        shape = (1, 1, inputs.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=self.dtype)
+        return jax.lax.dot_general(inputs, kernel[0, 0], (((inputs.ndim - 1,), (0,)), ((), ())))
+
+
+def make_conv(features: int, kernel_size: Sequence[int], **kwargs: Any) -> nn.Conv:
+    """`nn.Conv(features, kernel_size, **kwargs)`, as a `PointwiseConv` when 1x1 with stride 1."""
+    pointwise = tuple(kernel_size) == (1, 1) and kwargs.get("strides", 1) in (1, (1, 1))
+    return (PointwiseConv if pointwise else nn.Conv)(features, tuple(kernel_size), **kwargs)
+
+
 def resize_to(x: jax.Array, height: int, width: int, method: str) -> jax.Array:
     """Resizes an NHWC map to exactly (height, width)."""
     return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method=method)
@@ -211,7 +235,7 @@ class HRNet(nn.Module):
     def __call__(self, mel: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(mel)
         conv = functools.partial(
-            nn.Conv,
+            make_conv,
             use_bias=False,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -1,0 +1,318 @@
+"""Times the CPU train step of our HRNet in JAX and of the same HRNet in PyTorch, in one process.
+
+  pip install torch  # not a dependency of EmoHRNet-JAX; only this tool uses it
+  python tools/pytorch_reference.py --config=configs/default.py \\
+      --config.model.variant=w18_small_v2 --batch_size=8
+
+The PyTorch model is built from the same `VARIANTS` spec as `emohrnet_jax.models.hrnet` (stem,
+Bottleneck stage 1, HighResolutionModules with multi-resolution fusion, HRNetV2 fuse layer, pooling,
+dense head); the tool refuses to run when the two disagree in parameter count or by more than 10%
+in the FLOPs of their convolutions and matmuls. PyTorch runs channels-last in float32 with AdamW; JAX runs
+`steps.jit_steps`' train step (which also augments the batch on device). The two alternate in
+rounds of a few steps each, so load from other processes slows both alike; the ratio of the
+medians is the figure to read (BENCHMARKS.md).
+"""
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import torch
+import torch.nn.functional as F
+from absl import app, flags
+from ml_collections import config_flags
+from torch import nn
+from torch.utils import flop_counter
+
+from emohrnet_jax import cost, models, steps
+from emohrnet_jax.models import hrnet
+
+# The JAX model's BatchNorm: PyTorch momentum 0.1 is flax's 0.9.
+_BN = {"eps": hrnet.BN_EPSILON, "momentum": 1 - hrnet.BN_MOMENTUM}
+
+
+def _conv3x3(cin: int, cout: int, stride: tuple[int, int] = (1, 1)) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def _conv_bn(cin: int, cout: int, stride: tuple[int, int], relu: bool) -> nn.Sequential:
+    layers = [_conv3x3(cin, cout, stride), nn.BatchNorm2d(cout, **_BN)]
+    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
+
+
+def _projection(cin: int, cout: int) -> nn.Module:
+    if cin == cout:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout, **_BN))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv_bn(cin, cout, (1, 1), True), _conv_bn(cout, cout, (1, 1), False)
+        )
+        self.residual = _projection(cin, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.residual(x))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, planes: int, expansion: int = 4):
+        super().__init__()
+        cout = planes * expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, planes, 1, bias=False),
+            nn.BatchNorm2d(planes, **_BN),
+            nn.ReLU(),
+            _conv_bn(planes, planes, (1, 1), True),
+            nn.Conv2d(planes, cout, 1, bias=False),
+            nn.BatchNorm2d(cout, **_BN),
+        )
+        self.residual = _projection(cin, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.residual(x))
+
+
+class Transition(nn.Module):
+    def __init__(self, in_widths: tuple[int, ...], widths: tuple[int, ...]):
+        super().__init__()
+        self.num_inputs = len(in_widths)
+        branches = []
+        for i, width in enumerate(widths):
+            if i < len(in_widths):
+                same = in_widths[i] == width
+                branches.append(
+                    nn.Identity() if same else _conv_bn(in_widths[i], width, (1, 1), True)
+                )
+            else:
+                downs, cin = [], in_widths[-1]
+                for _ in range(i - len(in_widths) + 1):
+                    downs.append(_conv_bn(cin, width, (2, 2), True))
+                    cin = width
+                branches.append(nn.Sequential(*downs))
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [b(xs[min(i, self.num_inputs - 1)]) for i, b in enumerate(self.branches)]
+
+
+class HighResolutionModule(nn.Module):
+    def __init__(self, widths: tuple[int, ...], num_blocks: int):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Sequential(*(BasicBlock(w, w) for _ in range(num_blocks))) for w in widths
+        )
+        self.fuse = nn.ModuleList()
+        for i in range(len(widths)):
+            row = nn.ModuleList()
+            for j in range(len(widths)):
+                if j > i:
+                    row.append(_projection(widths[j], widths[i]))
+                elif j < i:
+                    downs = [
+                        _conv_bn(
+                            widths[j],
+                            widths[i] if k == i - j - 1 else widths[j],
+                            (2, 2),
+                            k < i - j - 1,
+                        )
+                        for k in range(i - j)
+                    ]
+                    row.append(nn.Sequential(*downs))
+                else:
+                    row.append(nn.Identity())
+            self.fuse.append(row)
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        xs = [branch(x) for branch, x in zip(self.branches, xs, strict=True)]
+        outs = []
+        for i, row in enumerate(self.fuse):
+            total = xs[i]
+            for j, layer in enumerate(row):
+                if j == i:
+                    continue
+                y = layer(xs[j])
+                if j > i:  # Nearest with half-pixel centres, as jax.image.resize.
+                    y = F.interpolate(y, size=xs[i].shape[2:], mode="nearest-exact")
+                total = total + y
+            outs.append(F.relu(total))
+        return outs
+
+
+class TorchHRNet(nn.Module):
+    """`emohrnet_jax.models.hrnet.HRNet` in PyTorch (NCHW tensors; channels-last memory)."""
+
+    def __init__(self, spec: hrnet.HRNetSpec, num_classes: int, stem_strides):
+        super().__init__()
+        stem, cin = [], 1
+        for strides in stem_strides:
+            stem.append(_conv_bn(cin, spec.stem_width, tuple(strides), True))
+            cin = spec.stem_width
+        self.stem = nn.Sequential(*stem)
+        blocks = []
+        for _ in range(spec.stage1_blocks):
+            blocks.append(Bottleneck(cin, spec.stage1_planes))
+            cin = spec.stage1_planes * 4
+        self.stage1 = nn.Sequential(*blocks)
+        stages, in_widths = [], (cin,)
+        for stage in spec.stages:
+            modules = [Transition(in_widths, stage.widths)]
+            modules += [
+                HighResolutionModule(stage.widths, stage.num_blocks)
+                for _ in range(stage.num_modules)
+            ]
+            stages.append(nn.ModuleList(modules))
+            in_widths = stage.widths
+        self.stages = nn.ModuleList(stages)
+        total = sum(in_widths)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(total, total, 1, bias=False), nn.BatchNorm2d(total, **_BN), nn.ReLU()
+        )
+        self.classifier = nn.Linear(total, num_classes)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        xs = [self.stage1(self.stem(mel[:, None]))]
+        for stage in self.stages:
+            for module in stage:
+                xs = module(xs)
+        size = xs[0].shape[2:]
+        up = [F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in xs[1:]]
+        x = self.fuse(torch.cat([xs[0], *up], dim=1))
+        return self.classifier(x.mean(dim=(2, 3)))
+
+
+def _torch_train_step(model: nn.Module, config: ml_collections.ConfigDict) -> Callable[..., Any]:
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.learning_rate,
+        betas=(config.b1, config.b2),
+        weight_decay=config.weight_decay,
+    )
+
+    def step(mel: torch.Tensor, label: torch.Tensor) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(mel), label)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def check_same_model(model: nn.Module, config: ml_collections.ConfigDict, state, mel) -> dict:
+    """Parameter counts and forward FLOPs of both models; raises when they disagree."""
+    jax_params = sum(p.size for p in jax.tree.leaves(state.params))
+    torch_params = sum(p.numel() for p in model.parameters())
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    jax_flops = cost.matmul_flops(lambda v, x: state.apply_fn(v, x), variables, jnp.asarray(mel))
+    with flop_counter.FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.from_numpy(mel).contiguous(memory_format=torch.contiguous_format))
+    model.train()
+    torch_flops = counter.get_total_flops()
+    # jax.image.resize's bilinear upsampling is a matmul that the PyTorch counter does not count.
+    if jax_params != torch_params or abs(jax_flops - torch_flops) > 0.1 * jax_flops:
+        raise RuntimeError(
+            f"the PyTorch model differs from {config.model.variant}: parameters {torch_params} vs "
+            f"{jax_params}, forward GFLOP {torch_flops / 1e9:.3f} vs {jax_flops / 1e9:.3f}"
+        )
+    return {
+        "parameters": jax_params,
+        "forward_gflops": jax_flops / 1e9,
+        "torch_forward_gflops": torch_flops / 1e9,
+    }
+
+
+def _timed(call: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def compare(
+    config: ml_collections.ConfigDict, batch_size: int, rounds: int, per_round: int
+) -> dict:
+    """Median train-step seconds of JAX and PyTorch over alternating rounds."""
+    rng = np.random.default_rng(0)
+    mel = rng.standard_normal((batch_size, config.data.n_mels, config.data.num_frames), np.float32)
+    label = rng.integers(0, config.model.num_classes, batch_size)
+
+    mesh = steps.make_mesh()
+    state = steps.create_train_state(config, steps_per_epoch=1000)
+    train, _ = steps.jit_steps(config, mesh, config.model.num_classes)
+    batch = jax.device_put({"mel": mel, "label": label.astype(np.int32)})
+    key = jax.random.key(config.seed)
+
+    torch.manual_seed(config.seed)
+    model = TorchHRNet(
+        models.VARIANTS[config.model.variant], config.model.num_classes, config.model.stem_strides
+    ).to(memory_format=torch.channels_last)
+    same = check_same_model(model, config, state, mel)
+    torch_step = _torch_train_step(model, config)
+    torch_mel = torch.from_numpy(mel)
+    torch_label = torch.from_numpy(label)
+
+    def jax_step():
+        nonlocal state
+        state, _ = jax.block_until_ready(train(state, batch, key))
+
+    started = time.perf_counter()
+    jax_step()
+    compile_s = time.perf_counter() - started
+    torch_step(torch_mel, torch_label)  # PyTorch's first step allocates and picks kernels.
+    seconds = {"jax": [], "torch": []}
+    for _ in range(rounds):
+        seconds["jax"] += [_timed(jax_step) for _ in range(per_round)]
+        seconds["torch"] += [
+            _timed(lambda: torch_step(torch_mel, torch_label)) for _ in range(per_round)
+        ]
+    jax_s, torch_s = statistics.median(seconds["jax"]), statistics.median(seconds["torch"])
+    return {
+        **same,
+        "variant": config.model.variant,
+        "input_shape": [batch_size, config.data.n_mels, config.data.num_frames],
+        "jax_compile_s": compile_s,
+        "jax_step_median_s": jax_s,
+        "torch_step_median_s": torch_s,
+        "jax_over_torch": jax_s / torch_s,
+        "jax_steps_s": seconds["jax"],
+        "torch_steps_s": seconds["torch"],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "jax": jax.__version__,
+    }
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    results = compare(
+        config, _BATCH_SIZE.value or config.batch_size, _ROUNDS.value, _PER_ROUND.value
+    )
+    print(
+        f"HRNet {results['variant']} ({results['parameters']:,} parameters, "
+        f"{results['forward_gflops']:.2f} GFLOP forward), input {results['input_shape']}, float32"
+    )
+    print(
+        f"train step median: JAX {results['jax_step_median_s'] * 1e3:.0f} ms, PyTorch "
+        f"{results['torch']} ({results['torch_threads']} threads, channels-last) "
+        f"{results['torch_step_median_s'] * 1e3:.0f} ms; JAX / PyTorch = "
+        f"{results['jax_over_torch']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+    _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
+    _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds of JAX and PyTorch steps.")
+    _PER_ROUND = flags.DEFINE_integer("per_round", 2, "Timed steps of each per round.")
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
