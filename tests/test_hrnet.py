@@ -219,3 +219,10 @@ def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
     )
     assert not isinstance(hrnet.make_conv(4, (1, 1), strides=(2, 2)), hrnet.PointwiseConv)
     assert not isinstance(hrnet.make_conv(4, (3, 3)), hrnet.PointwiseConv)
+
+
+def test_materialize_is_the_identity_with_an_identity_gradient():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 7, 18)) * 1e3
+    np.testing.assert_array_equal(jax.jit(hrnet.materialize)(x), x)
+    grad = jax.grad(lambda x: jnp.sum(jnp.sin(hrnet.materialize(x))))(x)
+    np.testing.assert_array_equal(grad, jnp.cos(x))

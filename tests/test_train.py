@@ -58,7 +58,10 @@ def test_sharded_steps_match_a_single_device(data_dir):
     (losses_1, params_1, stats_1), (losses_8, params_8, stats_8) = results
     assert np.isfinite(losses_1).all()
     np.testing.assert_allclose(losses_1, losses_8, rtol=1e-5)
-    chex.assert_trees_all_close(params_1, params_8, atol=1e-5)
+    # Adam divides by the gradients' size, so float rounding of a near-zero gradient (summed in
+    # another order over 8 devices) can move a parameter by ~1e-5; a sharding bug moves it by the
+    # whole step (lr = 1e-3).
+    chex.assert_trees_all_close(params_1, params_8, atol=1e-4)
     chex.assert_trees_all_close(stats_1, stats_8, atol=1e-5)
 
 

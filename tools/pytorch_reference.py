@@ -1,18 +1,20 @@
-"""Times the CPU train step of our HRNet in JAX and of the same HRNet in PyTorch, in one process.
+"""Times the CPU train step of our HRNet in JAX and of the same HRNet in PyTorch, in turns.
 
   pip install torch  # not a dependency of EmoHRNet-JAX; only this tool uses it
   python tools/pytorch_reference.py --config=configs/default.py \\
       --config.model.variant=w18_small_v2 --batch_size=8
 
 The PyTorch model is built from the same `VARIANTS` spec as `emohrnet_jax.models.hrnet` (stem,
-Bottleneck stage 1, HighResolutionModules with multi-resolution fusion, HRNetV2 fuse layer, pooling,
-dense head); the tool refuses to run when the two disagree in parameter count or by more than 10%
-in the FLOPs of their convolutions and matmuls. PyTorch runs channels-last in float32 with AdamW; JAX runs
-`steps.jit_steps`' train step (which also augments the batch on device). The two alternate in
-rounds of a few steps each, so load from other processes slows both alike; the ratio of the
-medians is the figure to read (BENCHMARKS.md).
+Bottleneck stage 1, HighResolutionModules with multi-resolution fusion, HRNetV2 fuse layer,
+pooling, dense head); the tool refuses to run when the two disagree in parameter count or by more
+than 10% in the FLOPs of their convolutions and matmuls. PyTorch runs channels-last in float32
+with AdamW; JAX runs `steps.jit_steps`' train step (which also augments the batch on device). Each
+runs in its own process (their thread pools would compete in one) and the two take turns, a few
+steps each, so load from other processes slows both alike; the ratio of the medians is the figure
+to read (BENCHMARKS.md).
 """
 
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from ml_collections import config_flags
 from torch import nn
 from torch.utils import flop_counter
 
-from emohrnet_jax import cost, models, steps
+from emohrnet_jax import cost, files, models, steps
 from emohrnet_jax.models import hrnet
 
 # The JAX model's BatchNorm: PyTorch momentum 0.1 is flax's 0.9.
@@ -236,58 +238,105 @@ def _timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def compare(
-    config: ml_collections.ConfigDict, batch_size: int, rounds: int, per_round: int
-) -> dict:
-    """Median train-step seconds of JAX and PyTorch over alternating rounds."""
+def _batch(config: ml_collections.ConfigDict, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     mel = rng.standard_normal((batch_size, config.data.n_mels, config.data.num_frames), np.float32)
-    label = rng.integers(0, config.model.num_classes, batch_size)
+    return mel, rng.integers(0, config.model.num_classes, batch_size)
 
+
+def _jax_runner(config: ml_collections.ConfigDict, batch_size: int):
+    """The JAX train step on a fixed batch, compiled; returns (step, details)."""
+    mel, label = _batch(config, batch_size)
     mesh = steps.make_mesh()
-    state = steps.create_train_state(config, steps_per_epoch=1000)
+    # Replicated as in training, so the step's outputs have its inputs' sharding (one compile).
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1000), replicated)
     train, _ = steps.jit_steps(config, mesh, config.model.num_classes)
-    batch = jax.device_put({"mel": mel, "label": label.astype(np.int32)})
+    batch = {"mel": mel, "label": label.astype(np.int32)}
     key = jax.random.key(config.seed)
 
-    torch.manual_seed(config.seed)
-    model = TorchHRNet(
-        models.VARIANTS[config.model.variant], config.model.num_classes, config.model.stem_strides
-    ).to(memory_format=torch.channels_last)
-    same = check_same_model(model, config, state, mel)
-    torch_step = _torch_train_step(model, config)
-    torch_mel = torch.from_numpy(mel)
-    torch_label = torch.from_numpy(label)
-
-    def jax_step():
+    def step():
         nonlocal state
         state, _ = jax.block_until_ready(train(state, batch, key))
 
-    started = time.perf_counter()
-    jax_step()
-    compile_s = time.perf_counter() - started
-    torch_step(torch_mel, torch_label)  # PyTorch's first step allocates and picks kernels.
-    seconds = {"jax": [], "torch": []}
+    return step, {"jax": jax.__version__, "jax_compile_s": _timed(step)}
+
+
+def _torch_runner(config: ml_collections.ConfigDict, batch_size: int):
+    """The PyTorch train step on the same batch, after checking the model; (step, details)."""
+    mel, label = _batch(config, batch_size)
+    torch.manual_seed(config.seed)
+    spec = models.VARIANTS[config.model.variant]
+    model = TorchHRNet(spec, config.model.num_classes, config.model.stem_strides)
+    model = model.to(memory_format=torch.channels_last)
+    state = jax.eval_shape(lambda: steps.create_train_state(config, steps_per_epoch=1))
+    details = check_same_model(model, config, state, mel)
+    train = _torch_train_step(model, config)
+    mel, label = torch.from_numpy(mel), torch.from_numpy(label)
+
+    def step():
+        train(mel, label)
+
+    step()  # The first step allocates and picks kernels.
+    details.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    return step, details
+
+
+def _serve(runner, config_dict: dict, batch_size: int, connection) -> None:
+    """A child process: builds one framework's step, then times `n` steps per request."""
+    try:
+        step, details = runner(ml_collections.ConfigDict(config_dict), batch_size)
+        connection.send(details)
+        while count := connection.recv():
+            connection.send([_timed(step) for _ in range(count)])
+    except Exception as error:  # Reported by the parent: a child's traceback is easy to miss.
+        connection.send(error)
+
+
+def compare(
+    config: ml_collections.ConfigDict, batch_size: int, rounds: int, per_round: int
+) -> dict[str, Any]:
+    """Median train-step seconds of JAX and PyTorch, each in its own process, in turns.
+
+    Separate processes keep each framework's thread pool from competing with the other's; the
+    turns (`rounds` of `per_round` steps each) make load from other processes slow both alike.
+    """
+    context = multiprocessing.get_context("spawn")
+    workers, results = {}, {}
+    for name, runner in (("torch", _torch_runner), ("jax", _jax_runner)):
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=_serve, args=(runner, config.to_dict(), batch_size, child), daemon=True
+        )
+        process.start()
+        workers[name] = (process, parent)
+        results.update(_receive(parent))  # One at a time: compiling beside a run would slow it.
+    seconds = {name: [] for name in workers}
     for _ in range(rounds):
-        seconds["jax"] += [_timed(jax_step) for _ in range(per_round)]
-        seconds["torch"] += [
-            _timed(lambda: torch_step(torch_mel, torch_label)) for _ in range(per_round)
-        ]
+        for name, (_, connection) in workers.items():
+            connection.send(per_round)
+            seconds[name] += _receive(connection)
+    for process, connection in workers.values():
+        connection.send(0)
+        process.join()
     jax_s, torch_s = statistics.median(seconds["jax"]), statistics.median(seconds["torch"])
     return {
-        **same,
+        **results,
         "variant": config.model.variant,
         "input_shape": [batch_size, config.data.n_mels, config.data.num_frames],
-        "jax_compile_s": compile_s,
         "jax_step_median_s": jax_s,
         "torch_step_median_s": torch_s,
         "jax_over_torch": jax_s / torch_s,
         "jax_steps_s": seconds["jax"],
         "torch_steps_s": seconds["torch"],
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "jax": jax.__version__,
     }
+
+
+def _receive(connection) -> Any:
+    message = connection.recv()
+    if isinstance(message, Exception):
+        raise message
+    return message
 
 
 def main(argv: list[str]) -> None:
@@ -307,6 +356,8 @@ def main(argv: list[str]) -> None:
         f"{results['torch_step_median_s'] * 1e3:.0f} ms; JAX / PyTorch = "
         f"{results['jax_over_torch']:.2f}"
     )
+    if _JSON.value:
+        files.write_json_atomically(_JSON.value, results)
 
 
 if __name__ == "__main__":
@@ -314,5 +365,6 @@ if __name__ == "__main__":
     _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
     _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds of JAX and PyTorch steps.")
     _PER_ROUND = flags.DEFINE_integer("per_round", 2, "Timed steps of each per round.")
+    _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
     flags.mark_flags_as_required(["config"])
     app.run(main)

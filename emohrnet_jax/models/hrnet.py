@@ -87,6 +87,21 @@ class PointwiseConv(nn.Conv):
         return jax.lax.dot_general(inputs, kernel[0, 0], (((inputs.ndim - 1,), (0,)), ((), ())))
 
 
+def materialize(x: jax.Array) -> jax.Array:
+    """`x` unchanged, as a product with the identity over channels: computed once on CPU.
+
+    XLA's CPU backend copies the element-wise work that produced a block's output (BatchNorm,
+    ReLU and the residual sums, a chain back through the earlier blocks) into every backward-pass
+    fusion that reads it, instead of reading the stored result; a matmul's output is not copied
+    that way (BENCHMARKS.md). The product is exact for finite inputs (one 1.0 and zeros per output
+    element) and costs 2 x channels FLOPs per element. Other backends get `x` itself.
+    """
+    if jax.default_backend() != "cpu":
+        return x
+    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+    return jax.lax.dot_general(x, eye, (((x.ndim - 1,), (0,)), ((), ())))
+
+
 def make_conv(features: int, kernel_size: Sequence[int], **kwargs: Any) -> nn.Conv:
     """`nn.Conv(features, kernel_size, **kwargs)`, as a `PointwiseConv` when 1x1 with stride 1."""
     pointwise = tuple(kernel_size) == (1, 1) and kwargs.get("strides", 1) in (1, (1, 1))
@@ -115,7 +130,7 @@ class BasicBlock(nn.Module):
         if residual.shape[-1] != self.features:
             residual = self.conv(self.features, (1, 1), name="proj_conv")(residual)
             residual = self.norm(name="proj_bn")(residual)
-        return nn.relu(y + residual)
+        return materialize(nn.relu(y + residual))
 
 
 class Bottleneck(nn.Module):
@@ -209,7 +224,7 @@ class HighResolutionModule(nn.Module):
             else:
                 continue
             total = total + x
-        return nn.relu(total)
+        return materialize(nn.relu(total))
 
 
 class HRNet(nn.Module):

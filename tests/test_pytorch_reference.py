@@ -1,0 +1,62 @@
+"""Tests of tools/pytorch_reference.py, where PyTorch is installed (it is no dependency).
+
+PyTorch runs in a subprocess: loaded into the test process beside TensorFlow, it crashed later
+tests.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import helpers
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None, reason="PyTorch is not installed"
+)
+
+# Prints check_same_model's answer for the PyTorch model of sys.argv[1] against the JAX train state
+# of each variant in sys.argv[2:] (shapes only: no compile), or the error it raised.
+_CHECK = """
+import json, sys
+import jax, numpy as np
+from emohrnet_jax import steps
+from tests import helpers
+
+reference = helpers.load_tool("pytorch_reference")
+config = helpers.tiny_config("unused")
+model = reference.TorchHRNet(
+    reference.models.VARIANTS[sys.argv[1]], config.model.num_classes, config.model.stem_strides
+)
+mel = np.zeros((2, config.data.n_mels, config.data.num_frames), np.float32)
+answers = {}
+for variant in sys.argv[2:]:
+    config.model.variant = variant
+    state = jax.eval_shape(lambda: steps.create_train_state(config, steps_per_epoch=1))
+    try:
+        answers[variant] = reference.check_same_model(model, config, state, mel)
+    except RuntimeError as error:
+        answers[variant] = str(error)
+print(json.dumps(answers))
+"""
+
+
+@pytest.mark.parametrize(("variant", "other"), [("tiny", "small"), ("w18_small_v2", "w18")])
+def test_the_pytorch_model_has_our_parameters_and_flops(variant, other):
+    result = subprocess.run(
+        [sys.executable, "-c", _CHECK, variant, variant, other],
+        cwd=helpers.CONFIGS.parent,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.splitlines()[-1])
+    same = answers[variant]
+    assert same["torch_forward_gflops"] == pytest.approx(same["forward_gflops"], rel=0.1)
+    assert same["parameters"] > 0
+    assert "differs" in answers[other]
