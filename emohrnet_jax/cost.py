@@ -24,6 +24,12 @@ def lowered_flops(lowered: Any) -> float | None:
     return analysis.get("flops")
 
 
+def flops(lowered: Any, function: Callable[..., Any], *args: Any) -> float:
+    """XLA's FLOPs of `lowered` (`function` lowered for `args`), or `matmul_flops` without them."""
+    xla = lowered_flops(lowered)
+    return xla if xla is not None else matmul_flops(function, *args)
+
+
 def matmul_flops(function: Callable[..., Any], *args: Any) -> float:
     """FLOPs of the convolutions and matrix products of `function(*args)` (2 per multiply-add).
 

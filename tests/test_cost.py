@@ -58,3 +58,14 @@ def test_xla_count_agrees_and_does_not_depend_on_the_devices():
     split = cost.lowered_flops(conv.lower(sharded, W))
     assert whole == pytest.approx(split, rel=1e-4)
     np.testing.assert_allclose(whole, cost.matmul_flops(conv, sharded, W), rtol=0.1)
+
+
+def test_flops_fall_back_to_the_jaxpr_where_xla_has_no_analysis():
+    class GpuLowered:  # jax's GPU backend answers None for a lowered program.
+        def cost_analysis(self):
+            return None
+
+    assert cost.lowered_flops(GpuLowered()) is None
+    assert cost.flops(GpuLowered(), _conv, X, W) == CONV_FLOPS
+    lowered = jax.jit(_conv).lower(X, W)
+    assert cost.flops(lowered, _conv, X, W) == cost.lowered_flops(lowered)

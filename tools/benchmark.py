@@ -5,10 +5,11 @@
       --batch_size=8 --noinput_pipeline --nopreprocessing
 
 The train step is the real one of training (`steps.jit_steps`: augmentation, forward, backward,
-AdamW), timed step by step after warm-up; its FLOPs come from XLA's cost analysis of the compiled
-program and are compared with a matmul peak in the model's compute dtype, measured in the same
-run. Inference is the jitted evaluation step (throughput) and the real-time factor of one 3 s clip
-(log-Mel features plus the forward pass, divided by 3 s).
+AdamW), timed step by step after warm-up; its FLOPs come from XLA's cost analysis of the lowered
+program (and, for MFU, from its convolutions and matmuls alone) and are compared with a matmul
+peak in the model's compute dtype, measured in the same run. Inference is the jitted evaluation
+step (throughput) and the real-time factor of one 3 s clip (log-Mel features plus the forward
+pass, divided by 3 s).
 
 The model parts need only JAX, Flax, optax and ml_collections (the GPU machines have no
 TensorFlow): TensorFlow, tfds, librosa and soundfile are imported only by the input-pipeline and
@@ -143,10 +144,10 @@ def benchmark_model(
 
     lowered = train.lower(state, train_batch, key)
     model_flops = cost.matmul_flops(train, state, train_batch, key)
-    flops = cost.lowered_flops(lowered)
+    flops, notes = cost.lowered_flops(lowered), []
     if flops is None:
         flops = model_flops
-        results["notes"] = ["gflops_per_step: no XLA cost analysis here, convolutions and matmuls"]
+        notes.append("gflops_per_step: no XLA cost analysis here, convolutions and matmuls")
     started = time.perf_counter()
     train = lowered.compile()
     results["compile_s"] = time.perf_counter() - started
@@ -175,9 +176,7 @@ def benchmark_model(
     results["model_flops_utilization"] = model_flops / 1e9 / median / peak
 
     lowered = evaluate.lower(state, batch)
-    results["eval_gflops_per_step"] = (
-        cost.lowered_flops(lowered) or cost.matmul_flops(evaluate, state, batch)
-    ) / 1e9
+    results["eval_gflops_per_step"] = cost.flops(lowered, evaluate, state, batch) / 1e9
     started = time.perf_counter()
     evaluate = lowered.compile()
     results["eval_compile_s"] = time.perf_counter() - started
@@ -186,7 +185,7 @@ def benchmark_model(
     results.update(_median_min_max(eval_seconds, "eval_step"))
     results["eval_examples_per_s"] = batch_size / results["eval_step_median_s"]
     clip = benchmark_clip(config, state, num_steps)
-    results["notes"] = results.get("notes", []) + clip.pop("notes", [])
+    results["notes"] = notes + clip.pop("notes", [])
     results.update(clip)
     # ru_maxrss is in KiB on Linux (bytes on macOS).
     scale = 1 if sys.platform == "darwin" else 1024

@@ -46,8 +46,9 @@ def summarize(config: ml_collections.ConfigDict, batch_size: int, flops: bool) -
         "total_params": sum(params.values()),
     }
     if flops:
-        lowered = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, mel)
-        summary["flops_per_example"] = cost.lowered_flops(lowered) / batch_size
+        forward = jax.jit(lambda v, x: model.apply(v, x))
+        lowered = forward.lower(variables, mel)
+        summary["flops_per_example"] = cost.flops(lowered, forward, variables, mel) / batch_size
     return summary
 
 
