@@ -8,11 +8,13 @@
 Re-running a training command resumes from the workdir's latest checkpoint.
 """
 
+import os
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emohrnet_jax import train
+from emohrnet_jax import allocator, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -45,12 +47,13 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize()
     train.enable_compilation_cache(_COMPILATION_CACHE.value)
     logging.info(
-        "JAX %s: process %d of %d, %d devices %s",
+        "JAX %s: process %d of %d, %d devices %s; GLIBC_TUNABLES=%s",
         jax.__version__,
         jax.process_index(),
         jax.process_count(),
         jax.device_count(),
         jax.devices()[0].platform,
+        os.environ.get("GLIBC_TUNABLES"),
     )
     if _MODE.value == "train":
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -59,4 +62,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    allocator.restart_with_tunables()
     app.run(main)

@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import cost, files, steps
+from emohrnet_jax import allocator, cost, files, steps
 from emohrnet_jax.audio import synthetic
 
 CLIP_SECONDS = 3.0
@@ -63,6 +63,7 @@ def machine() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [str(d.device_kind) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
     }
 
@@ -412,6 +413,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    allocator.restart_with_tunables()
     # Flags are defined only when run as a script, so tests can import this module.
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
     _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from emohrnet_jax import files, metrics, train
+from emohrnet_jax import allocator, files, metrics, train
 from emohrnet_jax.data import splits
 
 METRICS = ("ua", "wa", "macro_f1")
@@ -118,6 +118,7 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     from ml_collections import config_flags
 
+    allocator.restart_with_tunables()
     config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Folder of the folds (fold_K) and the summary.")
     flags.DEFINE_list("folds", None, "Folds to run (default: every fold of the protocol).")

@@ -11,10 +11,13 @@ than 10% in the FLOPs of their convolutions and matmuls. PyTorch runs channels-l
 with AdamW; JAX runs `steps.jit_steps`' train step (which also augments the batch on device). Each
 runs in its own process (their thread pools would compete in one) and the two take turns, a few
 steps each, so load from other processes slows both alike; the ratio of the medians is the figure
-to read (BENCHMARKS.md).
+to read (BENCHMARKS.md). JAX's process gets our glibc malloc settings (`emohrnet_jax.allocator`),
+as in training; PyTorch's gets glibc's defaults, as its users have, unless `--torch_tunables`.
 """
 
+import contextlib
 import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -31,7 +34,7 @@ from ml_collections import config_flags
 from torch import nn
 from torch.utils import flop_counter
 
-from emohrnet_jax import cost, files, models, steps
+from emohrnet_jax import allocator, cost, files, models, steps
 from emohrnet_jax.models import hrnet
 
 # The JAX model's BatchNorm: PyTorch momentum 0.1 is flax's 0.9.
@@ -294,22 +297,46 @@ def _serve(runner, config_dict: dict, batch_size: int, connection) -> None:
         connection.send(error)
 
 
+@contextlib.contextmanager
+def _glibc_tunables(value: str | None):
+    """GLIBC_TUNABLES set to `value` (None: unset) for the processes started inside."""
+    saved = os.environ.pop("GLIBC_TUNABLES", None)
+    if value is not None:
+        os.environ["GLIBC_TUNABLES"] = value
+    try:
+        yield
+    finally:
+        os.environ.pop("GLIBC_TUNABLES", None)
+        if saved is not None:
+            os.environ["GLIBC_TUNABLES"] = saved
+
+
 def compare(
-    config: ml_collections.ConfigDict, batch_size: int, rounds: int, per_round: int
+    config: ml_collections.ConfigDict,
+    batch_size: int,
+    rounds: int,
+    per_round: int,
+    torch_tunables: bool = False,
 ) -> dict[str, Any]:
     """Median train-step seconds of JAX and PyTorch, each in its own process, in turns.
 
     Separate processes keep each framework's thread pool from competing with the other's; the
     turns (`rounds` of `per_round` steps each) make load from other processes slow both alike.
+    JAX's process gets this process's GLIBC_TUNABLES (`allocator.TUNABLES` when run as a script);
+    PyTorch's gets the same with `torch_tunables`, else none.
     """
     context = multiprocessing.get_context("spawn")
     workers, results = {}, {}
+    tunables = os.environ.get("GLIBC_TUNABLES")
     for name, runner in (("torch", _torch_runner), ("jax", _jax_runner)):
         parent, child = context.Pipe()
         process = context.Process(
             target=_serve, args=(runner, config.to_dict(), batch_size, child), daemon=True
         )
-        process.start()
+        process_tunables = tunables if name == "jax" or torch_tunables else None
+        with _glibc_tunables(process_tunables):
+            process.start()
+        results[f"{name}_glibc_tunables"] = process_tunables
         workers[name] = (process, parent)
         results.update(_receive(parent))  # One at a time: compiling beside a run would slow it.
     seconds = {name: [] for name in workers}
@@ -345,7 +372,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     results = compare(
-        config, _BATCH_SIZE.value or config.batch_size, _ROUNDS.value, _PER_ROUND.value
+        config,
+        _BATCH_SIZE.value or config.batch_size,
+        _ROUNDS.value,
+        _PER_ROUND.value,
+        _TORCH_TUNABLES.value,
     )
     print(
         f"HRNet {results['variant']} ({results['parameters']:,} parameters, "
@@ -357,15 +388,21 @@ def main(argv: list[str]) -> None:
         f"{results['torch_step_median_s'] * 1e3:.0f} ms; JAX / PyTorch = "
         f"{results['jax_over_torch']:.2f}"
     )
+    tunables = results["jax_glibc_tunables"], results["torch_glibc_tunables"]
+    print("GLIBC_TUNABLES: JAX {}, PyTorch {}".format(*tunables))
     if _JSON.value:
         files.write_json_atomically(_JSON.value, results)
 
 
 if __name__ == "__main__":
+    allocator.restart_with_tunables()
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
     _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
     _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds of JAX and PyTorch steps.")
     _PER_ROUND = flags.DEFINE_integer("per_round", 2, "Timed steps of each per round.")
     _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+    _TORCH_TUNABLES = flags.DEFINE_bool(
+        "torch_tunables", False, "Give PyTorch's process our GLIBC_TUNABLES too."
+    )
     flags.mark_flags_as_required(["config"])
     app.run(main)
