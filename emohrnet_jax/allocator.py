@@ -12,7 +12,6 @@ glibc's defaults) and it is left as it is.
 
 import importlib.metadata
 import importlib.util
-import logging
 import os
 import platform
 import sys
@@ -60,7 +59,6 @@ def restart_with_tunables() -> None:
     """
     if not should_restart():
         return
-    logging.info("Restarting with GLIBC_TUNABLES=%s (emohrnet_jax.allocator)", TUNABLES)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(
