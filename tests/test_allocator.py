@@ -76,3 +76,35 @@ def test_restarts_only_on_cpu_where_tunables_are_not_set(monkeypatch, environmen
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert allocator.should_restart() is restarts
+
+
+# Runs a training entry point as __main__ with os.execve replaced by a report of the heavy
+# packages imported at the moment of the restart.
+_AT_RESTART = """
+import os, runpy, sys
+def report(*args):
+    print(sorted({m.split(".")[0] for m in sys.modules} & {"jax", "tensorflow", "flax"}))
+    sys.exit(0)
+os.execve = report
+if sys.argv[1].endswith(".py"):
+    runpy.run_path(sys.argv[1], run_name="__main__")
+else:
+    runpy.run_module(sys.argv[1], run_name="__main__")
+print("no restart")
+"""
+
+
+@glibc_only
+@pytest.mark.parametrize("entry_point", ["emohrnet_jax.main", "tools/cross_validate.py"])
+def test_training_restarts_before_importing_jax_or_tensorflow(entry_point):
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    result = subprocess.run(
+        [sys.executable, "-c", _AT_RESTART, entry_point],
+        cwd=helpers.CONFIGS.parent,
+        env={**env, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
