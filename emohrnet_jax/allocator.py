@@ -53,9 +53,10 @@ def should_restart() -> bool:
 def restart_with_tunables() -> None:
     """Re-executes this program (same interpreter and arguments) with `TUNABLES`, when it helps.
 
-    Call it first in a script's `__main__` block, before JAX starts: only on Linux with glibc, on
-    the CPU backend, and where `GLIBC_TUNABLES` is not set (the restarted process has it set, so
-    this happens once). Does not return when it restarts.
+    Call it from a script's `__main__` guard before JAX starts, best before TensorFlow and JAX are
+    imported (whatever was imported is imported again). Restarts only on Linux with glibc, on the
+    CPU backend, and where `GLIBC_TUNABLES` is not set (the restarted process has it set, so this
+    happens once). Does not return when it restarts.
     """
     if not should_restart():
         return

@@ -10,8 +10,8 @@ on each fold's test speakers, and the summed test confusion matrix), `WORKDIR/co
 and prints a table. The sample standard deviation (ddof=1) is the one papers usually report.
 """
 
-# Restarted with glibc's malloc settings before TensorFlow and JAX are imported: the restart then
-# costs a fraction of a second instead of a second ~12 s import (emohrnet_jax/allocator.py).
+# The restart with glibc's malloc settings (emohrnet_jax/allocator.py) comes before TensorFlow and
+# JAX are imported, which would otherwise take their ~12 s twice.
 from emohrnet_jax import allocator
 
 if __name__ == "__main__":

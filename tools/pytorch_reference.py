@@ -298,17 +298,14 @@ def _serve(runner, config_dict: dict, batch_size: int, connection) -> None:
 
 
 @contextlib.contextmanager
-def _glibc_tunables(value: str | None):
-    """GLIBC_TUNABLES set to `value` (None: unset) for the processes started inside."""
-    saved = os.environ.pop("GLIBC_TUNABLES", None)
-    if value is not None:
-        os.environ["GLIBC_TUNABLES"] = value
+def _unset(name: str):
+    """Environment variable `name` unset for the processes started inside."""
+    saved = os.environ.pop(name, None)
     try:
         yield
     finally:
-        os.environ.pop("GLIBC_TUNABLES", None)
         if saved is not None:
-            os.environ["GLIBC_TUNABLES"] = saved
+            os.environ[name] = saved
 
 
 def compare(
@@ -333,10 +330,10 @@ def compare(
         process = context.Process(
             target=_serve, args=(runner, config.to_dict(), batch_size, child), daemon=True
         )
-        process_tunables = tunables if name == "jax" or torch_tunables else None
-        with _glibc_tunables(process_tunables):
+        hide = name == "torch" and not torch_tunables
+        with _unset("GLIBC_TUNABLES") if hide else contextlib.nullcontext():
             process.start()
-        results[f"{name}_glibc_tunables"] = process_tunables
+        results[f"{name}_glibc_tunables"] = None if hide else tunables
         workers[name] = (process, parent)
         results.update(_receive(parent))  # One at a time: compiling beside a run would slow it.
     seconds = {name: [] for name in workers}
