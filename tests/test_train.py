@@ -85,19 +85,53 @@ def test_a_train_step_updates_parameters_statistics_and_the_step(data_dir):
 
 def test_checkpoint_round_trip(data_dir, tmp_path):
     config = helpers.tiny_config(data_dir)
-    state = steps.create_train_state(config, steps_per_epoch=4)
-    train_step, _ = steps.jit_steps(config, steps.make_mesh(), num_classes=4)
+    mesh = steps.make_mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = jax.device_put(steps.create_train_state(config, steps_per_epoch=4), replicated)
+    train_step, eval_step = steps.jit_steps(config, mesh, num_classes=4)
     state, _ = train_step(state, _batch(), jax.random.key(0))  # non-trivial optimizer state
     manager = checkpoints.create_manager(str(tmp_path), keep_latest=2)
     history = [{"epoch": 1, "step": 1, "validation_ua": 0.5}]
     checkpoints.save(manager, 1, state, history, validation_ua=0.5)
     manager.wait_until_finished()
-    fresh = steps.create_train_state(helpers.tiny_config(data_dir, seed=1), steps_per_epoch=4)
+    fresh = jax.device_put(jax.tree.map(np.zeros_like, state), replicated)
     restored, restored_history = checkpoints.restore(manager, 1, fresh)
     chex.assert_trees_all_equal(jax.device_get(restored.params), jax.device_get(state.params))
     chex.assert_trees_all_equal(jax.device_get(restored.opt_state), jax.device_get(state.opt_state))
     chex.assert_trees_all_equal(restored.batch_stats, state.batch_stats)
     assert int(restored.step) == 1 and restored_history == history
+    # As in training, the restored state has the fresh one's types (no weakly typed step), so
+    # the jitted steps reuse their compiled programs for it.
+    batch = {**_batch(), "mask": np.ones(8, bool)}
+    eval_step(state, batch)
+    compiled = train_step._cache_size(), eval_step._cache_size()
+    eval_step(restored, batch)
+    train_step(restored, _batch(), jax.random.key(0))
+    assert (train_step._cache_size(), eval_step._cache_size()) == compiled
+
+
+def _structure(config, steps_per_epoch=4):
+    """A fresh train state's pytree structure (its model and optimizer objects included)."""
+    return jax.tree.structure(
+        jax.eval_shape(lambda: steps.create_train_state(config, steps_per_epoch))
+    )
+
+
+def test_equal_settings_share_the_jitted_steps_and_other_optimizers_do_not(data_dir):
+    config = helpers.tiny_config(data_dir)
+    mesh = steps.make_mesh()
+    other_fold = helpers.tiny_config(data_dir, **{"data.fold": 1})
+    (train_a, eval_a), (train_b, eval_b) = (
+        steps.jit_steps(c, mesh, 4) for c in (config, other_fold)
+    )
+    assert train_a is train_b and eval_a is eval_b
+    structure = _structure(config)
+    for same in (config, other_fold):
+        assert _structure(same) == structure
+    for changed in ({"learning_rate": 0.5}, {"grad_clip_norm": 1.0}, {"model.variant": "small"}):
+        other = helpers.tiny_config(data_dir, **changed)
+        assert _structure(other) != structure
+    assert _structure(config, steps_per_epoch=5) != structure
 
 
 def test_training_writes_results_chosen_on_validation(uninterrupted):
@@ -204,8 +238,8 @@ def test_killed_with_sigkill_and_rerun_equals_uninterrupted(uninterrupted, data_
         "--config.lr_schedule=constant",
         "--config.warmup_epochs=0",
     ]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    # conftest's XLA flags and compilation cache: the same 8 devices and compiled steps.
+    process = subprocess.Popen(command, env=os.environ, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     first_epoch = tmp_path / "checkpoints" / "4"  # 32 training examples / 8 = 4 steps
     while not first_epoch.is_dir() and process.poll() is None and time.time() < deadline:
