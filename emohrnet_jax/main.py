@@ -21,7 +21,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emohrnet_jax import train
+from emohrnet_jax import compilation_cache, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -41,8 +41,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache",
-    train.DEFAULT_COMPILATION_CACHE,
-    "Persistent XLA compilation cache, so that a re-run starts without recompiling ('' = off).",
+    compilation_cache.DEFAULT_FOLDER,
+    compilation_cache.FLAG_HELP,
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
-    train.enable_compilation_cache(_COMPILATION_CACHE.value)
+    compilation_cache.enable(_COMPILATION_CACHE.value)
     logging.info(
         "JAX %s: process %d of %d, %d devices %s; GLIBC_TUNABLES=%s",
         jax.__version__,

@@ -45,7 +45,7 @@ import numpy as np
 import tqdm
 from absl import app, flags, logging
 
-from emohrnet_jax import models, runs
+from emohrnet_jax import compilation_cache, models, runs
 from emohrnet_jax.audio import features
 
 # Exit status when some inputs failed and the others were scored.
@@ -363,6 +363,9 @@ def _define_flags() -> None:
         "Threads decoding audio ahead of the model (0: none).",
         lower_bound=0,
     )
+    flags.DEFINE_string(
+        "compilation_cache", compilation_cache.DEFAULT_FOLDER, compilation_cache.FLAG_HELP
+    )
     flags.mark_flags_as_required(["workdir"])
 
 
@@ -375,6 +378,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError("name at least one audio file or folder")
     if options.output and not os.path.isdir(os.path.dirname(os.path.abspath(options.output))):
         sys.exit(f"predict: the folder of --output={options.output} does not exist")
+    compilation_cache.enable(options.compilation_cache)
     try:
         predictor = Predictor(
             options.workdir, batch_size=options.batch_size, hop_frames=options.hop_frames or None

@@ -24,7 +24,6 @@ from emohrnet_jax.data import pipeline
 
 TRAIN_KEYS = ("mel", "label")
 EVAL_KEYS = ("mel", "label", "mask")
-DEFAULT_COMPILATION_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/emohrnet_jax/xla")
 
 
 class _Preemption:
@@ -42,13 +41,6 @@ class _Preemption:
         if jax.process_count() > 1:  # All hosts must agree on the step to stop at.
             return multihost_utils.reached_preemption_sync_point(step)
         return self._requested
-
-
-def enable_compilation_cache(folder: str) -> None:
-    """Keeps compiled XLA programs in `folder` ('' = off), so that a re-run starts fast."""
-    if folder:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _global_batch(batch: dict[str, np.ndarray], keys, sharding) -> dict[str, jax.Array]:

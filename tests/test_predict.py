@@ -139,11 +139,17 @@ def test_folders_are_walked_sorted_audio_only(clips):
 
 
 def test_cli_scores_a_folder_and_reports_the_corrupt_file(clips, saved_run, predictor, tmp_path):
-    output = tmp_path / "predictions.jsonl"
+    output, cache = tmp_path / "predictions.jsonl", tmp_path / "xla"
     result = _run_cli(
-        f"--workdir={saved_run.workdir}", f"--output={output}", "--top_k=2", "--workers=2", clips
+        f"--workdir={saved_run.workdir}",
+        f"--output={output}",
+        "--top_k=2",
+        "--workers=2",
+        f"--compilation_cache={cache}",
+        clips,
     )
     assert result.returncode == predict.EXIT_SOME_FAILED, result.stderr[-3000:]
+    assert any(cache.iterdir()), "the compiled model was not cached for the next run"
     assert "1 of 6 files could not be scored" in result.stderr
     assert result.stdout == "" and not os.path.exists(f"{output}.tmp")
     lines = [json.loads(line) for line in output.read_text().splitlines()]

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from emohrnet_jax import files, metrics, train
+from emohrnet_jax import compilation_cache, files, metrics, train
 from emohrnet_jax.data import splits
 
 METRICS = ("ua", "wa", "macro_f1")
@@ -117,7 +117,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     folds = [int(f) for f in flags.FLAGS.folds] if flags.FLAGS.folds else None
-    train.enable_compilation_cache(flags.FLAGS.compilation_cache)
+    compilation_cache.enable(flags.FLAGS.compilation_cache)
     summary = run_folds(flags.FLAGS.config, flags.FLAGS.workdir, folds)
     print(format_summary(summary))
 
@@ -129,9 +129,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Folder of the folds (fold_K) and the summary.")
     flags.DEFINE_list("folds", None, "Folds to run (default: every fold of the protocol).")
     flags.DEFINE_string(
-        "compilation_cache",
-        train.DEFAULT_COMPILATION_CACHE,
-        "Persistent XLA compilation cache ('' = off).",
+        "compilation_cache", compilation_cache.DEFAULT_FOLDER, compilation_cache.FLAG_HELP
     )
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)
