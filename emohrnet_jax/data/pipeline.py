@@ -269,7 +269,15 @@ def _utterances_of(
 ) -> tf.data.Dataset:
     """The stored utterances of `speakers`, in stored order."""
     wanted = tf.constant(list(speakers))
-    dataset = builder.as_dataset(split=builders.SPLIT, shuffle_files=False, decoders=decoders)
+    # No tfds auto-cache: every epoch and split builds a new dataset, so the in-memory cache was
+    # never reused; it only copied the data and, when an epoch stopped before the cache's end,
+    # warned "The calling iterator did not fully read the dataset being cached".
+    dataset = builder.as_dataset(
+        split=builders.SPLIT,
+        shuffle_files=False,
+        decoders=decoders,
+        read_config=tfds.ReadConfig(try_autocache=False),
+    )
     return dataset.filter(lambda x: tf.reduce_any(tf.equal(x["speaker"], wanted)))
 
 
