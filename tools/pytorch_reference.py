@@ -1,18 +1,22 @@
-"""Times the CPU train step of our HRNet in JAX and of the same HRNet in PyTorch, in turns.
+"""Times the train step of our HRNet in JAX and of the same HRNet in PyTorch, in turns.
 
   pip install torch  # not a dependency of EmoHRNet-JAX; only this tool uses it
   python tools/pytorch_reference.py --config=configs/default.py \\
       --config.model.variant=w18_small_v2 --batch_size=8
+  python tools/pytorch_reference.py --config=configs/ravdess.py --batch_size=64 \\
+      --config.model.dtype=bfloat16 --device=cuda  # one GPU: JAX's default backend there
 
 The PyTorch model is built from the same `VARIANTS` spec as `emohrnet_jax.models.hrnet` (stem,
 Bottleneck stage 1, HighResolutionModules with multi-resolution fusion, HRNetV2 fuse layer,
 pooling, dense head); the tool refuses to run when the two disagree in parameter count or by more
-than 10% in the FLOPs of their convolutions and matmuls. PyTorch runs channels-last in float32
-with AdamW; JAX runs `steps.jit_steps`' train step (which also augments the batch on device). Each
-runs in its own process (their thread pools would compete in one) and the two take turns, a few
-steps each, so load from other processes slows both alike; the ratio of the medians is the figure
-to read (BENCHMARKS.md). JAX's process gets our glibc malloc settings (`emohrnet_jax.allocator`),
-as in training; PyTorch's gets glibc's defaults, as its users have, unless `--torch_tunables`.
+than 10% in the FLOPs of their convolutions and matmuls. PyTorch runs channels-last with AdamW,
+in float32 or, when `config.model.dtype` is bfloat16, under bfloat16 autocast (on CUDA with
+`cudnn.benchmark`, its counterpart of XLA's autotuning); JAX runs `steps.jit_steps`' train step
+(which also augments the batch on device). Each runs in its own process (their thread pools would
+compete in one) and the two take turns, a few steps each, so load from other processes slows both
+alike; the ratio of the medians is the figure to read (BENCHMARKS.md). JAX's process gets our
+glibc malloc settings (`emohrnet_jax.allocator`), as in training; PyTorch's gets glibc's
+defaults, as its users have, unless `--torch_tunables`.
 """
 
 import contextlib
@@ -194,17 +198,21 @@ class TorchHRNet(nn.Module):
         return self.classifier(x.mean(dim=(2, 3)))
 
 
-def _torch_train_step(model: nn.Module, config: ml_collections.ConfigDict) -> Callable[..., Any]:
+def _torch_train_step(
+    model: nn.Module, config: ml_collections.ConfigDict, device: torch.device
+) -> Callable[..., Any]:
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=config.learning_rate,
         betas=(config.b1, config.b2),
         weight_decay=config.weight_decay,
     )
+    bfloat16 = config.model.dtype == "bfloat16"
 
     def step(mel: torch.Tensor, label: torch.Tensor) -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(mel), label)
+        with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
+            loss = F.cross_entropy(model(mel), label)
         loss.backward()
         optimizer.step()
         return loss.item()
@@ -248,48 +256,57 @@ def _batch(config: ml_collections.ConfigDict, batch_size: int) -> tuple[np.ndarr
     return mel, rng.integers(0, config.model.num_classes, batch_size)
 
 
-def _jax_runner(config: ml_collections.ConfigDict, batch_size: int):
-    """The JAX train step on a fixed batch, compiled; returns (step, details)."""
+def _jax_runner(config: ml_collections.ConfigDict, batch_size: int, device: str):
+    """The JAX train step on a fixed batch on the default backend, compiled; (step, details)."""
+    del device  # JAX runs on its default backend; `compare` checks that it is the asked one.
     mel, label = _batch(config, batch_size)
     mesh = steps.make_mesh()
     # Replicated as in training, so the step's outputs have its inputs' sharding (one compile).
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1000), replicated)
     train, _ = steps.jit_steps(config, mesh, config.model.num_classes)
-    batch = {"mel": mel, "label": label.astype(np.int32)}
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    batch = jax.device_put({"mel": mel, "label": label.astype(np.int32)}, batch_sharding)
     key = jax.random.key(config.seed)
 
     def step():
         nonlocal state
         state, _ = jax.block_until_ready(train(state, batch, key))
 
-    return step, {"jax": jax.__version__, "jax_compile_s": _timed(step)}
+    details = {"jax": jax.__version__, "jax_backend": jax.default_backend()}
+    return step, {**details, "jax_compile_s": _timed(step)}
 
 
-def _torch_runner(config: ml_collections.ConfigDict, batch_size: int):
+def _torch_runner(config: ml_collections.ConfigDict, batch_size: int, device: str):
     """The PyTorch train step on the same batch, after checking the model; (step, details)."""
+    # JAX only traces in this process: kept off the accelerator that PyTorch uses.
+    jax.config.update("jax_platforms", "cpu")
+    device = torch.device(device)
+    torch.backends.cudnn.benchmark = True
     mel, label = _batch(config, batch_size)
     torch.manual_seed(config.seed)
     spec = models.VARIANTS[config.model.variant]
     model = TorchHRNet(spec, config.model.num_classes, config.model.stem_strides)
-    model = model.to(memory_format=torch.channels_last)
     state = jax.eval_shape(lambda: steps.create_train_state(config, steps_per_epoch=1))
     details = check_same_model(model, config, state, mel)
-    train = _torch_train_step(model, config)
-    mel, label = torch.from_numpy(mel), torch.from_numpy(label)
+    model = model.to(device, memory_format=torch.channels_last)
+    train = _torch_train_step(model, config, device)
+    mel, label = torch.from_numpy(mel).to(device), torch.from_numpy(label).to(device)
 
     def step():
-        train(mel, label)
+        train(mel, label)  # Its `loss.item()` waits for the device.
 
     step()  # The first step allocates and picks kernels.
     details.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    if device.type == "cuda":
+        details["torch_device"] = torch.cuda.get_device_name(device)
     return step, details
 
 
-def _serve(runner, config_dict: dict, batch_size: int, connection) -> None:
+def _serve(runner, config_dict: dict, batch_size: int, device: str, connection) -> None:
     """A child process: builds one framework's step, then times `n` steps per request."""
     try:
-        step, details = runner(ml_collections.ConfigDict(config_dict), batch_size)
+        step, details = runner(ml_collections.ConfigDict(config_dict), batch_size, device)
         connection.send(details)
         while count := connection.recv():
             connection.send([_timed(step) for _ in range(count)])
@@ -314,13 +331,15 @@ def compare(
     rounds: int,
     per_round: int,
     torch_tunables: bool = False,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Median train-step seconds of JAX and PyTorch, each in its own process, in turns.
 
     Separate processes keep each framework's thread pool from competing with the other's; the
     turns (`rounds` of `per_round` steps each) make load from other processes slow both alike.
     JAX's process gets this process's GLIBC_TUNABLES (`allocator.TUNABLES` when run as a script);
-    PyTorch's gets the same with `torch_tunables`, else none.
+    PyTorch's gets the same with `torch_tunables`, else none. `device` is PyTorch's ("cpu" or
+    "cuda"); JAX uses its default backend, which must be of the same kind.
     """
     context = multiprocessing.get_context("spawn")
     workers, results = {}, {}
@@ -328,7 +347,9 @@ def compare(
     for name, runner in (("torch", _torch_runner), ("jax", _jax_runner)):
         parent, child = context.Pipe()
         process = context.Process(
-            target=_serve, args=(runner, config.to_dict(), batch_size, child), daemon=True
+            target=_serve,
+            args=(runner, config.to_dict(), batch_size, device, child),
+            daemon=True,
         )
         hide = name == "torch" and not torch_tunables
         with _unset("GLIBC_TUNABLES") if hide else contextlib.nullcontext():
@@ -336,6 +357,8 @@ def compare(
         results[f"{name}_glibc_tunables"] = None if hide else tunables
         workers[name] = (process, parent)
         results.update(_receive(parent))  # One at a time: compiling beside a run would slow it.
+    if results["jax_backend"] != {"cuda": "gpu"}.get(device, device):
+        raise RuntimeError(f"JAX runs on {results['jax_backend']}, PyTorch on {device}")
     seconds = {name: [] for name in workers}
     for _ in range(rounds):
         for name, (_, connection) in workers.items():
@@ -349,6 +372,8 @@ def compare(
         **results,
         "variant": config.model.variant,
         "input_shape": [batch_size, config.data.n_mels, config.data.num_frames],
+        "dtype": config.model.dtype,
+        "device": device,
         "jax_step_median_s": jax_s,
         "torch_step_median_s": torch_s,
         "jax_over_torch": jax_s / torch_s,
@@ -374,10 +399,12 @@ def main(argv: list[str]) -> None:
         _ROUNDS.value,
         _PER_ROUND.value,
         _TORCH_TUNABLES.value,
+        _DEVICE.value,
     )
     print(
         f"HRNet {results['variant']} ({results['parameters']:,} parameters, "
-        f"{results['forward_gflops']:.2f} GFLOP forward), input {results['input_shape']}, float32"
+        f"{results['forward_gflops']:.2f} GFLOP forward), input {results['input_shape']}, "
+        f"{results['dtype']} on {results.get('torch_device', results['device'])}"
     )
     print(
         f"train step median: JAX {results['jax_step_median_s'] * 1e3:.0f} ms, PyTorch "
@@ -400,6 +427,9 @@ if __name__ == "__main__":
     _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
     _TORCH_TUNABLES = flags.DEFINE_bool(
         "torch_tunables", False, "Give PyTorch's process our GLIBC_TUNABLES too."
+    )
+    _DEVICE = flags.DEFINE_enum(
+        "device", "cpu", ["cpu", "cuda"], "PyTorch's device; JAX's default backend must match."
     )
     flags.mark_flags_as_required(["config"])
     app.run(main)
