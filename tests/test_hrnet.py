@@ -221,6 +221,40 @@ def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
     assert not isinstance(hrnet.make_conv(4, (3, 3)), hrnet.PointwiseConv)
 
 
+@pytest.mark.parametrize(
+    "shape, strides", [((2, 9, 14, 3), (1, 1)), ((2, 9, 14, 3), (2, 2)), ((1, 8, 1, 5), (2, 1))]
+)
+def test_patch_conv_is_a_conv_with_the_same_parameters_and_gradients(shape, strides):
+    x = jax.random.normal(jax.random.key(1), shape)
+    settings = {"strides": strides, "padding": ((1, 1), (1, 1)), "use_bias": False}
+    conv = nn.Conv(6, (3, 3), **settings)
+    patch = hrnet.PatchConv(6, (3, 3), **settings)
+    variables = conv.init(jax.random.key(0), x)
+    chex.assert_trees_all_equal(patch.init(jax.random.key(0), x), variables)
+
+    def loss(module, variables, x):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    chex.assert_trees_all_close(
+        jax.value_and_grad(functools.partial(loss, patch), argnums=(0, 1))(variables, x),
+        jax.value_and_grad(functools.partial(loss, conv), argnums=(0, 1))(variables, x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_on_gpu_the_model_takes_patch_convs_and_computes_the_same(tiny, monkeypatch):
+    assert type(hrnet.make_conv(4, (3, 3))) is nn.Conv
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert isinstance(hrnet.make_conv(4, (3, 3), strides=(2, 2)), hrnet.PatchConv)
+    assert isinstance(hrnet.make_conv(4, (1, 1)), hrnet.PointwiseConv)
+    # A new jitted function: traced again, now with the GPU's modules (and no `materialize`).
+    logits = jax.jit(lambda v, x: tiny.model.apply(v, x))(tiny.variables, tiny.mel)
+    chex.assert_trees_all_close(
+        logits, tiny.evaluate(tiny.variables, tiny.mel), rtol=1e-4, atol=1e-5
+    )
+
+
 def test_materialize_is_the_identity_with_an_identity_gradient():
     x = jax.random.normal(jax.random.key(0), (2, 5, 7, 18)) * 1e3
     np.testing.assert_array_equal(jax.jit(hrnet.materialize)(x), x)

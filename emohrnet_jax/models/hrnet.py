@@ -87,6 +87,42 @@ class PointwiseConv(nn.Conv):
         return jax.lax.dot_general(inputs, kernel[0, 0], (((inputs.ndim - 1,), (0,)), ((), ())))
 
 
+class PatchConv(nn.Conv):
+    """A convolution (explicit padding, no bias, no groups) as one matmul over its input patches.
+
+    The patches (im2col) are the kernel window's shifted, strided slices of the padded input,
+    concatenated over channels in the kernel's (row, column, channel) order: same parameters and
+    outputs as `nn.Conv`, the same FLOPs, and kernel-window times the input's bytes.
+
+    Used on GPU, where XLA launches every convolution (and its two gradients) from the host as a
+    cuDNN call of its own, between the CUDA graphs that hold the rest of the step: HRNet-W18's
+    ~800 calls per train step kept the GPU idle most of the time. Matmuls and the slicing run
+    inside the graphs (train step 0.66x on an H200, BENCHMARKS.md).
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if self.use_bias or self.feature_group_count != 1 or isinstance(self.padding, str):
+            raise ValueError("PatchConv takes explicit padding, no bias and no groups")
+        (kh, kw), (sh, sw) = tuple(self.kernel_size), tuple(self.strides or (1, 1))
+        shape = (kh, kw, inputs.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=self.dtype)
+        x = jnp.pad(inputs, ((0, 0), *self.padding, (0, 0)))
+        height = (x.shape[1] - kh) // sh + 1
+        width = (x.shape[2] - kw) // sw + 1
+        patches = jnp.concatenate(
+            [
+                x[:, i : i + sh * (height - 1) + 1 : sh, j : j + sw * (width - 1) + 1 : sw]
+                for i in range(kh)
+                for j in range(kw)
+            ],
+            axis=-1,
+        )
+        kernel = kernel.reshape(-1, self.features)
+        return jax.lax.dot_general(patches, kernel, (((3,), (0,)), ((), ())))
+
+
 def materialize(x: jax.Array) -> jax.Array:
     """`x` unchanged, as a product with the identity over channels: computed once on CPU.
 
@@ -103,9 +139,14 @@ def materialize(x: jax.Array) -> jax.Array:
 
 
 def make_conv(features: int, kernel_size: Sequence[int], **kwargs: Any) -> nn.Conv:
-    """`nn.Conv(features, kernel_size, **kwargs)`, as a `PointwiseConv` when 1x1 with stride 1."""
-    pointwise = tuple(kernel_size) == (1, 1) and kwargs.get("strides", 1) in (1, (1, 1))
-    return (PointwiseConv if pointwise else nn.Conv)(features, tuple(kernel_size), **kwargs)
+    """`nn.Conv(features, kernel_size, **kwargs)`: a `PointwiseConv` when 1x1 with stride 1, else
+    a `PatchConv` on GPU. All three have the same parameters, so checkpoints move between backends.
+    """
+    if tuple(kernel_size) == (1, 1) and kwargs.get("strides", 1) in (1, (1, 1)):
+        conv = PointwiseConv
+    else:
+        conv = PatchConv if jax.default_backend() == "gpu" else nn.Conv
+    return conv(features, tuple(kernel_size), **kwargs)
 
 
 def resize_to(x: jax.Array, height: int, width: int, method: str) -> jax.Array:
