@@ -90,6 +90,11 @@ def test_create_model_follows_the_config(name):
     logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, mel)
     chex.assert_shape(logits, (3, len(config.data.class_names)))
     assert logits.dtype == jnp.float32
+    assert model.im2col is None  # "auto"
+    config.model.im2col = "on"
+    assert create_model(config).im2col is True
+    del config.model["im2col"]  # A run saved before the setting existed.
+    assert create_model(config).im2col is None
 
 
 @pytest.mark.parametrize(
@@ -99,6 +104,7 @@ def test_create_model_follows_the_config(name):
         ("model.num_classes", 5, "config.data.class_names lists 4"),
         ("model.dtype", "float64", "config.model.dtype"),
         ("model.stem_strides", ((2, 2, 2),), "stem_strides"),
+        ("model.im2col", "yes", "config.model.im2col='yes' is not one of"),
     ],
 )
 def test_create_model_rejects_bad_fields(field, value, message):
@@ -243,11 +249,13 @@ def test_patch_conv_is_a_conv_with_the_same_parameters_and_gradients(shape, stri
     )
 
 
-def test_on_gpu_the_model_takes_patch_convs_and_computes_the_same(tiny, monkeypatch):
+def test_im2col_on_gpu_or_when_asked_takes_patch_convs_and_computes_the_same(tiny, monkeypatch):
     assert type(hrnet.make_conv(4, (3, 3))) is nn.Conv
+    assert isinstance(hrnet.make_conv(4, (3, 3), im2col=True), hrnet.PatchConv)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert isinstance(hrnet.make_conv(4, (3, 3), strides=(2, 2)), hrnet.PatchConv)
-    assert isinstance(hrnet.make_conv(4, (1, 1)), hrnet.PointwiseConv)
+    assert type(hrnet.make_conv(4, (3, 3), im2col=False)) is nn.Conv
+    assert isinstance(hrnet.make_conv(4, (1, 1), im2col=True), hrnet.PointwiseConv)
     # A new jitted function: traced again, now with the GPU's modules (and no `materialize`).
     logits = jax.jit(lambda v, x: tiny.model.apply(v, x))(tiny.variables, tiny.mel)
     chex.assert_trees_all_close(

@@ -8,14 +8,16 @@ from emohrnet_jax.models.hrnet import VARIANTS, HRNet, HRNetSpec, StageSpec
 __all__ = ["VARIANTS", "HRNet", "HRNetSpec", "StageSpec", "create_model"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
+# config.model.im2col -> HRNet.im2col ("auto": on GPU only).
+_IM2COL = {"auto": None, "on": True, "off": False}
 
 
 def create_model(config: ml_collections.ConfigDict) -> HRNet:
     """Builds the HRNet named by `config.model.variant` for `config.data.n_mels` Mel bands.
 
     Raises:
-      ValueError: for an unknown variant or dtype, a class count that disagrees with
-        `config.data.class_names`, or malformed stem strides.
+      ValueError: for an unknown variant, dtype or im2col setting, a class count that disagrees
+        with `config.data.class_names`, or malformed stem strides.
     """
     model_config = config.model
     if model_config.variant not in VARIANTS:
@@ -28,6 +30,9 @@ def create_model(config: ml_collections.ConfigDict) -> HRNet:
             raise ValueError(
                 f"config.model.{field}={model_config[field]!r} is not one of {_DTYPES}"
             )
+    im2col = model_config.get("im2col", "auto")  # Runs saved before the setting existed: auto.
+    if im2col not in _IM2COL:
+        raise ValueError(f"config.model.im2col={im2col!r} is not one of {tuple(_IM2COL)}")
     class_names = config.data.get("class_names")
     if class_names and len(class_names) != model_config.num_classes:
         raise ValueError(
@@ -49,4 +54,5 @@ def create_model(config: ml_collections.ConfigDict) -> HRNet:
         stem_strides=stem_strides,
         dtype=jnp.dtype(model_config.dtype),
         param_dtype=jnp.dtype(model_config.param_dtype),
+        im2col=_IM2COL[im2col],
     )

@@ -138,14 +138,19 @@ def materialize(x: jax.Array) -> jax.Array:
     return jax.lax.dot_general(x, eye, (((x.ndim - 1,), (0,)), ((), ())))
 
 
-def make_conv(features: int, kernel_size: Sequence[int], **kwargs: Any) -> nn.Conv:
+def make_conv(
+    features: int, kernel_size: Sequence[int], im2col: bool | None = None, **kwargs: Any
+) -> nn.Conv:
     """`nn.Conv(features, kernel_size, **kwargs)`: a `PointwiseConv` when 1x1 with stride 1, else
-    a `PatchConv` on GPU. All three have the same parameters, so checkpoints move between backends.
+    a `PatchConv` when `im2col` (None: on GPU only). All three have the same parameters, so
+    checkpoints move between backends and settings.
     """
     if tuple(kernel_size) == (1, 1) and kwargs.get("strides", 1) in (1, (1, 1)):
         conv = PointwiseConv
+    elif im2col if im2col is not None else jax.default_backend() == "gpu":
+        conv = PatchConv
     else:
-        conv = PatchConv if jax.default_backend() == "gpu" else nn.Conv
+        conv = nn.Conv
     return conv(features, tuple(kernel_size), **kwargs)
 
 
@@ -278,6 +283,7 @@ class HRNet(nn.Module):
       stem_strides: (frequency, time) stride of each 3x3 stem conv; the classic stem is two
         stride-2 convs.
       dtype: compute dtype (e.g. bfloat16); parameters are kept in `param_dtype`.
+      im2col: compute the 3x3 convolutions as `PatchConv` matmuls (None: on GPU only).
     """
 
     spec: HRNetSpec
@@ -286,12 +292,14 @@ class HRNet(nn.Module):
     stem_strides: tuple[Strides, ...] = ((2, 2), (2, 2))
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    im2col: bool | None = None
 
     @nn.compact
     def __call__(self, mel: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(mel)
         conv = functools.partial(
             make_conv,
+            im2col=self.im2col,
             use_bias=False,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
