@@ -25,7 +25,8 @@ Output, one line per file in walk order, to stdout or `--output`:
 - CSV (`--format=csv`): a header, then path, label, a probability column per class (or with
   `--top_k` the columns top_1, probability_1, ...), error.
 Exit status: 0; 3 when some files could not be scored (their lines say why, the others are
-scored); 1 when nothing could run (no such run, no checkpoint, a checkpoint that does not fit).
+scored); 1 when nothing could run (no such run, no checkpoint, a checkpoint that does not fit);
+141 (128 + SIGPIPE, like other tools) when the reader closed stdout early (`| head`).
 """
 
 import collections
@@ -50,6 +51,8 @@ from emohrnet_jax.audio import features
 
 # Exit status when some inputs failed and the others were scored.
 EXIT_SOME_FAILED = 3
+# Exit status when the reader of standard output closed it early (`| head`): 128 + SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 # Extensions picked up when walking a folder; a file named on the command line is always tried.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 
@@ -402,7 +405,14 @@ def main(argv: list[str]) -> int:
             failed = write(out)
         os.replace(temporary, options.output)
     else:
-        failed = write(sys.stdout)
+        try:
+            failed = write(sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader stopped early (`| head`): end quietly, as command-line tools do. Standard
+            # output goes to /dev/null so that Python's final flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
     if failed:
         print(f"predict: {failed} of {len(paths)} files could not be scored", file=sys.stderr)
         return EXIT_SOME_FAILED

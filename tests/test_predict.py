@@ -207,6 +207,21 @@ def test_batches_spanning_files_change_nothing(clips, predictor):
         np.testing.assert_allclose(result.logits, predictor.predict(audio, rate).logits, atol=1e-5)
 
 
+def test_a_reader_that_stops_early_ends_the_cli_quietly(saved_run, clips, tmp_path):
+    """`predict ... | head`: the closed pipe ends the command without a traceback."""
+    command = [sys.executable, "-m", "emohrnet_jax.predict", f"--workdir={saved_run.workdir}"]
+    process = subprocess.Popen(
+        [*command, f"--compilation_cache={tmp_path}", clips / "a_16k.wav"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # Before the first line is written.
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode == predict.EXIT_BROKEN_PIPE, stderr[-3000:]
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-3000:]
+
+
 def test_missing_checkpoint_is_a_clear_cli_error(saved_run, clips, tmp_path):
     shutil.copy(os.path.join(saved_run.workdir, "config.json"), tmp_path / "config.json")
     result = _run_cli(f"--workdir={tmp_path}", clips / "a_16k.wav")
