@@ -206,23 +206,27 @@ def test_resize_to_twice_the_size_is_nearest_neighbour_repetition():
     chex.assert_trees_all_equal(up, jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
 
 
-def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
-    x = jax.random.normal(jax.random.key(1), (2, 5, 7, 6))
-    conv = nn.Conv(4, (1, 1), use_bias=False)
+def _assert_computes_like(module: nn.Module, conv: nn.Conv, x: jax.Array, atol: float) -> None:
+    """`module` has `conv`'s parameters, outputs and gradients (of parameters and input)."""
     variables = conv.init(jax.random.key(0), x)
-    pointwise = hrnet.make_conv(4, (1, 1), use_bias=False)
-    assert isinstance(pointwise, hrnet.PointwiseConv)
-    chex.assert_trees_all_equal(pointwise.init(jax.random.key(0), x), variables)
+    chex.assert_trees_all_equal(module.init(jax.random.key(0), x), variables)
 
     def loss(module, variables, x):
         return jnp.sum(jnp.sin(module.apply(variables, x)))
 
     chex.assert_trees_all_close(
-        jax.value_and_grad(functools.partial(loss, pointwise), argnums=(0, 1))(variables, x),
+        jax.value_and_grad(functools.partial(loss, module), argnums=(0, 1))(variables, x),
         jax.value_and_grad(functools.partial(loss, conv), argnums=(0, 1))(variables, x),
         rtol=1e-5,
-        atol=1e-6,
+        atol=atol,
     )
+
+
+def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
+    x = jax.random.normal(jax.random.key(1), (2, 5, 7, 6))
+    pointwise = hrnet.make_conv(4, (1, 1), use_bias=False)
+    assert isinstance(pointwise, hrnet.PointwiseConv)
+    _assert_computes_like(pointwise, nn.Conv(4, (1, 1), use_bias=False), x, atol=1e-6)
     assert not isinstance(hrnet.make_conv(4, (1, 1), strides=(2, 2)), hrnet.PointwiseConv)
     assert not isinstance(hrnet.make_conv(4, (3, 3)), hrnet.PointwiseConv)
 
@@ -233,20 +237,8 @@ def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
 def test_patch_conv_is_a_conv_with_the_same_parameters_and_gradients(shape, strides):
     x = jax.random.normal(jax.random.key(1), shape)
     settings = {"strides": strides, "padding": ((1, 1), (1, 1)), "use_bias": False}
-    conv = nn.Conv(6, (3, 3), **settings)
     patch = hrnet.PatchConv(6, (3, 3), **settings)
-    variables = conv.init(jax.random.key(0), x)
-    chex.assert_trees_all_equal(patch.init(jax.random.key(0), x), variables)
-
-    def loss(module, variables, x):
-        return jnp.sum(jnp.sin(module.apply(variables, x)))
-
-    chex.assert_trees_all_close(
-        jax.value_and_grad(functools.partial(loss, patch), argnums=(0, 1))(variables, x),
-        jax.value_and_grad(functools.partial(loss, conv), argnums=(0, 1))(variables, x),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    _assert_computes_like(patch, nn.Conv(6, (3, 3), **settings), x, atol=1e-5)
 
 
 def test_im2col_on_gpu_or_when_asked_takes_patch_convs_and_computes_the_same(tiny, monkeypatch):

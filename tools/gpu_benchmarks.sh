@@ -16,8 +16,10 @@ for dtype in bfloat16 float32; do
   "$python" tools/benchmark.py "${common[@]}" --config.model.dtype=$dtype --steps=30 --warmup=5 \
     --matmul_size=8192 --noinput_pipeline --nopreprocessing "${profile[@]}" \
     --json="$out/benchmark_$dtype.json"
-  # The trace (3 steps) beside the results; the larger .xplane.pb stays behind.
-  find /tmp/emohrnet_jax_profile -name '*.trace.json.gz' -exec cp {} "$out/" \; 2>/dev/null
+  if [[ ${#profile[@]} -gt 0 ]]; then
+    # The trace (3 steps) beside the results; the larger .xplane.pb stays behind.
+    find /tmp/emohrnet_jax_profile -name '*.trace.json.gz' -exec cp {} "$out/" \;
+  fi
   "$python" tools/pytorch_reference.py "${common[@]}" --config.model.dtype=$dtype --device=cuda \
     --rounds=5 --per_round=4 --json="$out/pytorch_$dtype.json"
 done
