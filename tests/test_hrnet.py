@@ -234,20 +234,55 @@ def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
 @pytest.mark.parametrize(
     "shape, strides", [((2, 9, 14, 3), (1, 1)), ((2, 9, 14, 3), (2, 2)), ((1, 8, 1, 5), (2, 1))]
 )
-def test_patch_conv_is_a_conv_with_the_same_parameters_and_gradients(shape, strides):
+@pytest.mark.parametrize("rewrite", ["patch_conv", "matmul_kernel_grad"])
+def test_conv_rewrites_have_the_same_parameters_outputs_and_gradients(rewrite, shape, strides):
     x = jax.random.normal(jax.random.key(1), shape)
     settings = {"strides": strides, "padding": ((1, 1), (1, 1)), "use_bias": False}
-    patch = hrnet.PatchConv(6, (3, 3), **settings)
-    _assert_computes_like(patch, nn.Conv(6, (3, 3), **settings), x, atol=1e-5)
+    if rewrite == "patch_conv":
+        module = hrnet.PatchConv(6, (3, 3), **settings)
+    else:
+        module = nn.Conv(
+            6, (3, 3), conv_general_dilated=hrnet.conv_with_matmul_kernel_grad, **settings
+        )
+    _assert_computes_like(module, nn.Conv(6, (3, 3), **settings), x, atol=1e-5)
 
 
-def test_im2col_on_gpu_or_when_asked_takes_patch_convs_and_computes_the_same(tiny, monkeypatch):
-    assert type(hrnet.make_conv(4, (3, 3))) is nn.Conv
-    assert isinstance(hrnet.make_conv(4, (3, 3), im2col=True), hrnet.PatchConv)
+def test_matmul_kernel_grad_refuses_what_it_does_not_compute():
+    x, kernel = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 3))
+    with pytest.raises(ValueError, match="plain NHWC convolutions"):
+        hrnet.conv_with_matmul_kernel_grad(x, kernel, (1, 1), "SAME")
+    with pytest.raises(ValueError, match="plain NHWC convolutions"):
+        hrnet.conv_with_matmul_kernel_grad(x, kernel, (1, 1), ((1, 1), (1, 1)), rhs_dilation=(2, 2))
+
+
+def _how_computed(conv: nn.Conv):
+    """An `nn.Conv`'s `conv_general_dilated` (None: XLA's), else the module's class."""
+    return conv.conv_general_dilated if type(conv) is nn.Conv else type(conv)
+
+
+@pytest.mark.parametrize(
+    "backend, features, im2col, expected",
+    [
+        ("cpu", 64, None, hrnet.conv_with_matmul_kernel_grad),
+        ("cpu", 63, None, None),
+        ("cpu", 64, False, None),
+        ("cpu", 64, True, hrnet.PatchConv),
+        ("gpu", 64, None, hrnet.PatchConv),
+        ("gpu", 64, False, None),
+        ("tpu", 64, None, None),
+    ],
+)
+def test_make_conv_picks_the_3x3_convolution_for_the_backend(
+    monkeypatch, backend, features, im2col, expected
+):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    conv = hrnet.make_conv(features, (3, 3), im2col=im2col, strides=(2, 2))
+    assert _how_computed(conv) is expected
+    assert isinstance(hrnet.make_conv(features, (1, 1), im2col=im2col), hrnet.PointwiseConv)
+
+
+def test_a_model_with_gpu_convolutions_computes_the_same(tiny, monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert isinstance(hrnet.make_conv(4, (3, 3), strides=(2, 2)), hrnet.PatchConv)
-    assert type(hrnet.make_conv(4, (3, 3), im2col=False)) is nn.Conv
-    assert isinstance(hrnet.make_conv(4, (1, 1), im2col=True), hrnet.PointwiseConv)
     # A new jitted function: traced again, now with the GPU's modules (and no `materialize`).
     logits = jax.jit(lambda v, x: tiny.model.apply(v, x))(tiny.variables, tiny.mel)
     chex.assert_trees_all_close(

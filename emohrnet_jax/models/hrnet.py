@@ -25,6 +25,9 @@ Strides = tuple[int, int]
 # PyTorch's BatchNorm momentum 0.1 (the official code's value) is flax's 0.9.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+# On CPU, 3x3 convolutions of at least this many features get `conv_with_matmul_kernel_grad`
+# (narrower ones were slower with it: BENCHMARKS.md, round 6).
+MATMUL_KERNEL_GRAD_MIN_FEATURES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +90,20 @@ class PointwiseConv(nn.Conv):
         return jax.lax.dot_general(inputs, kernel[0, 0], (((inputs.ndim - 1,), (0,)), ((), ())))
 
 
+def _patches(x: jax.Array, kernel_size: Strides, strides: Strides, out_hw: Strides) -> jax.Array:
+    """im2col of a padded NHWC map: (batch, height, width, kh * kw * channels) in (row, column,
+    channel) order."""
+    (kh, kw), (sh, sw), (height, width) = kernel_size, strides, out_hw
+    return jnp.concatenate(
+        [
+            x[:, i : i + sh * (height - 1) + 1 : sh, j : j + sw * (width - 1) + 1 : sw]
+            for i in range(kh)
+            for j in range(kw)
+        ],
+        axis=-1,
+    )
+
+
 class PatchConv(nn.Conv):
     """A convolution (explicit padding, no bias, no groups) as one matmul over its input patches.
 
@@ -111,16 +128,72 @@ class PatchConv(nn.Conv):
         x = jnp.pad(inputs, ((0, 0), *self.padding, (0, 0)))
         height = (x.shape[1] - kh) // sh + 1
         width = (x.shape[2] - kw) // sw + 1
-        patches = jnp.concatenate(
-            [
-                x[:, i : i + sh * (height - 1) + 1 : sh, j : j + sw * (width - 1) + 1 : sw]
-                for i in range(kh)
-                for j in range(kw)
-            ],
-            axis=-1,
-        )
+        patches = _patches(x, (kh, kw), (sh, sw), (height, width))
         kernel = kernel.reshape(-1, self.features)
         return jax.lax.dot_general(patches, kernel, (((3,), (0,)), ((), ())))
+
+
+def _nhwc_conv(x: jax.Array, kernel: jax.Array, strides: Strides, padding: Any) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_with_matmul_kernel_grad(x, kernel, strides, padding):
+    return _nhwc_conv(x, kernel, strides, padding)
+
+
+def _conv_forward(x, kernel, strides, padding):
+    return _nhwc_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_backward(strides, padding, residuals, dy):
+    x, kernel = residuals
+    (dx,) = jax.vjp(lambda x: _nhwc_conv(x, kernel, strides, padding), x)[1](dy)
+    patches = _patches(
+        jnp.pad(x, ((0, 0), *padding, (0, 0))), kernel.shape[:2], strides, dy.shape[1:3]
+    )
+    dkernel = jax.lax.dot_general(patches, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
+    return dx, dkernel.reshape(kernel.shape)
+
+
+_conv_with_matmul_kernel_grad.defvjp(_conv_forward, _conv_backward)
+
+
+def conv_with_matmul_kernel_grad(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+) -> jax.Array:
+    """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`, whose kernel gradient
+    is one matmul of the input's patches with the output gradient (XLA's forward and input
+    gradient are kept). For 2-D NHWC convolutions with explicit padding and nothing else.
+
+    XLA's CPU backend computes a kernel gradient as a convolution that contracts over the batch
+    (8 values at batch 8) with the whole feature map as its window: 64-channel 3x3 kernel
+    gradients at ~18 GFLOP/s, ~2.5x slower than patches + matmul (BENCHMARKS.md).
+    """
+    dimension_numbers = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    plain = (
+        lhs.ndim == 4
+        and dimension_numbers
+        == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+        and not isinstance(padding, str)
+        and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        and feature_group_count == 1
+        and precision is None
+    )
+    if not plain:
+        raise ValueError("conv_with_matmul_kernel_grad takes plain NHWC convolutions only")
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _conv_with_matmul_kernel_grad(lhs, rhs, tuple(window_strides), padding)
 
 
 def materialize(x: jax.Array) -> jax.Array:
@@ -141,17 +214,22 @@ def materialize(x: jax.Array) -> jax.Array:
 def make_conv(
     features: int, kernel_size: Sequence[int], im2col: bool | None = None, **kwargs: Any
 ) -> nn.Conv:
-    """`nn.Conv(features, kernel_size, **kwargs)`: a `PointwiseConv` when 1x1 with stride 1, else
-    a `PatchConv` when `im2col` (None: on GPU only). All three have the same parameters, so
-    checkpoints move between backends and settings.
+    """`nn.Conv(features, kernel_size, **kwargs)`, computed the way that is fastest where it runs.
+
+    A 1x1 stride-1 convolution is a `PointwiseConv`. Others: `im2col=True` gives a `PatchConv`,
+    False XLA's convolution; None (auto) gives a `PatchConv` on GPU and, on CPU, XLA's
+    convolution whose kernel gradient is `conv_with_matmul_kernel_grad`'s when it has at least
+    `MATMUL_KERNEL_GRAD_MIN_FEATURES` features. All have the same parameters, so checkpoints move
+    between backends and settings.
     """
     if tuple(kernel_size) == (1, 1) and kwargs.get("strides", 1) in (1, (1, 1)):
-        conv = PointwiseConv
-    elif im2col if im2col is not None else jax.default_backend() == "gpu":
-        conv = PatchConv
-    else:
-        conv = nn.Conv
-    return conv(features, tuple(kernel_size), **kwargs)
+        return PointwiseConv(features, tuple(kernel_size), **kwargs)
+    backend = jax.default_backend()
+    if im2col or (im2col is None and backend == "gpu"):
+        return PatchConv(features, tuple(kernel_size), **kwargs)
+    if im2col is None and backend == "cpu" and features >= MATMUL_KERNEL_GRAD_MIN_FEATURES:
+        kwargs = {**kwargs, "conv_general_dilated": conv_with_matmul_kernel_grad}
+    return nn.Conv(features, tuple(kernel_size), **kwargs)
 
 
 def resize_to(x: jax.Array, height: int, width: int, method: str) -> jax.Array:
