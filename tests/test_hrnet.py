@@ -232,19 +232,37 @@ def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
 
 
 @pytest.mark.parametrize(
-    "shape, strides", [((2, 9, 14, 3), (1, 1)), ((2, 9, 14, 3), (2, 2)), ((1, 8, 1, 5), (2, 1))]
+    "shape, strides, features",
+    [
+        ((2, 9, 14, 3), (1, 1), 6),
+        ((2, 9, 14, 3), (2, 2), 6),
+        ((1, 8, 1, 5), (2, 1), 6),
+        ((2, 9, 14, 6), (1, 1), 4),  # Fewer output channels: the shifted-gradient matmul.
+        ((2, 9, 14, 6), (2, 2), 4),
+    ],
 )
 @pytest.mark.parametrize("rewrite", ["patch_conv", "matmul_kernel_grad"])
-def test_conv_rewrites_have_the_same_parameters_outputs_and_gradients(rewrite, shape, strides):
+def test_conv_rewrites_have_the_same_parameters_outputs_and_gradients(
+    monkeypatch, rewrite, shape, strides, features
+):
+    monkeypatch.setattr(hrnet, "MATMUL_KERNEL_GRAD_MIN_CHANNELS", 1)  # Matmuls at these widths.
     x = jax.random.normal(jax.random.key(1), shape)
     settings = {"strides": strides, "padding": ((1, 1), (1, 1)), "use_bias": False}
     if rewrite == "patch_conv":
-        module = hrnet.PatchConv(6, (3, 3), **settings)
+        module = hrnet.PatchConv(features, (3, 3), **settings)
     else:
         module = nn.Conv(
-            6, (3, 3), conv_general_dilated=hrnet.conv_with_matmul_kernel_grad, **settings
+            features, (3, 3), conv_general_dilated=hrnet.conv_with_matmul_kernel_grad, **settings
         )
-    _assert_computes_like(module, nn.Conv(6, (3, 3), **settings), x, atol=1e-5)
+    _assert_computes_like(module, nn.Conv(features, (3, 3), **settings), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels, custom", [(64, True), (63, False)])
+def test_matmul_kernel_grad_only_from_min_channels(channels, custom):
+    x, kernel = jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, channels))
+    conv = functools.partial(hrnet.conv_with_matmul_kernel_grad, window_strides=(1, 1))
+    jaxpr = jax.make_jaxpr(lambda x, k: conv(x, k, padding=((1, 1), (1, 1))))(x, kernel)
+    assert ("custom_vjp_call" in str(jaxpr)) is custom
 
 
 def test_matmul_kernel_grad_refuses_what_it_does_not_compute():
@@ -253,6 +271,11 @@ def test_matmul_kernel_grad_refuses_what_it_does_not_compute():
         hrnet.conv_with_matmul_kernel_grad(x, kernel, (1, 1), "SAME")
     with pytest.raises(ValueError, match="plain NHWC convolutions"):
         hrnet.conv_with_matmul_kernel_grad(x, kernel, (1, 1), ((1, 1), (1, 1)), rhs_dilation=(2, 2))
+    nchw = ("NCHW", "OIHW", "NCHW")
+    with pytest.raises(ValueError, match="plain NHWC convolutions"):
+        hrnet.conv_with_matmul_kernel_grad(
+            x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=nchw
+        )
 
 
 def _how_computed(conv: nn.Conv):
@@ -261,24 +284,22 @@ def _how_computed(conv: nn.Conv):
 
 
 @pytest.mark.parametrize(
-    "backend, features, im2col, expected",
+    "backend, im2col, expected",
     [
-        ("cpu", 64, None, hrnet.conv_with_matmul_kernel_grad),
-        ("cpu", 63, None, None),
-        ("cpu", 64, False, None),
-        ("cpu", 64, True, hrnet.PatchConv),
-        ("gpu", 64, None, hrnet.PatchConv),
-        ("gpu", 64, False, None),
-        ("tpu", 64, None, None),
+        ("cpu", None, hrnet.conv_with_matmul_kernel_grad),
+        ("cpu", False, None),
+        ("cpu", True, hrnet.PatchConv),
+        ("gpu", None, hrnet.PatchConv),
+        ("gpu", False, None),
+        ("tpu", None, None),
     ],
 )
 def test_make_conv_picks_the_3x3_convolution_for_the_backend(
-    monkeypatch, backend, features, im2col, expected
+    monkeypatch, backend, im2col, expected
 ):
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
-    conv = hrnet.make_conv(features, (3, 3), im2col=im2col, strides=(2, 2))
-    assert _how_computed(conv) is expected
-    assert isinstance(hrnet.make_conv(features, (1, 1), im2col=im2col), hrnet.PointwiseConv)
+    assert _how_computed(hrnet.make_conv(8, (3, 3), im2col=im2col, strides=(2, 2))) is expected
+    assert isinstance(hrnet.make_conv(8, (1, 1), im2col=im2col), hrnet.PointwiseConv)
 
 
 def test_a_model_with_gpu_convolutions_computes_the_same(tiny, monkeypatch):

@@ -8,7 +8,7 @@ from emohrnet_jax.models.hrnet import VARIANTS, HRNet, HRNetSpec, StageSpec
 __all__ = ["VARIANTS", "HRNet", "HRNetSpec", "StageSpec", "create_model"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
-# config.model.im2col -> HRNet.im2col ("auto": on GPU only).
+# config.model.im2col -> HRNet.im2col ("auto": chosen per backend by hrnet.make_conv).
 _IM2COL = {"auto": None, "on": True, "off": False}
 
 

@@ -25,9 +25,9 @@ Strides = tuple[int, int]
 # PyTorch's BatchNorm momentum 0.1 (the official code's value) is flax's 0.9.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-# On CPU, 3x3 convolutions of at least this many features get `conv_with_matmul_kernel_grad`
-# (narrower ones were slower with it: BENCHMARKS.md, round 6).
-MATMUL_KERNEL_GRAD_MIN_FEATURES = 64
+# `conv_with_matmul_kernel_grad` keeps XLA's kernel gradient for convolutions with fewer input and
+# output channels than this (faster there on CPU: BENCHMARKS.md, round 6).
+MATMUL_KERNEL_GRAD_MIN_CHANNELS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +139,30 @@ def _nhwc_conv(x: jax.Array, kernel: jax.Array, strides: Strides, padding: Any) 
     )
 
 
+def _kernel_grad_by_matmul(
+    x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], strides: Strides
+) -> jax.Array:
+    """A convolution's kernel gradient, from its padded input `x` and output gradient `dy`, as
+    one matmul: of the input's patches with `dy` or, for a stride-1 convolution to fewer
+    channels, of `dy` shifted to every kernel offset (the smaller of the two copies) with `x`.
+    """
+    kh, kw, in_channels, out_channels = kernel_shape
+    over_all_but_channels = (((0, 1, 2), (0, 1, 2)), ((), ()))
+    if tuple(strides) == (1, 1) and out_channels < in_channels:
+        (height, width), (padded_height, padded_width) = dy.shape[1:3], x.shape[1:3]
+        shifted = [
+            jnp.pad(
+                dy, ((0, 0), (i, padded_height - height - i), (j, padded_width - width - j), (0, 0))
+            )
+            for i in range(kh)
+            for j in range(kw)
+        ]
+        grad = jax.lax.dot_general(jnp.concatenate(shifted, -1), x, over_all_but_channels)
+        return grad.reshape(kh, kw, out_channels, in_channels).transpose(0, 1, 3, 2)
+    patches = _patches(x, (kh, kw), strides, dy.shape[1:3])
+    return jax.lax.dot_general(patches, dy, over_all_but_channels).reshape(kernel_shape)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_with_matmul_kernel_grad(x, kernel, strides, padding):
     return _nhwc_conv(x, kernel, strides, padding)
@@ -151,11 +175,8 @@ def _conv_forward(x, kernel, strides, padding):
 def _conv_backward(strides, padding, residuals, dy):
     x, kernel = residuals
     (dx,) = jax.vjp(lambda x: _nhwc_conv(x, kernel, strides, padding), x)[1](dy)
-    patches = _patches(
-        jnp.pad(x, ((0, 0), *padding, (0, 0))), kernel.shape[:2], strides, dy.shape[1:3]
-    )
-    dkernel = jax.lax.dot_general(patches, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
-    return dx, dkernel.reshape(kernel.shape)
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    return dx, _kernel_grad_by_matmul(x, dy, kernel.shape, strides)
 
 
 _conv_with_matmul_kernel_grad.defvjp(_conv_forward, _conv_backward)
@@ -172,28 +193,37 @@ def conv_with_matmul_kernel_grad(
     feature_group_count: int = 1,
     precision: Any = None,
 ) -> jax.Array:
-    """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`, whose kernel gradient
-    is one matmul of the input's patches with the output gradient (XLA's forward and input
-    gradient are kept). For 2-D NHWC convolutions with explicit padding and nothing else.
+    """`lax.conv_general_dilated` (for `nn.Conv(conv_general_dilated=...)`) whose kernel gradient
+    is one matmul (`_kernel_grad_by_matmul`); XLA's forward and input gradient are kept. For 2-D
+    NHWC convolutions (the default here) with explicit padding and nothing else; with fewer than
+    `MATMUL_KERNEL_GRAD_MIN_CHANNELS` input and output channels, XLA's convolution as it is.
 
     XLA's CPU backend computes a kernel gradient as a convolution that contracts over the batch
     (8 values at batch 8) with the whole feature map as its window: 64-channel 3x3 kernel
-    gradients at ~18 GFLOP/s, ~2.5x slower than patches + matmul (BENCHMARKS.md).
+    gradients run at ~18 GFLOP/s, ~2.5x slower than the matmul (BENCHMARKS.md, round 6).
     """
-    dimension_numbers = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    plain = (
-        lhs.ndim == 4
-        and dimension_numbers
-        == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-        and not isinstance(padding, str)
-        and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-        and feature_group_count == 1
-        and precision is None
+    nhwc = ("NHWC", "HWIO", "NHWC")
+    if dimension_numbers is None:
+        dimension_numbers = nhwc
+    dimension_numbers, nhwc = (
+        jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, numbers)
+        for numbers in (dimension_numbers, nhwc)
     )
-    if not plain:
+    dilations = (*(lhs_dilation or ()), *(rhs_dilation or ()))
+    if (
+        lhs.ndim != 4
+        or dimension_numbers != nhwc
+        or isinstance(padding, str)
+        or any(d != 1 for d in dilations)
+        or feature_group_count != 1
+        or precision is not None
+    ):
         raise ValueError("conv_with_matmul_kernel_grad takes plain NHWC convolutions only")
-    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return _conv_with_matmul_kernel_grad(lhs, rhs, tuple(window_strides), padding)
+    strides = tuple(window_strides)
+    padding = tuple((int(low), int(high)) for low, high in padding)
+    if max(rhs.shape[2:]) < MATMUL_KERNEL_GRAD_MIN_CHANNELS:
+        return _nhwc_conv(lhs, rhs, strides, padding)
+    return _conv_with_matmul_kernel_grad(lhs, rhs, strides, padding)
 
 
 def materialize(x: jax.Array) -> jax.Array:
@@ -217,17 +247,16 @@ def make_conv(
     """`nn.Conv(features, kernel_size, **kwargs)`, computed the way that is fastest where it runs.
 
     A 1x1 stride-1 convolution is a `PointwiseConv`. Others: `im2col=True` gives a `PatchConv`,
-    False XLA's convolution; None (auto) gives a `PatchConv` on GPU and, on CPU, XLA's
-    convolution whose kernel gradient is `conv_with_matmul_kernel_grad`'s when it has at least
-    `MATMUL_KERNEL_GRAD_MIN_FEATURES` features. All have the same parameters, so checkpoints move
-    between backends and settings.
+    False XLA's convolution; None (auto) gives a `PatchConv` on GPU, XLA's convolution with
+    `conv_with_matmul_kernel_grad`'s kernel gradient on CPU, and XLA's convolution elsewhere.
+    All have the same parameters, so checkpoints move between backends and settings.
     """
     if tuple(kernel_size) == (1, 1) and kwargs.get("strides", 1) in (1, (1, 1)):
         return PointwiseConv(features, tuple(kernel_size), **kwargs)
     backend = jax.default_backend()
     if im2col or (im2col is None and backend == "gpu"):
         return PatchConv(features, tuple(kernel_size), **kwargs)
-    if im2col is None and backend == "cpu" and features >= MATMUL_KERNEL_GRAD_MIN_FEATURES:
+    if im2col is None and backend == "cpu":
         kwargs = {**kwargs, "conv_general_dilated": conv_with_matmul_kernel_grad}
     return nn.Conv(features, tuple(kernel_size), **kwargs)
 
@@ -361,7 +390,8 @@ class HRNet(nn.Module):
       stem_strides: (frequency, time) stride of each 3x3 stem conv; the classic stem is two
         stride-2 convs.
       dtype: compute dtype (e.g. bfloat16); parameters are kept in `param_dtype`.
-      im2col: compute the 3x3 convolutions as `PatchConv` matmuls (None: on GPU only).
+      im2col: True: 3x3 convolutions as `PatchConv` matmuls; False: XLA's convolutions; None:
+        chosen per backend (`make_conv`).
     """
 
     spec: HRNetSpec
