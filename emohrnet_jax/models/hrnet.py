@@ -174,7 +174,8 @@ def _conv_forward(x, kernel, strides, padding):
 
 def _conv_backward(strides, padding, residuals, dy):
     x, kernel = residuals
-    (dx,) = jax.vjp(lambda x: _nhwc_conv(x, kernel, strides, padding), x)[1](dy)
+    # The transpose of the linear map x -> conv(x): XLA's input gradient, and no forward again.
+    (dx,) = jax.linear_transpose(lambda x: _nhwc_conv(x, kernel, strides, padding), x)(dy)
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     return dx, _kernel_grad_by_matmul(x, dy, kernel.shape, strides)
 
