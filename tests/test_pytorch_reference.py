@@ -60,3 +60,36 @@ def test_the_pytorch_model_has_our_parameters_and_flops(variant, other):
     assert same["torch_forward_gflops"] == pytest.approx(same["forward_gflops"], rel=0.1)
     assert same["parameters"] > 0
     assert "differs" in answers[other]
+
+
+def test_the_tool_times_other_jax_settings_in_the_same_turns(tmp_path):
+    out = tmp_path / "compare.json"
+    tiny = [
+        "--config.model.variant=tiny",
+        "--config.data.n_mels=32",
+        "--config.data.num_frames=32",
+        "--config.augment.freq_mask_width=4",
+        "--config.augment.time_mask_width=4",
+    ]
+    command = [sys.executable, "tools/pytorch_reference.py", "--config=configs/demo.py", *tiny]
+    command += ["--batch_size=2", "--rounds=2", "--per_round=1", "--jax_im2col=off"]
+    result = subprocess.run(
+        [*command, f"--json={out}"],
+        cwd=helpers.CONFIGS.parent,
+        # One CPU device; "off" compiles what "auto" does for the tiny model (no 64 channels),
+        # so its process reads the program from the compilation cache.
+        env={**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    torch_s = results["torch_step_median_s"]
+    assert len(results["jax_im2col_off_steps_s"]) == 2
+    assert results["jax_im2col_off_over_torch"] == pytest.approx(
+        results["jax_im2col_off_step_median_s"] / torch_s
+    )
+    assert results["jax_im2col_off_compile_s"] > 0
+    assert "JAX with config.model.im2col=off" in result.stdout
+    assert len(results["jax_steps_s"]) == len(results["torch_steps_s"]) == 2

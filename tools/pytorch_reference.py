@@ -2,7 +2,7 @@
 
   pip install torch  # not a dependency of EmoHRNet-JAX; only this tool uses it
   python tools/pytorch_reference.py --config=configs/default.py \\
-      --config.model.variant=w18_small_v2 --batch_size=8
+      --config.model.variant=w18_small_v2 --batch_size=8 [--jax_im2col=off]
   python tools/pytorch_reference.py --config=configs/ravdess.py --batch_size=64 \\
       --config.model.dtype=bfloat16 --device=cuda  # one GPU: JAX's default backend there
 
@@ -332,6 +332,7 @@ def compare(
     per_round: int,
     torch_tunables: bool = False,
     device: str = "cpu",
+    jax_im2col: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Median train-step seconds of JAX and PyTorch, each in its own process, in turns.
 
@@ -339,16 +340,23 @@ def compare(
     turns (`rounds` of `per_round` steps each) make load from other processes slow both alike.
     JAX's process gets this process's GLIBC_TUNABLES (`allocator.TUNABLES` when run as a script);
     PyTorch's gets the same with `torch_tunables`, else none. `device` is PyTorch's ("cpu" or
-    "cuda"); JAX uses its default backend, which must be of the same kind.
+    "cuda"); JAX uses its default backend, which must be of the same kind. Each value of
+    `jax_im2col` adds a JAX process with that `config.model.im2col` to the turns (results under
+    `jax_im2col_<value>_...`), to compare JAX's ways of computing convolutions in the same run.
     """
     context = multiprocessing.get_context("spawn")
     workers, results = {}, {}
     tunables = os.environ.get("GLIBC_TUNABLES")
-    for name, runner in (("torch", _torch_runner), ("jax", _jax_runner)):
+    jobs = [("torch", _torch_runner, config), ("jax", _jax_runner, config)]
+    for im2col in jax_im2col:
+        variant = config.copy_and_resolve_references()
+        variant.model.im2col = im2col
+        jobs.append((f"jax_im2col_{im2col}", _jax_runner, variant))
+    for name, runner, job_config in jobs:
         parent, child = context.Pipe()
         process = context.Process(
             target=_serve,
-            args=(runner, config.to_dict(), batch_size, device, child),
+            args=(runner, job_config.to_dict(), batch_size, device, child),
             daemon=True,
         )
         hide = name == "torch" and not torch_tunables
@@ -356,7 +364,11 @@ def compare(
             process.start()
         results[f"{name}_glibc_tunables"] = None if hide else tunables
         workers[name] = (process, parent)
-        results.update(_receive(parent))  # One at a time: compiling beside a run would slow it.
+        # One at a time: compiling beside a run would slow it.
+        details = _receive(parent)
+        if name.startswith("jax_im2col_"):
+            details = {f"{name}_compile_s": details["jax_compile_s"]}
+        results.update(details)
     if results["jax_backend"] != {"cuda": "gpu"}.get(device, device):
         raise RuntimeError(f"JAX runs on {results['jax_backend']}, PyTorch on {device}")
     seconds = {name: [] for name in workers}
@@ -368,6 +380,11 @@ def compare(
         connection.send(0)
         process.join()
     jax_s, torch_s = statistics.median(seconds["jax"]), statistics.median(seconds["torch"])
+    for name in workers:
+        if name.startswith("jax_im2col_"):
+            results[f"{name}_step_median_s"] = statistics.median(seconds[name])
+            results[f"{name}_over_torch"] = results[f"{name}_step_median_s"] / torch_s
+            results[f"{name}_steps_s"] = seconds[name]
     return {
         **results,
         "variant": config.model.variant,
@@ -400,6 +417,7 @@ def main(argv: list[str]) -> None:
         _PER_ROUND.value,
         _TORCH_TUNABLES.value,
         _DEVICE.value,
+        tuple(_JAX_IM2COL.value),
     )
     print(
         f"HRNet {results['variant']} ({results['parameters']:,} parameters, "
@@ -412,6 +430,12 @@ def main(argv: list[str]) -> None:
         f"{results['torch_step_median_s'] * 1e3:.0f} ms; JAX / PyTorch = "
         f"{results['jax_over_torch']:.2f}"
     )
+    for im2col in _JAX_IM2COL.value:
+        name = f"jax_im2col_{im2col}"
+        print(
+            f"  JAX with config.model.im2col={im2col}: {results[f'{name}_step_median_s'] * 1e3:.0f}"
+            f" ms; JAX / PyTorch = {results[f'{name}_over_torch']:.2f}"
+        )
     tunables = results["jax_glibc_tunables"], results["torch_glibc_tunables"]
     print("GLIBC_TUNABLES: JAX {}, PyTorch {}".format(*tunables))
     if _JSON.value:
@@ -430,6 +454,12 @@ if __name__ == "__main__":
     )
     _DEVICE = flags.DEFINE_enum(
         "device", "cpu", ["cpu", "cuda"], "PyTorch's device; JAX's default backend must match."
+    )
+    _JAX_IM2COL = flags.DEFINE_list(
+        "jax_im2col",
+        [],
+        "Also time JAX with config.model.im2col set to each of these (auto, on, off), each in its "
+        "own process, in the same turns.",
     )
     flags.mark_flags_as_required(["config"])
     app.run(main)
