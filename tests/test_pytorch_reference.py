@@ -76,8 +76,7 @@ def test_the_tool_times_other_jax_settings_in_the_same_turns(tmp_path):
     result = subprocess.run(
         [*command, f"--json={out}"],
         cwd=helpers.CONFIGS.parent,
-        # One CPU device; "off" compiles what "auto" does for the tiny model (no 64 channels),
-        # so its process reads the program from the compilation cache.
+        # One CPU device, so that a batch of 2 needs no sharding.
         env={**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"},
         capture_output=True,
         text=True,

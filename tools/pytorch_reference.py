@@ -348,10 +348,11 @@ def compare(
     workers, results = {}, {}
     tunables = os.environ.get("GLIBC_TUNABLES")
     jobs = [("torch", _torch_runner, config), ("jax", _jax_runner, config)]
-    for im2col in jax_im2col:
-        variant = config.copy_and_resolve_references()
-        variant.model.im2col = im2col
-        jobs.append((f"jax_im2col_{im2col}", _jax_runner, variant))
+    others = [f"jax_im2col_{im2col}" for im2col in jax_im2col]
+    for name, im2col in zip(others, jax_im2col, strict=True):
+        other = config.copy_and_resolve_references()
+        other.model.im2col = im2col
+        jobs.append((name, _jax_runner, other))
     for name, runner, job_config in jobs:
         parent, child = context.Pipe()
         process = context.Process(
@@ -366,7 +367,7 @@ def compare(
         workers[name] = (process, parent)
         # One at a time: compiling beside a run would slow it.
         details = _receive(parent)
-        if name.startswith("jax_im2col_"):
+        if name in others:
             details = {f"{name}_compile_s": details["jax_compile_s"]}
         results.update(details)
     if results["jax_backend"] != {"cuda": "gpu"}.get(device, device):
@@ -380,11 +381,10 @@ def compare(
         connection.send(0)
         process.join()
     jax_s, torch_s = statistics.median(seconds["jax"]), statistics.median(seconds["torch"])
-    for name in workers:
-        if name.startswith("jax_im2col_"):
-            results[f"{name}_step_median_s"] = statistics.median(seconds[name])
-            results[f"{name}_over_torch"] = results[f"{name}_step_median_s"] / torch_s
-            results[f"{name}_steps_s"] = seconds[name]
+    for name in others:
+        results[f"{name}_step_median_s"] = statistics.median(seconds[name])
+        results[f"{name}_over_torch"] = results[f"{name}_step_median_s"] / torch_s
+        results[f"{name}_steps_s"] = seconds[name]
     return {
         **results,
         "variant": config.model.variant,

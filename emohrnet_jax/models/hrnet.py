@@ -204,21 +204,17 @@ def conv_with_matmul_kernel_grad(
     gradients run at ~18 GFLOP/s, ~2.5x slower than the matmul (BENCHMARKS.md, round 6).
     """
     nhwc = ("NHWC", "HWIO", "NHWC")
-    if dimension_numbers is None:
-        dimension_numbers = nhwc
-    dimension_numbers, nhwc = (
-        jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, numbers)
-        for numbers in (dimension_numbers, nhwc)
-    )
     dilations = (*(lhs_dilation or ()), *(rhs_dilation or ()))
-    if (
-        lhs.ndim != 4
-        or dimension_numbers != nhwc
-        or isinstance(padding, str)
-        or any(d != 1 for d in dilations)
-        or feature_group_count != 1
-        or precision is not None
-    ):
+    plain = (
+        lhs.ndim == 4
+        and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers or nhwc)
+        == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc)
+        and not isinstance(padding, str)
+        and all(d == 1 for d in dilations)
+        and feature_group_count == 1
+        and precision is None
+    )
+    if not plain:
         raise ValueError("conv_with_matmul_kernel_grad takes plain NHWC convolutions only")
     strides = tuple(window_strides)
     padding = tuple((int(low), int(high)) for low, high in padding)
