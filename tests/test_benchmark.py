@@ -91,8 +91,24 @@ def test_json_has_the_contract_keys_with_sane_values(without_tensorflow):
     assert results["train_step_median_s"] <= results["train_step_max_s"]
     assert 0 < results["fraction_of_matmul_peak"] < 2
     assert results["peak_host_memory_mib"] > 100
+    assert results["peak_device_memory_mib"] is None  # the CPU keeps no allocator statistics
     assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
     assert results["input_shape"] == [8, 32, 32]
+
+
+def test_peak_device_memory_is_the_largest_device_peak():
+    benchmark = helpers.load_tool("benchmark")
+
+    class Device:
+        def __init__(self, stats):
+            self.stats = stats
+
+        def memory_stats(self):
+            return self.stats
+
+    gpus = [Device({"peak_bytes_in_use": 3 * 2**20}), Device({"peak_bytes_in_use": 5 * 2**20})]
+    assert benchmark.peak_device_memory_mib(gpus) == 5
+    assert benchmark.peak_device_memory_mib([Device(None), Device({})]) is None
 
 
 def test_the_model_parts_run_without_tensorflow_or_librosa(without_tensorflow):

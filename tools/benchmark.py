@@ -68,6 +68,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def peak_device_memory_mib(devices) -> float | None:
+    """The largest `peak_bytes_in_use` of `devices` in MiB; None where the backend keeps no
+    statistics (the CPU)."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) / 2**20 if peaks else None
+
+
 def _median_min_max(seconds: list[float], prefix: str) -> dict[str, float]:
     return {
         f"{prefix}_median_s": statistics.median(seconds),
@@ -193,6 +201,7 @@ def benchmark_model(
     results["peak_host_memory_mib"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
     )
+    results["peak_device_memory_mib"] = peak_device_memory_mib(jax.local_devices())
     return results
 
 
@@ -388,6 +397,8 @@ def _print(results: dict[str, Any]) -> None:
             f"{results['preprocessing_workers']}"
         )
     print(f"peak host memory: {results['peak_host_memory_mib']:.0f} MiB")
+    if results["peak_device_memory_mib"] is not None:
+        print(f"peak device memory: {results['peak_device_memory_mib']:.0f} MiB")
     for note in results["notes"]:
         print(f"note: {note}")
 
