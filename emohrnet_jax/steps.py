@@ -77,20 +77,26 @@ def create_train_state(config: ml_collections.ConfigDict, steps_per_epoch: int) 
         ("optimizer", json.dumps(settings, sort_keys=True), steps_per_epoch),
         lambda: create_optimizer(config, steps_per_epoch),
     )
-    mel = jnp.zeros((1, config.data.n_mels, config.data.num_frames), jnp.float32)
-    # unsafe_rbg compiles the initializer several times faster than threefry: one XLA program
-    # draws every parameter, and threefry's per-parameter rounds dominate its compile time.
-    key = jax.random.key(config.seed, impl="unsafe_rbg")
-    variables = _shared(("init", model), lambda: jax.jit(model.init))(key, mel)
-    state = TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        tx=optimizer,
-    )
-    # A typed step, as a checkpoint restores it: a weakly typed Python 0 would make the jitted
-    # steps trace and compile again for the restored (best or resumed) state.
-    return state.replace(step=jnp.zeros((), jnp.int32))
+    # Drawn on the host's CPU whatever the backend, so that a seed gives the same parameters
+    # everywhere. The arrays stay uncommitted: the jitted steps (or `jax.device_put`) move them
+    # to the mesh. XLA's GPU compiler took 138-171 s for this program of ~330 random draws (W18,
+    # BENCHMARKS.md rounds 2 and 5); its CPU compiler takes ~28 s on a 2-core machine.
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        mel = jnp.zeros((1, config.data.n_mels, config.data.num_frames), jnp.float32)
+        # unsafe_rbg compiles the initializer several times faster than threefry: one XLA
+        # program draws every parameter, and threefry's per-parameter rounds dominate its
+        # compile time.
+        key = jax.random.key(config.seed, impl="unsafe_rbg")
+        variables = _shared(("init", model), lambda: jax.jit(model.init))(key, mel)
+        state = TrainState.create(
+            apply_fn=model.apply,
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            tx=optimizer,
+        )
+        # A typed step, as a checkpoint restores it: a weakly typed Python 0 would make the
+        # jitted steps trace and compile again for the restored (best or resumed) state.
+        return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def train_step(

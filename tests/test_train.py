@@ -83,6 +83,17 @@ def test_a_train_step_updates_parameters_statistics_and_the_step(data_dir):
     assert int(out["count"]) == 5 and int(out["confusion"].sum()) == 5
 
 
+def test_the_state_is_drawn_on_the_host_cpu_and_left_uncommitted(data_dir):
+    config = helpers.tiny_config(data_dir)
+    expected = jax.device_get(steps.create_train_state(config, steps_per_epoch=4).params)
+    with jax.default_device(jax.devices()[3]):  # as a GPU would be the default device
+        state = steps.create_train_state(config, steps_per_epoch=4)
+    host_cpu = jax.local_devices(backend="cpu")[0]
+    for leaf in jax.tree.leaves(state):
+        assert leaf.devices() == {host_cpu} and not leaf.committed
+    chex.assert_trees_all_equal(jax.device_get(state.params), expected)
+
+
 def test_checkpoint_round_trip(data_dir, tmp_path):
     config = helpers.tiny_config(data_dir)
     mesh = steps.make_mesh()
