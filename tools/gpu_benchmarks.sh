@@ -1,25 +1,45 @@
 #!/usr/bin/env bash
-# The GPU rows of BENCHMARKS.md: w18 on RAVDESS-sized input (64 x 128 x 251) in bfloat16 and
-# float32, each with tools/benchmark.py and then PyTorch's step on the same GPU
-# (tools/pytorch_reference.py, whose JAX side then loads the compiled step from the cache); a
-# profile of the bfloat16 step. Usage: tools/gpu_benchmarks.sh OUT_DIR (results as JSON there).
+# The GPU rows of BENCHMARKS.md: tools/benchmark.py for w18 on RAVDESS-sized input (128 x 251) in
+# several settings on one GPU, inside one short lease. Compiling dominates there (1-2 minutes per
+# program), so every setting is first compiled at once in its own process (one step each; the
+# programs and autotuning results go to the persistent cache), then timed alone, one after the
+# other, loading its programs from the cache. Usage: tools/gpu_benchmarks.sh OUT_DIR
+# (results: OUT_DIR/compile_NAME.json from the first pass, OUT_DIR/NAME.json from the second).
 set -u
 out=${1:?usage: tools/gpu_benchmarks.sh OUT_DIR}
+mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/emohrnet_jax_xla}
-common=(--config=configs/ravdess.py --batch_size=64)
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
-for dtype in bfloat16 float32; do
-  profile=()
-  if [[ $dtype == bfloat16 ]]; then profile=(--profile_dir=/tmp/emohrnet_jax_profile); fi
-  "$python" tools/benchmark.py "${common[@]}" --config.model.dtype=$dtype --steps=30 --warmup=5 \
-    --matmul_size=8192 --noinput_pipeline --nopreprocessing "${profile[@]}" \
-    --json="$out/benchmark_$dtype.json"
-  if [[ ${#profile[@]} -gt 0 ]]; then
-    # The trace (3 steps) beside the results; the larger .xplane.pb stays behind.
-    find /tmp/emohrnet_jax_profile -name '*.trace.json.gz' -exec cp {} "$out/" \;
-  fi
-  "$python" tools/pytorch_reference.py "${common[@]}" --config.model.dtype=$dtype --device=cuda \
-    --rounds=5 --per_round=4 --json="$out/pytorch_$dtype.json"
+common=(--config=configs/ravdess.py --noinput_pipeline --nopreprocessing --matmul_size=8192)
+# name: flags; the default convolution on GPU is PatchConv (config.model.im2col="auto").
+declare -A settings=(
+  [bf16_b64]="--config.model.dtype=bfloat16 --batch_size=64"
+  [fp32_b64]="--config.model.dtype=float32 --batch_size=64"
+  [bf16_b64_cudnn]="--config.model.dtype=bfloat16 --batch_size=64 --config.model.im2col=off"
+  [bf16_b128]="--config.model.dtype=bfloat16 --batch_size=128"
+)
+order=(bf16_b64 fp32_b64 bf16_b64_cudnn bf16_b128)
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv
+
+echo "== compiling ${order[*]} at once"
+for name in "${order[@]}"; do
+  # No preallocation: the processes share the GPU's memory while they compile and take a step.
+  # shellcheck disable=SC2086
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${COMPILE_TIMEOUT:-300}" "$python" \
+    tools/benchmark.py "${common[@]}" ${settings[$name]} --steps=1 --warmup=0 \
+    --json="$out/compile_$name.json" >"$out/compile_$name.log" 2>&1 &
+done
+wait
+for name in "${order[@]}"; do
+  echo "-- $name (compiled beside the others)"
+  grep -E "^(compile|train step|peak|Traceback)|Error" "$out/compile_$name.log" | tail -5
+done
+
+echo "== timing each alone"
+for name in "${order[@]}"; do
+  echo "-- $name"
+  # shellcheck disable=SC2086
+  timeout "${TIME_TIMEOUT:-90}" "$python" tools/benchmark.py "${common[@]}" ${settings[$name]} \
+    --steps=30 --warmup=5 --json="$out/$name.json" 2>&1 | grep -vE "^(I|W)[0-9]{4} "
 done
