@@ -12,14 +12,14 @@ export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/emohrnet_jax_xla}
 common=(--config=configs/ravdess.py --noinput_pipeline --nopreprocessing --matmul_size=8192)
-# name: flags; the default convolution on GPU is PatchConv (config.model.im2col="auto").
+# name: flags; on GPU the default convolutions (config.model.im2col="auto") are cuDNN's.
 declare -A settings=(
   [bf16_b64]="--config.model.dtype=bfloat16 --batch_size=64"
   [fp32_b64]="--config.model.dtype=float32 --batch_size=64"
-  [bf16_b64_cudnn]="--config.model.dtype=bfloat16 --batch_size=64 --config.model.im2col=off"
-  [bf16_b128]="--config.model.dtype=bfloat16 --batch_size=128"
+  [bf16_b256]="--config.model.dtype=bfloat16 --batch_size=256"
+  [bf16_b64_patches]="--config.model.dtype=bfloat16 --batch_size=64 --config.model.im2col=on"
 )
-order=(bf16_b64 fp32_b64 bf16_b64_cudnn bf16_b128)
+order=(bf16_b64 fp32_b64 bf16_b256 bf16_b64_patches)
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv
 
 echo "== compiling ${order[*]} at once"

@@ -111,10 +111,11 @@ class PatchConv(nn.Conv):
     concatenated over channels in the kernel's (row, column, channel) order: same parameters and
     outputs as `nn.Conv`, the same FLOPs, and kernel-window times the input's bytes.
 
-    Used on GPU, where XLA launches every convolution (and its two gradients) from the host as a
-    cuDNN call of its own, between the CUDA graphs that hold the rest of the step: HRNet-W18's
-    ~800 calls per train step kept the GPU idle most of the time. Matmuls and the slicing run
-    inside the graphs (train step 0.66x on an H200, BENCHMARKS.md).
+    With `im2col=True` (`config.model.im2col="on"`). On GPU, XLA launches every cuDNN
+    convolution (and its two gradients) from the host, between the CUDA graphs that hold the rest
+    of the step; matmuls and the slicing run inside the graphs. That makes one clip 3-4x faster
+    to score on an H100, but batches slower (the train step 1.3x at batch 256, the evaluation
+    step 2x) with 3x the memory (BENCHMARKS.md rounds 5 and 7).
     """
 
     @nn.compact
@@ -244,16 +245,17 @@ def make_conv(
     """`nn.Conv(features, kernel_size, **kwargs)`, computed the way that is fastest where it runs.
 
     A 1x1 stride-1 convolution is a `PointwiseConv`. Others: `im2col=True` gives a `PatchConv`,
-    False XLA's convolution; None (auto) gives a `PatchConv` on GPU, XLA's convolution with
-    `conv_with_matmul_kernel_grad`'s kernel gradient on CPU, and XLA's convolution elsewhere.
-    All have the same parameters, so checkpoints move between backends and settings.
+    False XLA's convolution; None (auto) gives XLA's convolution with
+    `conv_with_matmul_kernel_grad`'s kernel gradient on CPU, and XLA's convolution elsewhere (on
+    GPU cuDNN's: `PatchConv` took 1.3x the train step at batch 256, twice the evaluation step and
+    3x the memory on an H100, BENCHMARKS.md round 7). All have the same parameters, so
+    checkpoints move between backends and settings.
     """
     if tuple(kernel_size) == (1, 1) and kwargs.get("strides", 1) in (1, (1, 1)):
         return PointwiseConv(features, tuple(kernel_size), **kwargs)
-    backend = jax.default_backend()
-    if im2col or (im2col is None and backend == "gpu"):
+    if im2col:
         return PatchConv(features, tuple(kernel_size), **kwargs)
-    if im2col is None and backend == "cpu":
+    if im2col is None and jax.default_backend() == "cpu":
         kwargs = {**kwargs, "conv_general_dilated": conv_with_matmul_kernel_grad}
     return nn.Conv(features, tuple(kernel_size), **kwargs)
 
