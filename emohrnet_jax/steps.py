@@ -1,5 +1,6 @@
 """Train state, optimizer, and the jitted train and evaluation steps (no TensorFlow here)."""
 
+import contextlib
 import functools
 import json
 from typing import Any
@@ -67,6 +68,15 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
     return optimizer
 
 
+def _on_host_cpu() -> contextlib.AbstractContextManager:
+    """Makes this host's first CPU device the default one; changes nothing where JAX runs without
+    its CPU backend (`JAX_PLATFORMS=cuda`, say)."""
+    try:
+        return jax.default_device(jax.local_devices(backend="cpu")[0])
+    except RuntimeError:
+        return contextlib.nullcontext()
+
+
 def create_train_state(config: ml_collections.ConfigDict, steps_per_epoch: int) -> TrainState:
     """A fresh train state: parameters from `config.seed`, AdamW state zeroed."""
     model = models.create_model(config)
@@ -81,7 +91,7 @@ def create_train_state(config: ml_collections.ConfigDict, steps_per_epoch: int) 
     # everywhere. The arrays stay uncommitted: the jitted steps (or `jax.device_put`) move them
     # to the mesh. XLA's GPU compiler took 138-171 s for this program of ~330 random draws (W18,
     # BENCHMARKS.md rounds 2 and 5); its CPU compiler takes ~28 s on a 2-core machine.
-    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    with _on_host_cpu():
         mel = jnp.zeros((1, config.data.n_mels, config.data.num_frames), jnp.float32)
         # unsafe_rbg compiles the initializer several times faster than threefry: one XLA
         # program draws every parameter, and threefry's per-parameter rounds dominate its

@@ -94,6 +94,17 @@ def test_the_state_is_drawn_on_the_host_cpu_and_left_uncommitted(data_dir):
     chex.assert_trees_all_equal(jax.device_get(state.params), expected)
 
 
+def test_the_state_is_drawn_on_the_default_device_without_a_cpu_backend(data_dir, monkeypatch):
+    def local_devices(backend=None):
+        raise RuntimeError(f"Unknown backend {backend}")  # as with JAX_PLATFORMS=cuda
+
+    config = helpers.tiny_config(data_dir)
+    monkeypatch.setattr(jax, "local_devices", local_devices)
+    with jax.default_device(jax.devices()[3]):
+        state = steps.create_train_state(config, steps_per_epoch=4)
+    assert jax.tree.leaves(state.params)[0].devices() == {jax.devices()[3]}
+
+
 def test_checkpoint_round_trip(data_dir, tmp_path):
     config = helpers.tiny_config(data_dir)
     mesh = steps.make_mesh()
