@@ -30,9 +30,9 @@ def test_a_live_holder_is_named_and_a_killed_one_is_stale(tmp_path):
     folder = str(tmp_path / "run")
     process = _hold_in_subprocess(folder)
     try:
-        with pytest.raises(locks.LockedError, match=f"in use by process {process.pid} on "):
-            with locks.hold(folder, "the workdir"):
-                pass
+        expected = f"in use by process {process.pid} on "
+        with pytest.raises(locks.LockedError, match=expected), locks.hold(folder, "the workdir"):
+            pass
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
