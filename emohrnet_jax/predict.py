@@ -77,13 +77,20 @@ class Predictor:
     one padded (the padding's outputs are dropped).
     """
 
-    def __init__(self, workdir: str, batch_size: int = 64, hop_frames: int | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        batch_size: int = 64,
+        hop_frames: int | None = None,
+        block_seconds: float = streaming.BLOCK_SECONDS,
+    ):
         """Loads `workdir/config.json` and the best-validation checkpoint.
 
         Args:
           workdir: a training run's folder.
           batch_size: windows per model call.
           hop_frames: frames between window starts of a long clip (None: half a window).
+          block_seconds: of a file's audio decoded at a time (bounds memory, not the result).
 
         Raises:
           runs.RunError: the run cannot be served (missing, untrained, mismatched checkpoint).
@@ -99,6 +106,7 @@ class Predictor:
                 f"need batch_size >= 1 and hop_frames >= 1, got {batch_size}, {hop_frames}"
             )
         self.batch_size = batch_size
+        self.block_seconds = block_seconds
         self.variables, self.best = runs.load_best_variables(workdir, self.config)
         model = models.create_model(self.config)
         self._apply = jax.jit(lambda variables, mel: model.apply(variables, mel, train=False))
@@ -198,7 +206,7 @@ class Predictor:
     ) -> tuple[np.ndarray, tuple[float, float], float] | features.AudioError:
         """A file's stored-dtype log-Mel, its normalization statistics and its seconds."""
         try:
-            loaded = streaming.file_log_mel(path, self.feature_params)
+            loaded = streaming.file_log_mel(path, self.feature_params, self.block_seconds)
         except features.AudioError as error:
             return error
         statistics = features.normalization_statistics(loaded.mel)
