@@ -9,17 +9,20 @@ resample to the run's rate, log-Mel with the run's parameters, rounding to the s
 one mean and variance per clip. The model sees windows of the training crop's length
 (`config.data.num_frames`): a shorter clip is zero-padded at the end (as in training), a longer
 one is cut into windows every `--hop_frames` (half a window by default, the last window ending
-at the clip's end) whose logits are averaged before the softmax.
+at the clip's end) whose logits are averaged before the softmax. Files are decoded in blocks
+and only their float16 log-Mel is kept (~57 MB per hour at 128 bands), so memory stays bounded.
 
-Folders are walked recursively in sorted order, picking up audio extensions only (.wav .flac
-.ogg .oga .opus .mp3 .aif .aiff); a file named on the command line is always tried. Windows of
-consecutive files fill the same batches, so a folder of many short clips runs at full speed.
-A progress bar goes to stderr when it is a terminal.
+Folders are walked recursively in sorted order, following linked folders (each real folder
+once), picking up audio extensions only (.wav .flac .ogg .oga .opus .mp3 .aif .aiff); a file
+named on the command line is always tried. Windows of consecutive files fill the same batches,
+so a folder of many short clips runs at full speed. A progress bar goes to stderr when it is a
+terminal. `~` is expanded in paths; URLs (gs://) are refused before anything is written.
 
 Output, one line per file in walk order, to stdout or `--output`:
-- JSON lines (default): `path` (as walked from the arguments) and either `label` and
-  `probabilities` (every class, summing to 1), plus `windows`, `seconds` and with `--top_k` a
-  ranked `top_k` list; or `error` (the short reason, e.g. "cannot decode audio") and `detail`.
+- JSON lines (default): `path` (as walked from the arguments; bytes of a name that are not
+  UTF-8 shown as `\xff`) and either `label` and `probabilities` (every class, summing to 1),
+  plus `windows`, `seconds` and with `--top_k` a ranked `top_k` list; or `error` (the short
+  reason, e.g. "cannot decode audio", "file not found") and `detail`.
     {"path": "clips/a.wav", "label": "happy", "probabilities": {"neutral": 0.1, ...}, ...}
     {"path": "clips/bad.wav", "error": "cannot decode audio", "detail": "..."}
 - CSV (`--format=csv`): a header, then path, label, a probability column per class (or with
