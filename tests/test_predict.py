@@ -377,3 +377,16 @@ def test_a_tilde_is_expanded(saved_run, tmp_path):
     (line,) = (home / "p.jsonl").read_text().splitlines()
     assert json.loads(line)["path"] == str(home / "clip.wav")
     assert not (tmp_path / "~").exists()
+
+
+def test_output_leaves_no_temporary_file_on_any_error(tmp_path):
+    """`--output` is written through `<output>.tmp`, removed whatever stops the writing."""
+    output = str(tmp_path / "predictions.jsonl")
+
+    def write(out):
+        out.write("half a line")
+        raise KeyboardInterrupt  # Not an error that predict handles: it must still clean up.
+
+    with pytest.raises(KeyboardInterrupt):
+        predict._write_file(write, output)
+    assert os.listdir(tmp_path) == []
