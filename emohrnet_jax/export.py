@@ -185,7 +185,7 @@ def check_replaceable(output: str, workdir: str, overwrite: bool) -> None:
     if not os.path.lexists(output):
         return
     if not os.path.isdir(output) or os.path.islink(output):
-        raise FileExistsError(f"{output} is not a folder: give a folder for the export")
+        raise FileExistsError(f"{output} is a file or a link: give a folder for the export")
     if not os.listdir(output):
         return
     if not overwrite:
