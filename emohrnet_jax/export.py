@@ -14,6 +14,10 @@ writes to `--output`:
 - `metadata.json`: class names, feature parameters, normalization, window length, input and
   output shapes, the checkpoint's epoch and validation UA: what a server needs to make inputs.
 
+A non-empty `--output` is refused; with `--overwrite` it may be a previous export (its
+`metadata.json` names it so, and it holds nothing else), which is replaced. A folder that is or
+holds a training run (config.json beside checkpoints/), or holds other files, is never deleted.
+
 Both models take `mel`, a float32 batch `(batch, n_mels, num_frames)` of normalized log-Mel
 windows (the batch size is symbolic: any size works), made as `emohrnet_jax.predict` makes them,
 and return a dict of float32 `(batch, num_classes)`: `logits` and `probabilities` (softmax of
@@ -21,6 +25,7 @@ the logits, classes in the order of `class_names`). A clip longer than one windo
 windows' logits, then take the softmax.
 """
 
+import json
 import os
 import shutil
 import sys
@@ -31,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from emohrnet_jax import files, models, runs
+from emohrnet_jax import files, models, paths, runs
 from emohrnet_jax.audio import features
 
 JAX_FILE = "model.jax_exported"
@@ -40,6 +45,8 @@ METADATA_FILE = "metadata.json"
 SIGNATURE = "serving_default"
 INPUT_NAME = "mel"
 FORMATS = ("jax", "saved_model")
+# Keys of metadata.json that every export writes: how `--overwrite` recognises a previous export.
+EXPORT_KEYS = ("class_names", "feature_params", "input", "outputs", "files", "checkpoint")
 
 
 def serving_function(config, variables: dict[str, Any]):
@@ -138,14 +145,14 @@ def export_run(
 
     Raises:
       runs.RunError: the run cannot be served.
-      FileExistsError: `output` holds files and `overwrite` is False.
+      FileExistsError: `output` holds files and is not a previous export that `overwrite` may
+        replace (see `check_replaceable`).
       ValueError: an unknown format.
     """
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"formats must be some of {FORMATS}, got {list(formats)}")
-    if os.path.exists(output) and os.listdir(output) and not overwrite:
-        raise FileExistsError(f"{output} is not empty (pass --overwrite to replace it)")
+    check_replaceable(output, workdir, overwrite)
     config = runs.load_config(workdir)
     variables, best = runs.load_best_variables(workdir, config)
     serve = serving_function(config, variables)
@@ -165,6 +172,60 @@ def export_run(
     return info
 
 
+def check_replaceable(output: str, workdir: str, overwrite: bool) -> None:
+    """Refuses an `output` that exporting would destroy.
+
+    Only an absent or empty folder, or with `overwrite` a previous export (its `metadata.json`
+    has the `EXPORT_KEYS`, and it holds nothing else than an export writes), may be written;
+    never a folder that is, or holds, the run being exported or any other run.
+
+    Raises:
+      FileExistsError: with the reason, in one line.
+    """
+    if not os.path.lexists(output):
+        return
+    if not os.path.isdir(output) or os.path.islink(output):
+        raise FileExistsError(f"{output} is a file or a link: give a folder for the export")
+    if not os.listdir(output):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{output} is not empty (pass --overwrite to replace an export)")
+    run = _run_inside(output, workdir)
+    if run is not None:
+        raise FileExistsError(
+            f"--overwrite will not replace {output}: it holds the training run {run}"
+        )
+    if not _is_export(output):
+        raise FileExistsError(
+            f"--overwrite replaces only a previous export, and {output} is not one (it needs a "
+            f"{METADATA_FILE} of an export and nothing else than {JAX_FILE}, {SAVED_MODEL_DIR}/)"
+        )
+
+
+def _run_inside(folder: str, workdir: str) -> str | None:
+    """The run that `folder` is or holds (`workdir`, or any folder with a config.json and a
+    checkpoints/ folder), or None."""
+    real, run = os.path.realpath(folder), os.path.realpath(workdir)
+    if run == real or run.startswith(real.rstrip(os.sep) + os.sep):
+        return workdir
+    for below, subfolders, names in os.walk(folder):
+        if "config.json" in names and "checkpoints" in subfolders:
+            return below
+    return None
+
+
+def _is_export(folder: str) -> bool:
+    """Whether `folder` holds only what `export_run` writes, with an export's metadata."""
+    if not set(os.listdir(folder)) <= {JAX_FILE, SAVED_MODEL_DIR, METADATA_FILE}:
+        return False
+    try:
+        with open(os.path.join(folder, METADATA_FILE)) as file:
+            info = json.load(file)
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and all(key in info for key in EXPORT_KEYS)
+
+
 def _define_flags() -> None:
     # Defined only when run as a script, so that tests can import this module beside others.
     flags.DEFINE_string("workdir", None, "Training run folder (config.json, checkpoints/).")
@@ -175,7 +236,9 @@ def _define_flags() -> None:
         ["cpu", "cuda", "tpu"],
         "Platforms the exported StableHLO is lowered for (cpu, cuda, rocm, tpu).",
     )
-    flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output folder.")
+    flags.DEFINE_bool(
+        "overwrite", False, "Replace a previous export at --output (never a run, nor other files)."
+    )
     flags.mark_flags_as_required(["workdir", "output"])
 
 
@@ -187,15 +250,15 @@ def main(argv: list[str]) -> None:
     if not options["verbosity"].present:  # orbax's INFO lines would bury what this prints.
         logging.set_verbosity(logging.WARNING)
     try:
-        info = export_run(
-            options.workdir, options.output, options.formats, options.platforms, options.overwrite
-        )
-    except (runs.RunError, FileExistsError, ValueError) as error:
+        output = paths.local(options.output, "--output")
+        workdir = paths.local(options.workdir, "--workdir")
+        info = export_run(workdir, output, options.formats, options.platforms, options.overwrite)
+    except (runs.RunError, FileExistsError, ValueError) as error:  # PathError is a ValueError.
         sys.exit(f"export: {error}")
     checkpoint = info["checkpoint"]
     print(
         f"exported epoch {checkpoint.get('epoch')} (validation UA "
-        f"{checkpoint.get('validation_ua', float('nan')):.4f}) to {options.output}: "
+        f"{checkpoint.get('validation_ua', float('nan')):.4f}) to {output}: "
         f"{', '.join(info['files'].values())}, {METADATA_FILE}"
     )
 

@@ -9,17 +9,20 @@ resample to the run's rate, log-Mel with the run's parameters, rounding to the s
 one mean and variance per clip. The model sees windows of the training crop's length
 (`config.data.num_frames`): a shorter clip is zero-padded at the end (as in training), a longer
 one is cut into windows every `--hop_frames` (half a window by default, the last window ending
-at the clip's end) whose logits are averaged before the softmax.
+at the clip's end) whose logits are averaged before the softmax. Files are decoded in blocks
+and only their float16 log-Mel is kept (~57 MB per hour at 128 bands), so memory stays bounded.
 
-Folders are walked recursively in sorted order, picking up audio extensions only (.wav .flac
-.ogg .oga .opus .mp3 .aif .aiff); a file named on the command line is always tried. Windows of
-consecutive files fill the same batches, so a folder of many short clips runs at full speed.
-A progress bar goes to stderr when it is a terminal.
+Folders are walked recursively in sorted order, following linked folders (each real folder
+once), picking up audio extensions only (.wav .flac .ogg .oga .opus .mp3 .aif .aiff); a file
+named on the command line is always tried. Windows of consecutive files fill the same batches,
+so a folder of many short clips runs at full speed. A progress bar goes to stderr when it is a
+terminal. `~` is expanded in paths; URLs (gs://) are refused before anything is written.
 
 Output, one line per file in walk order, to stdout or `--output`:
-- JSON lines (default): `path` (as walked from the arguments) and either `label` and
-  `probabilities` (every class, summing to 1), plus `windows`, `seconds` and with `--top_k` a
-  ranked `top_k` list; or `error` (the short reason, e.g. "cannot decode audio") and `detail`.
+- JSON lines (default): `path` (as walked from the arguments; bytes of a name that are not
+  UTF-8 shown as `\xff`) and either `label` and `probabilities` (every class, summing to 1),
+  plus `windows`, `seconds` and with `--top_k` a ranked `top_k` list; or `error` (the short
+  reason, e.g. "cannot decode audio", "file not found") and `detail`.
     {"path": "clips/a.wav", "label": "happy", "probabilities": {"neutral": 0.1, ...}, ...}
     {"path": "clips/bad.wav", "error": "cannot decode audio", "detail": "..."}
 - CSV (`--format=csv`): a header, then path, label, a probability column per class (or with
@@ -31,11 +34,8 @@ scored); 1 when nothing could run (no such run, no checkpoint, a checkpoint that
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import functools
-import io
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,11 +43,11 @@ from typing import Any
 
 import jax
 import numpy as np
-import tqdm
 from absl import app, flags, logging
 
-from emohrnet_jax import compilation_cache, models, runs
-from emohrnet_jax.audio import features
+from emohrnet_jax import compilation_cache, files, models, paths, runs
+from emohrnet_jax.audio import features, streaming
+from emohrnet_jax.predict_output import write_predictions
 
 # Exit status when some inputs failed and the others were scored.
 EXIT_SOME_FAILED = 3
@@ -80,13 +80,20 @@ class Predictor:
     one padded (the padding's outputs are dropped).
     """
 
-    def __init__(self, workdir: str, batch_size: int = 64, hop_frames: int | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        batch_size: int = 64,
+        hop_frames: int | None = None,
+        block_seconds: float = streaming.BLOCK_SECONDS,
+    ):
         """Loads `workdir/config.json` and the best-validation checkpoint.
 
         Args:
           workdir: a training run's folder.
           batch_size: windows per model call.
           hop_frames: frames between window starts of a long clip (None: half a window).
+          block_seconds: of a file's audio decoded at a time (bounds memory, not the result).
 
         Raises:
           runs.RunError: the run cannot be served (missing, untrained, mismatched checkpoint).
@@ -102,6 +109,7 @@ class Predictor:
                 f"need batch_size >= 1 and hop_frames >= 1, got {batch_size}, {hop_frames}"
             )
         self.batch_size = batch_size
+        self.block_seconds = block_seconds
         self.variables, self.best = runs.load_best_variables(workdir, self.config)
         model = models.create_model(self.config)
         self._apply = jax.jit(lambda variables, mel: model.apply(variables, mel, train=False))
@@ -116,28 +124,51 @@ class Predictor:
         Raises:
           features.AudioError: empty, non-finite, silent or too short (as in data preparation).
         """
-        return self._normalized_mel(features.conform(waveform, sample_rate, self.feature_params))
+        return features.normalize(self._stored_mel(waveform, sample_rate)[0])
 
-    def _normalized_mel(self, clip: features.Clip) -> np.ndarray:
-        mel = features.log_mel(clip.waveform, self.feature_params).astype(features.STORED_DTYPE)
-        return features.normalize(mel)
+    def _stored_mel(self, waveform: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
+        """The float16 log-Mel of a clip, as the prepared datasets store it, and its samples."""
+        clip = features.conform(waveform, sample_rate, self.feature_params)
+        mel = features.log_mel(clip.waveform, self.feature_params)
+        return mel.astype(features.STORED_DTYPE), len(clip.waveform)
 
-    def windows(self, mel: np.ndarray) -> np.ndarray:
-        """`(n, n_mels, num_frames)` windows of a normalized log-Mel, as described in the module."""
-        frames = mel.shape[1]
-        if frames <= self.num_frames:  # Zeros: the clip's mean after normalization.
-            return np.pad(mel, ((0, 0), (0, self.num_frames - frames)))[None]
+    def window_starts(self, frames: int) -> list[int]:
+        """The first frame of each window of a clip of `frames` frames (see the module)."""
+        if frames <= self.num_frames:
+            return [0]
         starts = list(range(0, frames - self.num_frames + 1, self.hop_frames))
         if starts[-1] != frames - self.num_frames:
             starts.append(frames - self.num_frames)
-        return np.stack([mel[:, start : start + self.num_frames] for start in starts])
+        return starts
 
-    def window_logits(self, windows: np.ndarray) -> np.ndarray:
-        """The model's logits `(n, num_classes)` for `(n, n_mels, num_frames)` windows."""
-        out = []
-        for start in range(0, len(windows), self.batch_size):
-            batch = windows[start : start + self.batch_size]
-            out.append(self._logits(batch))
+    def windows(self, mel: np.ndarray) -> np.ndarray:
+        """`(n, n_mels, num_frames)` windows of a normalized log-Mel, as described in the module."""
+        return np.stack(list(self._windows(mel, (0.0, 1.0))))
+
+    def _windows(self, mel: np.ndarray, statistics: tuple[float, float]) -> Iterator[np.ndarray]:
+        """The windows of `mel`, each normalized with the clip's `statistics` when it is made.
+
+        One at a time: an hour's windows overlap, and stacked they would take 4x the float16 clip.
+        """
+        for start in self.window_starts(mel.shape[1]):
+            window = features.normalize(mel[:, start : start + self.num_frames], statistics)
+            # Zeros (the clip's mean after normalization) after a short clip, as in training.
+            yield np.pad(window, ((0, 0), (0, self.num_frames - window.shape[1])))
+
+    def window_logits(self, windows: Iterable[np.ndarray]) -> np.ndarray:
+        """The model's logits `(n, num_classes)` for `n` windows `(n_mels, num_frames)`.
+
+        Args:
+          windows: an array `(n, n_mels, num_frames)` or an iterator of windows.
+        """
+        out, batch = [], []
+        for window in windows:
+            batch.append(window)
+            if len(batch) == self.batch_size:
+                out.append(self._logits(np.stack(batch)))
+                batch = []
+        if batch:
+            out.append(self._logits(np.stack(batch)))
         return np.concatenate(out)
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
@@ -152,9 +183,9 @@ class Predictor:
         Raises:
           features.AudioError: a clip that data preparation would also have rejected.
         """
-        clip = features.conform(waveform, sample_rate, self.feature_params)
-        windows = self.windows(self._normalized_mel(clip))
-        return self._prediction(self.window_logits(windows), self._seconds(clip))
+        mel, samples = self._stored_mel(waveform, sample_rate)
+        windows = self._windows(mel, features.normalization_statistics(mel))
+        return self._prediction(self.window_logits(windows), self._seconds(samples))
 
     def _prediction(self, window_logits: np.ndarray, seconds: float) -> Prediction:
         logits = np.mean(window_logits.astype(np.float64), axis=0)
@@ -170,15 +201,19 @@ class Predictor:
             seconds=seconds,
         )
 
-    def _seconds(self, clip: features.Clip) -> float:
-        return len(clip.waveform) / self.feature_params.sample_rate
+    def _seconds(self, samples: int) -> float:
+        return samples / self.feature_params.sample_rate
 
-    def _file_mel(self, path: str) -> tuple[np.ndarray, float] | features.AudioError:
+    def _file_mel(
+        self, path: str
+    ) -> tuple[np.ndarray, tuple[float, float], float] | features.AudioError:
+        """A file's stored-dtype log-Mel, its normalization statistics and its seconds."""
         try:
-            clip = features.load_audio(path, self.feature_params)
+            loaded = streaming.file_log_mel(path, self.feature_params, self.block_seconds)
         except features.AudioError as error:
             return error
-        return self._normalized_mel(clip), self._seconds(clip)
+        statistics = features.normalization_statistics(loaded.mel)
+        return loaded.mel, statistics, self._seconds(loaded.samples)
 
     def predict_files(
         self, paths: Sequence[str], workers: int = 0
@@ -189,22 +224,23 @@ class Predictor:
         one long one; `workers` threads decode and make features ahead of the model (0: none).
         """
         waiting: collections.deque[_Pending] = collections.deque()
-        buffer: list[tuple[_Pending, np.ndarray]] = []
+        batch: list[tuple[_Pending, np.ndarray]] = []
         for path, loaded in zip(paths, _ordered_map(self._file_mel, paths, workers), strict=True):
             if isinstance(loaded, features.AudioError):
                 waiting.append(_Pending(path, seconds=0.0, needed=0, error=loaded))
-            else:
-                mel, seconds = loaded
-                windows = self.windows(mel)
-                item = _Pending(path, seconds=seconds, needed=len(windows))
-                buffer.extend((item, window) for window in windows)
-                waiting.append(item)
-            while len(buffer) >= self.batch_size:
-                self._run(buffer[: self.batch_size])
-                del buffer[: self.batch_size]
-            yield from self._finished(waiting)
-        if buffer:
-            self._run(buffer)
+                yield from self._finished(waiting)
+                continue
+            mel, statistics, seconds = loaded
+            item = _Pending(path, seconds=seconds, needed=len(self.window_starts(mel.shape[1])))
+            waiting.append(item)
+            for window in self._windows(mel, statistics):
+                batch.append((item, window))
+                if len(batch) == self.batch_size:
+                    self._run(batch)
+                    batch = []
+                    yield from self._finished(waiting)
+        if batch:
+            self._run(batch)
         yield from self._finished(waiting)
 
     def _run(self, entries: list[tuple["_Pending", np.ndarray]]) -> None:
@@ -255,85 +291,13 @@ def audio_paths(arguments: Iterable[str]) -> list[str]:
     Paths are joined onto the argument as given (not made absolute), so that the output names
     files the way the user did. A missing path is kept: it becomes an error line.
     """
-    paths = []
+    found = []
     for argument in arguments:
-        if not os.path.isdir(argument):
-            paths.append(argument)
-            continue
-        for folder, subfolders, names in os.walk(argument):
-            subfolders.sort()
-            paths += [
-                os.path.join(folder, name)
-                for name in sorted(names)
-                if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
-            ]
-    return paths
-
-
-def json_line(path: str, result: Prediction | features.AudioError, top_k: int = 0) -> str:
-    """One JSON line: `path`, then `label` and `probabilities` (+ `top_k`) or `error`."""
-    if isinstance(result, features.AudioError):
-        record = {"path": path, "error": result.reason, "detail": str(result)}
-    else:
-        record = {"path": path, "label": result.label, "probabilities": result.probabilities}
-        if top_k:
-            record["top_k"] = [{"label": name, "probability": p} for name, p in result.top_k(top_k)]
-        record.update(windows=result.windows, seconds=round(result.seconds, 3))
-    return json.dumps(record)
-
-
-def csv_header(class_names: Sequence[str], top_k: int = 0) -> list[str]:
-    """CSV columns: a probability per class, or with `top_k` the k best classes, ranked."""
-    if top_k:
-        ranked = [f"{column}_{i}" for i in range(1, top_k + 1) for column in ("top", "probability")]
-        return ["path", "label", *ranked, "error"]
-    return ["path", "label", *class_names, "error"]
-
-
-def csv_row(path: str, result: Prediction | features.AudioError, width: int, top_k: int = 0):
-    """The CSV cells of one file (`width` = number of probability columns and their labels)."""
-    if isinstance(result, features.AudioError):
-        return [path, "", *[""] * width, str(result)]
-    if top_k:
-        cells = [cell for name, p in result.top_k(top_k) for cell in (name, f"{p:.6f}")]
-        cells += [""] * (width - len(cells))  # fewer classes than k
-    else:
-        cells = [f"{p:.6f}" for p in result.probabilities.values()]
-    return [path, result.label, *cells, ""]
-
-
-def write_predictions(
-    predictor: Predictor,
-    paths: Sequence[str],
-    out: io.TextIOBase,
-    output_format: str = "jsonl",
-    top_k: int = 0,
-    workers: int = 0,
-    progress: bool | None = None,
-) -> int:
-    """Scores `paths`, writing one line per file to `out`; returns how many files failed.
-
-    `progress`: a tqdm bar on stderr (None: only when stderr is a terminal).
-    """
-    failed = 0
-    writer = None
-    if output_format == "csv":
-        header = csv_header(predictor.class_names, top_k)
-        width = len(header) - 3
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(header)
-    bar = tqdm.tqdm(
-        total=len(paths), unit="file", disable=None if progress is None else not progress
-    )
-    for path, result in predictor.predict_files(paths, workers):
-        failed += isinstance(result, features.AudioError)
-        if writer is None:
-            out.write(json_line(path, result, top_k) + "\n")
+        if os.path.isdir(argument):
+            found += files.walk_files(argument, AUDIO_EXTENSIONS)
         else:
-            writer.writerow(csv_row(path, result, width, top_k))
-        bar.update()
-    bar.close()
-    return failed
+            found.append(argument)
+    return found
 
 
 def _define_flags() -> None:
@@ -374,49 +338,73 @@ def _define_flags() -> None:
 
 def main(argv: list[str]) -> int:
     """The command line: scores the files and folders of `argv[1:]`; returns the exit status."""
-    inputs, options = argv[1:], flags.FLAGS
+    options = flags.FLAGS
     if not options["verbosity"].present:  # orbax's INFO lines would bury what this prints.
         logging.set_verbosity(logging.WARNING)
-    if not inputs:
+    if len(argv) < 2:
         raise app.UsageError("name at least one audio file or folder")
-    if options.output and not os.path.isdir(os.path.dirname(os.path.abspath(options.output))):
-        sys.exit(f"predict: the folder of --output={options.output} does not exist")
+    try:
+        workdir, output = (
+            paths.local(options.workdir, "--workdir"),
+            paths.local(options.output, "--output"),
+        )
+        inputs = [paths.local(argument, "input") for argument in argv[1:]]
+    except paths.PathError as error:
+        sys.exit(f"predict: {error}")
+    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        sys.exit(f"predict: the folder of --output={output} does not exist")
     compilation_cache.enable(options.compilation_cache)
     try:
         predictor = Predictor(
-            options.workdir, batch_size=options.batch_size, hop_frames=options.hop_frames or None
+            workdir, batch_size=options.batch_size, hop_frames=options.hop_frames or None
         )
     except runs.RunError as error:
         sys.exit(f"predict: {error}")
-    paths = audio_paths(inputs)
-    if not paths:
+    audio_files = audio_paths(inputs)
+    if not audio_files:
         sys.exit(f"predict: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {inputs}")
     write = functools.partial(
         write_predictions,
         predictor,
-        paths,
+        audio_files,
         output_format=options.format,
         top_k=options.top_k,
         workers=options.workers,
     )
-    if options.output:
-        temporary = f"{options.output}.tmp"
-        with open(temporary, "w", newline="") as out:
-            failed = write(out)
-        os.replace(temporary, options.output)
-    else:
-        try:
-            failed = write(sys.stdout)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            # The reader stopped early (`| head`): end quietly, as command-line tools do. Standard
-            # output goes to /dev/null so that Python's final flush does not fail again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return EXIT_BROKEN_PIPE
+    failed = _write_file(write, output) if output else _write_stdout(write)
+    if failed is None:
+        return EXIT_BROKEN_PIPE
     if failed:
-        print(f"predict: {failed} of {len(paths)} files could not be scored", file=sys.stderr)
+        print(f"predict: {failed} of {len(audio_files)} files could not be scored", file=sys.stderr)
         return EXIT_SOME_FAILED
     return 0
+
+
+def _write_file(write: Callable, output: str) -> int:
+    """`write` into `output` through a temporary file, never left behind; returns the failures."""
+    temporary = f"{output}.tmp"
+    try:
+        # UTF-8 whatever the locale: names are written as `predict_output.shown` makes them.
+        with open(temporary, "w", newline="", encoding="utf-8") as out:
+            failed = write(out)
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return failed
+
+
+def _write_stdout(write: Callable) -> int | None:
+    """`write` to standard output; returns the failures (None: the reader closed it early)."""
+    try:
+        failed = write(sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): end quietly, as command-line tools do. Standard
+        # output goes to /dev/null so that Python's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return None
+    return failed
 
 
 if __name__ == "__main__":

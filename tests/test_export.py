@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,24 +15,23 @@ from emohrnet_jax import export, runs
 from tests import saved_run as saved_run_module
 
 
+def _run_cli(*args, cwd=None, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "emohrnet_jax.export", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=env,
+    )
+
+
 @pytest.fixture(scope="module")
 def exported(saved_run, tmp_path_factory):
     """The command line's jax.export of the saved run (every default platform)."""
     output = tmp_path_factory.mktemp("export") / "model"
     # --formats=jax keeps TensorFlow out of the subprocess; the SavedModel is made in this one.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "emohrnet_jax.export",
-            f"--workdir={saved_run.workdir}",
-            f"--output={output}",
-            "--formats=jax",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _run_cli(f"--workdir={saved_run.workdir}", f"--output={output}", "--formats=jax")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"exported epoch 1 (validation UA 0.6000) to {output}" in result.stdout
     return output
@@ -104,3 +104,100 @@ def test_export_refuses_to_overwrite_or_to_export_nothing(exported, tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
     with pytest.raises(ValueError, match="formats"):
         export.export_run(str(tmp_path), str(tmp_path / "out"), formats=["onnx"])
+
+
+@pytest.fixture
+def run_copy(saved_run, tmp_path):
+    """`tmp_path/runs/demo`: a copy of the saved run that a test may lose (others share it)."""
+    workdir = tmp_path / "runs" / "demo"
+    shutil.copytree(saved_run.workdir, workdir)
+    return workdir
+
+
+def _assert_run_intact(workdir):
+    assert (workdir / "config.json").is_file()
+    assert sorted(os.listdir(workdir / "checkpoints")), "the run's checkpoints are gone"
+
+
+def test_overwrite_refuses_the_run_itself(run_copy):
+    """Issue 21 case 3: `--output=<the workdir> --overwrite` used to delete the run."""
+    result = _run_cli(f"--workdir={run_copy}", f"--output={run_copy}", "--overwrite")
+    assert result.returncode == 1, result.stderr[-3000:]
+    (message,) = result.stderr.strip().splitlines()
+    assert message == (
+        f"export: --overwrite will not replace {run_copy}: it holds the training run {run_copy}"
+    )
+    _assert_run_intact(run_copy)
+
+
+def _other_run(root):
+    other = root / "experiments" / "old_run"
+    (other / "checkpoints" / "4").mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    return root
+
+
+def _ordinary(root):
+    (root / "notes.txt").write_text("keep me")
+    (root / "metadata.json").write_text(json.dumps({"class_names": ["a"]}))  # not an export's
+    return root
+
+
+@pytest.mark.parametrize(
+    "make_output, reason",
+    [
+        (lambda tmp: tmp / "runs", "holds the training run"),  # the run's parent folder
+        (lambda tmp: _other_run(tmp / "other"), "holds the training run"),
+        (lambda tmp: _ordinary(tmp / "ordinary"), "replaces only a previous export"),
+    ],
+    ids=["parent_of_the_run", "holds_another_run", "not_an_export"],
+)
+def test_overwrite_refuses_what_is_not_an_export(run_copy, tmp_path, make_output, reason):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "ordinary").mkdir()
+    output = make_output(tmp_path)
+    before = sorted(str(path) for path in output.rglob("*"))
+    with pytest.raises(FileExistsError, match=reason):
+        export.export_run(str(run_copy), str(output), ["jax"], ["cpu"], overwrite=True)
+    assert sorted(str(path) for path in output.rglob("*")) == before
+    _assert_run_intact(run_copy)
+
+
+def test_overwrite_replaces_a_previous_export_even_inside_the_run(exported, run_copy):
+    output = run_copy / "export"
+    shutil.copytree(exported, output)
+    info = export.export_run(str(run_copy), str(output), ["jax"], ["cpu"], overwrite=True)
+    assert info["platforms"] == ["cpu"]
+    with open(output / export.METADATA_FILE) as file:
+        assert json.load(file)["platforms"] == ["cpu"]  # the new export, not the copied one
+    assert not (run_copy / "export.partial").exists()
+    _assert_run_intact(run_copy)
+
+
+@pytest.mark.parametrize("flag", ["--output=gs://bucket/model", "--workdir=gs://bucket/run"])
+def test_urls_are_refused_before_anything_is_written(saved_run, tmp_path, flag):
+    defaults = {"--workdir": saved_run.workdir, "--output": tmp_path / "model"}
+    defaults.pop(flag.split("=")[0])
+    args = [f"{name}={value}" for name, value in defaults.items()]
+    result = _run_cli(*args, flag, cwd=tmp_path)
+    assert result.returncode == 1
+    (message,) = result.stderr.strip().splitlines()
+    assert message.startswith("export: ") and "URLs (gs://) are not supported" in message
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_tilde_is_expanded(saved_run, tmp_path):
+    """`--output=~/model` (no shell expansion) writes under $HOME, not into a folder named ~."""
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    os.makedirs(env["HOME"])
+    result = _run_cli(
+        f"--workdir={saved_run.workdir}",
+        "--output=~/model",
+        "--formats=jax",
+        "--platforms=cpu",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "home" / "model" / export.METADATA_FILE).is_file()
+    assert not (tmp_path / "~").exists()

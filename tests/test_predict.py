@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 from emohrnet_jax import predict, runs
-from emohrnet_jax.audio import features, synthetic
+from emohrnet_jax.audio import features, streaming, synthetic
 from tests import saved_run as saved_run_module
 
 CLASSES = list(synthetic.CLASS_NAMES)
@@ -60,12 +60,14 @@ EXPECTED_ORDER = [
 ]
 
 
-def _run_cli(*args):
+def _run_cli(*args, cwd=None, env=None):
     return subprocess.run(
         [sys.executable, "-m", "emohrnet_jax.predict", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=cwd,
+        env=env,
     )
 
 
@@ -242,3 +244,149 @@ def test_unusable_runs_are_run_errors(saved_run, tmp_path):
     (mismatched / "config.json").write_text(json.dumps(config))
     with pytest.raises(runs.RunError, match=r"does not fit the model of its config\.json"):
         predict.Predictor(str(mismatched))
+
+
+def _write_wav(path, seconds=1.0, index=0):
+    # A file object: soundfile cannot open a name that is not valid UTF-8 by itself.
+    with open(path, "wb") as file:
+        soundfile.write(file, _speech(seconds, index=index), 16000, format="WAV")
+
+
+def test_a_name_that_is_not_utf8_is_scored_with_the_others(saved_run, tmp_path):
+    """Issue 21 case 7: one such name used to abort the run and leave `--output`'s .tmp behind."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    odd = os.path.join(folder, os.fsdecode(b"clip_\xff.wav"))
+    _write_wav(odd)
+    _write_wav(folder / "good.wav", index=1)
+    output = tmp_path / "predictions.jsonl"
+    result = _run_cli(
+        f"--workdir={saved_run.workdir}",
+        f"--output={output}",
+        f"--compilation_cache={tmp_path}",
+        folder,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not os.path.exists(f"{output}.tmp")
+    lines = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [line["path"] for line in lines] == [f"{folder}/clip_\\xff.wav", f"{folder}/good.wav"]
+    assert all("label" in line for line in lines)
+
+
+def test_a_name_that_is_not_utf8_is_written_safely_as_csv(predictor, tmp_path):
+    odd = os.path.join(tmp_path, os.fsdecode(b"clip_\xff.wav"))
+    _write_wav(odd)
+    paths = [odd, odd + "_missing.wav"]
+    with open(tmp_path / "out.csv", "w", encoding="utf-8", newline="") as out:
+        assert predict.write_predictions(predictor, paths, out, "csv", progress=False) == 1
+    with open(tmp_path / "out.csv", encoding="utf-8") as written:
+        rows = list(csv.DictReader(written))
+    assert [row["path"] for row in rows] == [
+        f"{tmp_path}/clip_\\xff.wav",
+        f"{tmp_path}/clip_\\xff.wav_missing.wav",
+    ]
+    assert rows[0]["label"] in CLASSES and rows[1]["error"].startswith("file not found")
+
+
+def test_a_missing_file_is_reported_as_not_found(predictor, tmp_path):
+    missing = str(tmp_path / "missing.wav")
+    ((path, error),) = predictor.predict_files([missing])
+    assert path == missing and isinstance(error, features.AudioError)
+    assert error.reason == "file not found" and str(error) == f"file not found: {missing}"
+    with pytest.raises(features.AudioError, match=r"^file not found"):
+        features.load_audio(missing, predictor.feature_params)
+
+
+def test_linked_folders_are_walked_once_each(predictor, tmp_path):
+    """Issue 21 case 9: a linked subfolder used to be skipped without a word."""
+    shared, root = tmp_path / "shared", tmp_path / "clips"
+    (shared / "deeper").mkdir(parents=True)
+    root.mkdir()
+    _write_wav(shared / "s.wav")
+    _write_wav(shared / "deeper" / "t.wav", index=1)
+    _write_wav(root / "a.wav", index=2)
+    (root / "linked").symlink_to(shared)  # a linked folder holding clips
+    (shared / "deeper" / "up").symlink_to(shared)  # a cycle: back to an ancestor
+    paths = predict.audio_paths([str(root)])
+    assert paths == [
+        os.path.join(root, "a.wav"),
+        os.path.join(root, "linked", "s.wav"),
+        os.path.join(root, "linked", "deeper", "t.wav"),
+    ]
+    scored = list(predictor.predict_files(paths))
+    assert all(isinstance(result, predict.Prediction) for _, result in scored)
+
+
+@pytest.mark.parametrize("rate, channels", [(16000, 1), (48000, 2)])
+def test_block_wise_features_equal_the_whole_clip(tmp_path, rate, channels):
+    """Decoding 0.37 s at a time (20 blocks) gives the features of the whole decoded clip."""
+    waveform = _speech(7.3, rate)
+    audio = waveform if channels == 1 else np.stack([waveform, 0.5 * waveform], 1)
+    path = str(tmp_path / "clip.wav")
+    soundfile.write(path, audio, rate, subtype="PCM_16")
+    params = features.FeatureParams(n_fft=512, n_mels=32)
+    clip = features.load_audio(path, params)
+    whole = features.log_mel(clip.waveform, params).astype(features.STORED_DTYPE)
+    blocks = streaming.file_log_mel(path, params, block_seconds=0.37)
+    assert blocks.samples == len(clip.waveform) and blocks.conversions == clip.conversions
+    assert blocks.mel.dtype == whole.dtype and blocks.mel.shape == whole.shape
+    # The float32 STFT of a block may differ from the whole's in its last bit, which moves a rare
+    # cell across a float16 rounding boundary: at most one float16 step (2**-10 relative).
+    np.testing.assert_allclose(blocks.mel, whole, rtol=2**-10, atol=0)
+    assert np.mean(blocks.mel != whole) < 1e-3
+
+
+def test_a_file_read_in_many_blocks_scores_as_in_memory(saved_run, clips, predictor):
+    small_blocks = predict.Predictor(saved_run.workdir, block_seconds=1.0)
+    paths = [str(clips / name) for name in ("d_30s.wav", "c_48k_stereo.wav", "e_short.wav")]
+    for path, result in small_blocks.predict_files(paths):
+        audio, rate = soundfile.read(path, dtype="float32")
+        expected = predictor.predict(audio, rate)
+        assert result.windows == expected.windows and result.seconds == expected.seconds
+        # A rare float16 step in the features (see the test above) moves logits by ~4e-6 relative.
+        np.testing.assert_allclose(result.logits, expected.logits, rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "flag, argument", [("--output=gs://b/p.jsonl", "a.wav"), ("", "gs://b/a.wav")]
+)
+def test_urls_are_refused_before_anything_is_written(saved_run, tmp_path, flag, argument):
+    flags = [f"--workdir={saved_run.workdir}", *([flag] if flag else [])]
+    result = _run_cli(*flags, argument, cwd=tmp_path)
+    assert result.returncode == 1
+    (message,) = result.stderr.strip().splitlines()
+    assert message.startswith("predict: ") and "URLs (gs://) are not supported" in message
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_tilde_is_expanded(saved_run, tmp_path):
+    """`~/...` given without shell expansion names $HOME in --workdir, --output and inputs."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "run").symlink_to(saved_run.workdir)
+    _write_wav(home / "clip.wav")
+    result = _run_cli(
+        "--workdir=~/run",
+        "--output=~/p.jsonl",
+        f"--compilation_cache={tmp_path / 'xla'}",
+        "~/clip.wav",
+        cwd=tmp_path,
+        env={**os.environ, "HOME": str(home)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = (home / "p.jsonl").read_text().splitlines()
+    assert json.loads(line)["path"] == str(home / "clip.wav")
+    assert not (tmp_path / "~").exists()
+
+
+def test_output_leaves_no_temporary_file_on_any_error(tmp_path):
+    """`--output` is written through `<output>.tmp`, removed whatever stops the writing."""
+    output = str(tmp_path / "predictions.jsonl")
+
+    def write(out):
+        out.write("half a line")
+        raise KeyboardInterrupt  # Not an error that predict handles: it must still clean up.
+
+    with pytest.raises(KeyboardInterrupt):
+        predict._write_file(write, output)
+    assert os.listdir(tmp_path) == []

@@ -4,6 +4,7 @@ No TensorFlow here: worker processes of the builders import this module alone.
 """
 
 import dataclasses
+import os
 from typing import Any
 
 import librosa
@@ -19,6 +20,10 @@ SILENCE_PEAK = 1e-4
 NORMALIZATION_EPSILON = 1e-5
 # The prepared datasets store log-Mels in this dtype; prediction rounds its features the same way.
 STORED_DTYPE = np.float16
+# Frames per slice when normalizing: float64 copies of a whole hour-long log-Mel would take GBs.
+_STATISTICS_FRAMES = 4096
+# What soundfile raises for a file it cannot open or decode.
+DECODE_ERRORS = (RuntimeError, soundfile.LibsndfileError, OSError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,17 +76,34 @@ class Clip:
     conversions: tuple[str, ...]
 
 
+def open_audio(path: str) -> soundfile.SoundFile:
+    """Opens `path` for decoding, whatever bytes its name holds.
+
+    Raises:
+      AudioError: "file not found", or "cannot decode audio".
+    """
+    if not os.path.exists(path):
+        raise AudioError("file not found", path)
+    try:
+        # A bytes name: soundfile encodes a str strictly, so a name that is not valid UTF-8
+        # (held by Python as surrogate escapes) would raise UnicodeEncodeError.
+        return soundfile.SoundFile(os.fsencode(path))
+    except DECODE_ERRORS as error:
+        raise AudioError("cannot decode audio", str(error)) from error
+
+
 def load_audio(path: str, params: FeatureParams) -> Clip:
     """Decodes `path` (WAV int16/int24/float, FLAC, OGG) to float32 mono at `params.sample_rate`.
 
     Raises:
-      AudioError: undecodable, empty, silent or shorter than `params.min_seconds`.
+      AudioError: missing, undecodable, empty, silent or shorter than `params.min_seconds`.
     """
-    try:
-        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError, OSError) as error:
-        raise AudioError("cannot decode audio", str(error)) from error
-    return conform(audio, rate, params)
+    with open_audio(path) as sound:
+        try:
+            audio = sound.read(dtype="float32", always_2d=True)
+        except DECODE_ERRORS as error:
+            raise AudioError("cannot decode audio", str(error)) from error
+    return conform(audio, sound.samplerate, params)
 
 
 def conform(audio: np.ndarray, rate: int, params: FeatureParams) -> Clip:
@@ -122,8 +144,12 @@ def conform(audio: np.ndarray, rate: int, params: FeatureParams) -> Clip:
     return Clip(waveform.astype(np.float32), tuple(conversions))
 
 
-def log_mel(waveform: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """Natural-log Mel power spectrogram, float32 `(n_mels, 1 + len // hop)` (centred frames)."""
+def log_mel(waveform: np.ndarray, params: FeatureParams, center: bool = True) -> np.ndarray:
+    """Natural-log Mel power spectrogram, float32 `(n_mels, 1 + len // hop)` (centred frames).
+
+    `center=False`: frames start at sample 0 without padding, `1 + (len - n_fft) // hop` of them
+    (for block-wise features that pad the clip's ends themselves).
+    """
     mel = librosa.feature.melspectrogram(
         y=waveform,
         sr=params.sample_rate,
@@ -133,22 +159,37 @@ def log_mel(waveform: np.ndarray, params: FeatureParams) -> np.ndarray:
         fmin=params.fmin,
         fmax=params.fmax,
         power=2.0,
+        center=center,
     )
     return np.log(np.maximum(mel, params.log_floor)).astype(np.float32)
 
 
-def normalize(mel: np.ndarray) -> np.ndarray:
+def normalization_statistics(mel: np.ndarray) -> tuple[float, float]:
+    """The mean and `sqrt(variance + NORMALIZATION_EPSILON)` of all of a log-Mel's cells.
+
+    float64 sums over slices of frames: closer to exact than either float32 reduction (so numpy
+    and TensorFlow both agree with it), without a float64 copy of the whole clip.
+    """
+    slices = range(0, mel.shape[-1], _STATISTICS_FRAMES)
+    mean = sum(np.sum(mel[..., i : i + _STATISTICS_FRAMES], dtype=np.float64) for i in slices)
+    mean /= mel.size
+    squares = sum(
+        np.square(mel[..., i : i + _STATISTICS_FRAMES].astype(np.float64) - mean).sum()
+        for i in slices
+    )
+    return float(mean), float(np.sqrt(squares / mel.size + NORMALIZATION_EPSILON))
+
+
+def normalize(mel: np.ndarray, statistics: tuple[float, float] | None = None) -> np.ndarray:
     """Per-utterance normalization, as the input pipeline does it: one mean and one variance over
     all of the utterance's cells, float32 out.
 
     The numpy twin of `data.pipeline`'s TensorFlow version (a test keeps them equal), for code that
-    must not import TensorFlow.
+    must not import TensorFlow. `statistics`: the whole clip's `normalization_statistics`, for
+    normalizing a slice of it (default: those of `mel`).
     """
-    # float64 statistics: closer to exact than either float32 reduction, so both agree with it.
-    mel64 = np.asarray(mel, np.float64)
-    mean = mel64.mean()
-    variance = np.square(mel64 - mean).mean()
-    return ((mel64 - mean) / np.sqrt(variance + NORMALIZATION_EPSILON)).astype(np.float32)
+    mean, scale = normalization_statistics(mel) if statistics is None else statistics
+    return ((np.asarray(mel, np.float64) - mean) / scale).astype(np.float32)
 
 
 def extract(path: str, params: FeatureParams) -> dict[str, Any]:

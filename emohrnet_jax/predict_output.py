@@ -1,0 +1,90 @@
+"""What `predict` writes: one JSON line or CSV row per file, in the order the files were given."""
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import tqdm
+
+from emohrnet_jax.audio import features
+
+if TYPE_CHECKING:  # For the type hints only: predict imports this module.
+    from emohrnet_jax.predict import Prediction, Predictor
+
+
+def shown(text: str) -> str:
+    """`text` (a path, or a message naming one) safe to write as UTF-8 anywhere.
+
+    A file name that is not valid UTF-8 reaches Python with surrogate escapes, which no UTF-8
+    writer accepts; its undecodable bytes are shown as backslash escapes (`clip_\\xff.wav`).
+    """
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def json_line(path: str, result: "Prediction | features.AudioError", top_k: int = 0) -> str:
+    """One JSON line: `path`, then `label` and `probabilities` (+ `top_k`) or `error`."""
+    if isinstance(result, features.AudioError):
+        record = {"path": shown(path), "error": result.reason, "detail": shown(str(result))}
+    else:
+        record = {"path": shown(path), "label": result.label, "probabilities": result.probabilities}
+        if top_k:
+            record["top_k"] = [{"label": name, "probability": p} for name, p in result.top_k(top_k)]
+        record.update(windows=result.windows, seconds=round(result.seconds, 3))
+    return json.dumps(record)
+
+
+def csv_header(class_names: Sequence[str], top_k: int = 0) -> list[str]:
+    """CSV columns: a probability per class, or with `top_k` the k best classes, ranked."""
+    if top_k:
+        ranked = [f"{column}_{i}" for i in range(1, top_k + 1) for column in ("top", "probability")]
+        return ["path", "label", *ranked, "error"]
+    return ["path", "label", *class_names, "error"]
+
+
+def csv_row(path: str, result: "Prediction | features.AudioError", width: int, top_k: int = 0):
+    """The CSV cells of one file (`width` = number of probability columns and their labels)."""
+    if isinstance(result, features.AudioError):
+        return [shown(path), "", *[""] * width, shown(str(result))]
+    if top_k:
+        cells = [cell for name, p in result.top_k(top_k) for cell in (name, f"{p:.6f}")]
+        cells += [""] * (width - len(cells))  # fewer classes than k
+    else:
+        cells = [f"{p:.6f}" for p in result.probabilities.values()]
+    return [shown(path), result.label, *cells, ""]
+
+
+def write_predictions(
+    predictor: "Predictor",
+    paths: Sequence[str],
+    out: io.TextIOBase,
+    output_format: str = "jsonl",
+    top_k: int = 0,
+    workers: int = 0,
+    progress: bool | None = None,
+) -> int:
+    """Scores `paths`, writing one line per file to `out`; returns how many files failed.
+
+    `progress`: a tqdm bar on stderr (None: only when stderr is a terminal).
+    """
+    failed = 0
+    writer = None
+    if output_format == "csv":
+        header = csv_header(predictor.class_names, top_k)
+        width = len(header) - 3
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+    bar = tqdm.tqdm(
+        total=len(paths), unit="file", disable=None if progress is None else not progress
+    )
+    for path, result in predictor.predict_files(paths, workers):
+        failed += isinstance(result, features.AudioError)
+        if writer is None:
+            out.write(json_line(path, result, top_k) + "\n")
+        else:
+            writer.writerow(csv_row(path, result, width, top_k))
+        bar.update()
+    bar.close()
+    return failed
