@@ -46,6 +46,7 @@ SIGNATURE = "serving_default"
 INPUT_NAME = "mel"
 FORMATS = ("jax", "saved_model")
 # Keys of metadata.json that every export writes: how `--overwrite` recognises a previous export.
+_EXPORT_FILES = {JAX_FILE, SAVED_MODEL_DIR, METADATA_FILE, METADATA_FILE + ".tmp"}
 EXPORT_KEYS = ("class_names", "feature_params", "input", "outputs", "files", "checkpoint")
 
 
@@ -157,7 +158,11 @@ def export_run(
     variables, best = runs.load_best_variables(workdir, config)
     serve = serving_function(config, variables)
     staging = f"{output.rstrip(os.sep)}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
+    if os.path.lexists(staging):
+        # Left by a killed export; anything else of that name is the user's and stays.
+        if os.path.islink(staging) or not set(os.listdir(staging)) <= _EXPORT_FILES:
+            raise FileExistsError(f"{staging} exists and is not an unfinished export: move it")
+        shutil.rmtree(staging)
     os.makedirs(staging)
     if "jax" in formats:
         with open(os.path.join(staging, JAX_FILE), "wb") as file:
@@ -216,7 +221,7 @@ def _run_inside(folder: str, workdir: str) -> str | None:
 
 def _is_export(folder: str) -> bool:
     """Whether `folder` holds only what `export_run` writes, with an export's metadata."""
-    if not set(os.listdir(folder)) <= {JAX_FILE, SAVED_MODEL_DIR, METADATA_FILE}:
+    if not set(os.listdir(folder)) <= _EXPORT_FILES - {METADATA_FILE + ".tmp"}:
         return False
     try:
         with open(os.path.join(folder, METADATA_FILE)) as file:

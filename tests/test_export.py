@@ -174,6 +174,20 @@ def test_overwrite_replaces_a_previous_export_even_inside_the_run(exported, run_
     _assert_run_intact(run_copy)
 
 
+def test_a_staging_folder_is_reused_only_if_an_unfinished_export(saved_run, tmp_path):
+    """`<output>.partial` of a killed export is replaced; a user's folder of that name stays."""
+    output, staging = tmp_path / "model", tmp_path / "model.partial"
+    staging.mkdir()
+    (staging / export.JAX_FILE).write_bytes(b"half written")
+    export.export_run(saved_run.workdir, str(output), ["jax"], ["cpu"])
+    assert not staging.exists() and (output / export.METADATA_FILE).is_file()
+    staging.mkdir()
+    (staging / "thesis.tex").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not an unfinished export"):
+        export.export_run(saved_run.workdir, str(tmp_path / "model"), ["jax"], ["cpu"], True)
+    assert (staging / "thesis.tex").read_text() == "keep me"
+
+
 @pytest.mark.parametrize("flag", ["--output=gs://bucket/model", "--workdir=gs://bucket/run"])
 def test_urls_are_refused_before_anything_is_written(saved_run, tmp_path, flag):
     defaults = {"--workdir": saved_run.workdir, "--output": tmp_path / "model"}
