@@ -4,6 +4,8 @@ import functools
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -200,3 +202,42 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_counted(tmp_path):
     assert shown == [f"{raw}/f1/sor-f1-b\\xff.wav", f"{raw}/m\\xff/rab-m2-b1.wav"]
     with open(os.path.join(summary["data_dir"], builders.SUMMARY_FILE)) as file:
         assert json.load(file)["excluded_files"][NOT_UTF8] == shown
+
+
+def _prepare_data(*args, cwd, home=None):
+    tool = str(helpers.CONFIGS.parent / "tools" / "prepare_data.py")
+    env = {**os.environ, "HOME": str(home)} if home else None
+    return subprocess.run(
+        [sys.executable, tool, *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
+    )
+
+
+@pytest.mark.slow
+def test_prepare_data_expands_home_and_refuses_urls_and_ignored_flags(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    _labelled(tmp_path, [("a.wav", "x", "s1"), ("b.wav", "y", "s2")])
+    ok = _prepare_data(
+        "--dataset=labelled_folder",
+        "--csv=~/clips.csv",
+        "--data_dir=~/tfds",
+        "--num_workers=0",
+        cwd=cwd,
+        home=tmp_path,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "tfds" / "labelled_folder").is_dir() and not any(cwd.iterdir())
+    csv_flag = f"--csv={tmp_path / 'clips.csv'}"
+    for args, message in [
+        (["--dataset=synthetic", "--data_dir=gs://b/tfds"], "--data_dir=gs://b/tfds: URLs"),
+        (
+            ["--dataset=labelled_folder", csv_flag, f"--manual_dir={cwd}", "--data_dir=out"],
+            "--manual_dir is not used by --dataset=labelled_folder",
+        ),
+        (["--dataset=emovo", csv_flag, f"--manual_dir={cwd}"], "--csv is for"),
+    ]:
+        refused = _prepare_data(*args, cwd=cwd)
+        assert refused.returncode == 1
+        reasons = [line for line in refused.stderr.splitlines() if line.startswith("prepare_data:")]
+        assert len(reasons) == 1 and message in reasons[0]
+        assert not any(cwd.iterdir())  # nothing written, no ./gs: folder
