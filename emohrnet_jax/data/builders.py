@@ -17,12 +17,10 @@ previous build only when complete, so a failed or killed build leaves the old on
 
 import concurrent.futures
 import dataclasses
-import glob
 import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import threading
 import time
 from collections import Counter, defaultdict
@@ -31,17 +29,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
 
-from emohrnet_jax import files, locks
+from emohrnet_jax import files
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import corpora, sources
 
 SPLIT = "utterances"
 SUMMARY_FILE = "prepare_summary.json"
-# tfds's own temporary folders are named `incomplete.XXXXXX_<version>`; ours shares the prefix.
-TEMPORARY_PREFIX = "incomplete."
-STAGING = TEMPORARY_PREFIX + "staging"
 
 
 @dataclasses.dataclass(eq=False)
@@ -391,7 +385,8 @@ def prepare(
     holds `csv_path` and optionally `class_names` (default: the CSV's sorted labels).
 
     Raises:
-      locks.LockedError: another process is building the same dataset and config.
+      locks.LockedError: another process is building the same dataset and config (its build
+        folder, data_dir/dataset/config, is locked while building).
     """
     if dataset not in BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
@@ -402,67 +397,7 @@ def prepare(
         builder_args["class_names"] = tuple(names)
     config = make_config(dataset, feature_params, **options)
     builder = tfds.builder(dataset, data_dir=data_dir, config=config, **builder_args)
-    folder = os.path.dirname(builder.data_dir)  # data_dir/dataset/config: versions, temporaries
-    with locks.hold(folder, f"the build of {dataset}"):
-        for temporary in glob.glob(os.path.join(folder, TEMPORARY_PREFIX + "*")):
-            shutil.rmtree(temporary)  # Left by a killed build; the lock says none is running.
-        listing = _listing_at_hand(builder, manual_dir)
-        fingerprint = None
-        if listing is not None and builder.READS_FILES:
-            fingerprint = sources.record(listing, builder.class_names())
-        reason = _rebuild_reason(builder, fingerprint)
-        if reason is not None:
-            staging = os.path.join(folder, STAGING)
-            try:
-                staged = tfds.builder(
-                    dataset,
-                    data_dir=staging,
-                    config=config,
-                    num_workers=num_workers,
-                    listing=listing,
-                    fingerprint=fingerprint,
-                    **builder_args,
-                )
-                staged.download_and_prepare(
-                    download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-                )
-                _replace(builder.data_dir, staged.data_dir, staging)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+    reason = sources.build_if_changed(builder, manual_dir, num_workers, builder_args)
     with open(os.path.join(builder.data_dir, SUMMARY_FILE)) as file:
         summary = {**json.load(file), "data_dir": builder.data_dir}
     return {**summary, "rebuilt": reason} if reason else summary
-
-
-def _listing_at_hand(builder: _EmotionBuilder, manual_dir: str | None) -> corpora.Listing | None:
-    """The corpus's current listing; None when its raw files are not at hand."""
-    needs_manual_dir = builder.READS_FILES and builder.name != "labelled_folder"
-    if needs_manual_dir and not (manual_dir and os.path.isdir(manual_dir)):
-        if builder.is_prepared():
-            return None  # Kept as it is: a build reads back without its raw files.
-        raise FileNotFoundError(
-            f"manual_dir {manual_dir!r} is not a folder; {builder.name} is built from its raw "
-            f"files:{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-        )
-    return builder.listing(manual_dir)
-
-
-def _rebuild_reason(builder: _EmotionBuilder, fingerprint: dict[str, Any] | None) -> str | None:
-    """Why `builder` must be built ("" for a first build), or None to keep its build."""
-    if not builder.is_prepared():
-        return ""
-    stored = builder.info.metadata.get(sources.METADATA_KEY)
-    if fingerprint is None or stored == fingerprint["digest"]:
-        return None
-    change = sources.describe_change(sources.load(builder.data_dir), fingerprint["entries"])
-    reason = f"the sources changed since it was prepared ({change})"
-    logging.warning("%s (%s): %s: rebuilding", builder.name, builder.builder_config.name, reason)
-    return reason
-
-
-def _replace(final: str, staged: str, staging: str) -> None:
-    """Moves a complete build from the staging folder to `final`, in place of the old build."""
-    # A kill between the two renames leaves no build (the next prepare makes it), never a mix.
-    if os.path.exists(final):
-        os.rename(final, os.path.join(staging, "replaced"))
-    os.rename(staged, final)

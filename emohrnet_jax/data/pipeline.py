@@ -115,13 +115,13 @@ def _check_sources(builder: tfds.core.DatasetBuilder, data_config: ml_collection
         listing, _ = corpora.labelled_folder(
             config.csv_path, stored["class_names"], config.skip_unknown_labels
         )
-        fingerprint = sources.record(listing, stored["class_names"])
+        change = sources.what_changed(
+            stored, builder.data_dir, sources.record(listing, stored["class_names"])
+        )
     except (ValueError, OSError) as error:
         change = str(error)
-    else:
-        if stored.get(sources.METADATA_KEY) == fingerprint["digest"]:
-            return
-        change = sources.describe_change(sources.load(builder.data_dir), fingerprint["entries"])
+    if change is None:
+        return
     raise ValueError(
         f"{data_config.csv} changed since it was prepared ({change}): re-run "
         f"{_prepare_command(data_config)} (with the same feature parameters)"
