@@ -241,3 +241,21 @@ def test_prepare_data_expands_home_and_refuses_urls_and_ignored_flags(tmp_path):
         reasons = [line for line in refused.stderr.splitlines() if line.startswith("prepare_data:")]
         assert len(reasons) == 1 and message in reasons[0]
         assert not any(cwd.iterdir())  # nothing written, no ./gs: folder
+
+
+def test_an_edited_iemocap_label_file_changes_the_fingerprint(tmp_path):
+    from emohrnet_jax.data import corpora, sources  # sources is new: the other tests run without
+
+    session = tmp_path / "Session1"
+    labels = session / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt"
+    labels.parent.mkdir(parents=True)
+    for speaker in ("F000", "M000"):
+        _wav(session / "sentences" / "wav" / "Ses01F_impro01" / f"Ses01F_impro01_{speaker}.wav")
+    line = "[{0}.0 - {1}.5]\tSes01F_impro01_{2}\t{3}\t[2.5, 2.5, 2.5]\n"
+    labels.write_text(line.format(0, 1, "F000", "neu") + line.format(1, 2, "M000", "ang"))
+    before = sources.record(corpora.iemocap(str(tmp_path)), corpora.IEMOCAP_CLASSES["4class"])
+    labels.write_text(line.format(0, 1, "F000", "neu") + line.format(1, 2, "M000", "sad"))
+    after = sources.record(corpora.iemocap(str(tmp_path)), corpora.IEMOCAP_CLASSES["4class"])
+    assert before["digest"] != after["digest"]
+    change = sources.describe_change(before["entries"], after["entries"])
+    assert change == "1 file relabelled, Ses01F_impro01.txt edited"
