@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "synthetic"  # tfds name: synthetic, ravdess, iemocap, emovo, ...
     config.data.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default.
+    config.data.csv = config_dict.placeholder(
+        str
+    )  # labelled_folder: the CSV the corpus was prepared from.
     config.data.fold = 0  # Speaker-independent fold of the dataset's protocol (0-based).
     config.data.num_folds = config_dict.placeholder(int)  # None: the corpus's protocol.
     config.data.class_names = ("neutral", "happy", "angry", "sad")  # Label order of the logits.

@@ -479,3 +479,58 @@ def test_labelled_folder_errors(tmp_path, text, error, message):
 def test_labelled_folder_missing_csv(tmp_path):
     with pytest.raises(FileNotFoundError, match="expected a CSV with header path,label,speaker"):
         corpora.labelled_folder(str(tmp_path / "labels.csv"))
+
+
+def test_labelled_folder_duplicate_rows(tmp_path):
+    _write(tmp_path / "a.wav")
+    _write(tmp_path / "b.wav")
+    rows = ["a.wav,x,s1", "b.wav,y,s1", "./a.wav,y,s2"]  # the same file, spelled another way
+    (tmp_path / "dup.csv").write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"line 4 lists the same file as line 2 \(.*a\.wav\)"):
+        corpora.labelled_folder(str(tmp_path / "dup.csv"))
+    # An id column does not let the same file in twice.
+    rows = ["1,a.wav,x,s1", "2,a.wav,y,s1"]
+    (tmp_path / "ids.csv").write_text("id,path,label,speaker\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"line 3 lists the same file as line 2 .*: remove one"):
+        corpora.labelled_folder(str(tmp_path / "ids.csv"))
+
+
+def test_labelled_folder_csv_that_is_not_utf8(tmp_path):
+    _write(tmp_path / "café.wav")
+    text = "path,label,speaker\ncafé.wav,joy,s1\n"
+    (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.csv:2: not UTF-8 \(byte 0xe9 at offset 22\)"):
+        corpora.labelled_folder(str(tmp_path / "latin1.csv"))
+    (tmp_path / "excel.csv").write_bytes(text.encode("utf-8-sig"))  # BOM: still fine
+    assert len(corpora.labelled_folder(str(tmp_path / "excel.csv"))[0].utterances) == 1
+
+
+def _undecodable(folder, name: bytes) -> str:
+    path = os.path.join(os.fsencode(str(folder)), name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as file:
+        file.write(_wav_bytes())
+    return os.fsdecode(path)
+
+
+def test_names_that_are_not_utf8_are_excluded_and_shown_escaped(ravdess_dir, iemocap_dir, tmp_path):
+    reason = "file name not valid UTF-8"
+    _undecodable(ravdess_dir, b"Actor_01\xff/" + _ravdess_name(emotion=2).encode())
+    listing = corpora.ravdess(str(ravdess_dir))
+    assert listing.excluded[reason] == [f"{ravdess_dir}/Actor_01\\xff/03-01-02-01-01-01-01.wav"]
+    _undecodable(tmp_path / "emovo", b"f1/dis-f1-b1.wav")
+    _undecodable(tmp_path / "emovo", b"f1\xff/gio-f1-b1.wav")
+    assert corpora.emovo(str(tmp_path / "emovo")).excluded == {
+        reason: [f"{tmp_path}/emovo/f1\\xff/gio-f1-b1.wav"]
+    }
+    wav = iemocap_dir / "Session1" / "sentences" / "wav"
+    _undecodable(wav, b"Ses01F_impro01/Ses01F_impro01_F9\xff.wav")
+    assert corpora.iemocap(str(iemocap_dir)).excluded[reason] == [
+        f"{wav}/Ses01F_impro01/Ses01F_impro01_F9\\xff.wav"
+    ]
+    # A CSV in a folder whose name is not UTF-8: each row is counted, none crashes the listing.
+    folder = os.path.dirname(_undecodable(tmp_path, b"clips\xff/a.wav"))
+    with open(os.path.join(folder, "clips.csv"), "w") as file:
+        file.write("path,label,speaker\na.wav,x,s1\n")
+    with pytest.raises(ValueError, match=f"left out: {reason}: 1"):
+        corpora.labelled_folder(os.path.join(folder, "clips.csv"))

@@ -331,7 +331,11 @@ def test_prepare_data_builds_a_labelled_folder_that_reads_back_by_name(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "kept          3" in result.stdout
     assert "resampled from 22050 Hz" in result.stdout
-    builder = tfds.builder("labelled_folder", data_dir=str(data_dir))
+    # Training with config.data.csv set to the same CSV finds this build.
+    data_config = helpers.load_config("default").data
+    data_config.dataset, data_config.data_dir = "labelled_folder", str(data_dir)
+    data_config.csv, data_config.class_names = str(raw / "labels.csv"), ("calm", "tense")
+    builder = pipeline.load_builder(data_config)
     assert builder.info.features["label"].names == ["calm", "tense"]
     examples = list(tfds.as_numpy(builder.as_dataset(split=builders.SPLIT)))
     assert sorted(e["id"].decode() for e in examples) == ["clip0", "clip1", "clip2"]

@@ -7,9 +7,13 @@
   python tools/prepare_data.py --dataset=synthetic --data_dir=OUT
 
 Feature parameters come from `--config` (default: configs/default.py; pass the config you will
-train with if it changes them). Extraction uses every core; tfds writes into a temporary folder and
-renames it when done, so a killed build is simply re-run. Exits 0 when the dataset was built (files
-skipped included, see the printed summary and `prepare_summary.json`), 1 with the reason otherwise.
+train with if it changes them). Train on a labelled folder with `--config.data.csv=` the same CSV:
+each CSV is its own build. Extraction uses every core. Running it again keeps a build whose files
+and labels are unchanged and rebuilds one whose sources changed, saying what changed. A build is
+made in a temporary folder under a lock (a second prepare of the same build is refused) and
+replaces the old one only when complete, so a killed build is simply re-run. Exits 0 when the
+dataset was built (files skipped included, see the printed summary and `prepare_summary.json`),
+1 with the reason otherwise.
 """
 
 import pathlib
@@ -18,6 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from emohrnet_jax import locks, paths
 from emohrnet_jax.audio import features
 from emohrnet_jax.data import builders, corpora, pipeline
 
@@ -36,6 +41,21 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Config whose data fields set the features.", lock_config=True
 )
 
+_WITHOUT_MANUAL_DIR = ("labelled_folder", "synthetic")
+
+
+def _check_flags(dataset: str) -> None:
+    """Refuses a flag that this dataset would ignore, or a missing one it needs."""
+    if _CSV.value and dataset != "labelled_folder":
+        raise ValueError(f"--csv is for --dataset=labelled_folder, not {dataset}")
+    if _MANUAL_DIR.value and dataset in _WITHOUT_MANUAL_DIR:
+        source = "its --csv" if dataset == "labelled_folder" else "code"
+        raise ValueError(f"--manual_dir is not used by --dataset={dataset} (built from {source})")
+    if dataset not in _WITHOUT_MANUAL_DIR and not _MANUAL_DIR.value:
+        raise ValueError(f"--dataset={dataset} needs --manual_dir=RAW (the unpacked corpus)")
+    if dataset == "labelled_folder" and not _CSV.value:
+        raise ValueError("--dataset=labelled_folder needs --csv=PATH")
+
 
 def _options(dataset: str) -> dict:
     data_config = _CONFIG.value.data.copy_and_resolve_references()
@@ -43,9 +63,7 @@ def _options(dataset: str) -> dict:
     data_config.dataset = dataset
     options = {} if dataset == "labelled_folder" else pipeline.builder_options(data_config)
     if dataset == "labelled_folder":
-        if not _CSV.value:
-            raise ValueError("--dataset=labelled_folder needs --csv=PATH")
-        options["csv_path"] = _CSV.value
+        options["csv_path"] = paths.local(_CSV.value, "--csv")
         if _CLASS_NAMES.value:
             options["class_names"] = tuple(_CLASS_NAMES.value)
     if _SKIP_UNKNOWN.value:
@@ -55,6 +73,8 @@ def _options(dataset: str) -> dict:
 
 def _print_summary(summary: dict) -> None:
     print(f"\n{summary['dataset']} ({summary['config']}) in {summary['data_dir']}")
+    if summary.get("rebuilt"):
+        print(f"  rebuilt: {summary['rebuilt']}")
     print(f"  kept     {summary['kept']:>6}   speakers: {len(summary['speakers'])}")
     for title, key in (
         ("skipped", "skipped"),
@@ -69,19 +89,20 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     dataset = _DATASET.value
-    needs_manual_dir = dataset not in ("synthetic", "labelled_folder")
     try:
-        if needs_manual_dir and not _MANUAL_DIR.value:
-            raise ValueError(f"--dataset={dataset} needs --manual_dir=RAW (the unpacked corpus)")
+        _check_flags(dataset)
+        data_dir = paths.local(_DATA_DIR.value, "--data_dir") or paths.local(
+            _CONFIG.value.data.data_dir, "config.data.data_dir"
+        )
         summary = builders.prepare(
             dataset,
-            data_dir=_DATA_DIR.value or _CONFIG.value.data.data_dir,
-            manual_dir=_MANUAL_DIR.value,
+            data_dir=data_dir,
+            manual_dir=paths.local(_MANUAL_DIR.value, "--manual_dir"),
             feature_params=features.FeatureParams.from_config(_CONFIG.value.data),
             num_workers=_NUM_WORKERS.value,
             **_options(dataset),
         )
-    except (ValueError, OSError, corpora.UnknownLabelError) as error:
+    except (ValueError, OSError, corpora.UnknownLabelError, locks.LockedError) as error:
         logging.info("prepare_data failed", exc_info=True)
         print(f"prepare_data: {dataset}: {error}", file=sys.stderr)
         sys.exit(1)

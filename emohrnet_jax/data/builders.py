@@ -5,9 +5,14 @@ in worker processes (every core), and writes one split, `utterances`, of variabl
 `mel` (float16, `(n_mels, n_frames)`), `num_frames`, `label`, `speaker`, `id`, `file`, `duration`.
 Speaker-independent folds are selected at load time (`splits`), so one build serves every fold.
 
-The feature parameters are the builder config (its name carries a digest of them) and are stored
-in the dataset's metadata; loading with other parameters is an error, never a silent mismatch.
-Every file left out is counted by reason in `prepare_summary.json` beside the TFRecords.
+The feature parameters are the builder config (its name carries a digest of them, and for a
+labelled folder of the CSV's real path) and are stored in the dataset's metadata; loading with
+other parameters is an error, never a silent mismatch. Every file left out is counted by reason in
+`prepare_summary.json` beside the TFRecords.
+
+A build also records what it was made from (`sources`): preparing again after the files or labels
+changed rebuilds it. Builds are made in a temporary folder under the build's lock and replace the
+previous build only when complete, so a failed or killed build leaves the old one intact.
 """
 
 import concurrent.futures
@@ -16,6 +21,8 @@ import hashlib
 import json
 import multiprocessing
 import os
+import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -25,7 +32,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import files
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import corpora
+from emohrnet_jax.data import corpora, sources
 
 SPLIT = "utterances"
 SUMMARY_FILE = "prepare_summary.json"
@@ -41,6 +48,7 @@ class EmotionConfig(tfds.core.BuilderConfig):
     label_set: str = "4class"  # IEMOCAP only.
     corpus: synthetic.CorpusSpec = dataclasses.field(default_factory=synthetic.CorpusSpec)
     skip_unknown_labels: bool = False
+    csv_path: str = ""  # labelled_folder only: the CSV's real path.
 
 
 def _digest(options: dict[str, Any]) -> str:
@@ -78,9 +86,21 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
     BUILDER_CONFIG_CLS = EmotionConfig
 
-    def __init__(self, *, num_workers: int | None = None, **kwargs: Any):
-        """`num_workers`: feature-extraction processes (None: every core; 0: in this process)."""
+    # Whether the corpus is read from files (whose changes the source fingerprint tracks).
+    READS_FILES = True
+
+    def __init__(
+        self,
+        *,
+        num_workers: int | None = None,
+        listing: corpora.Listing | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        """`num_workers`: extraction processes (None: every core; 0: in this process); to build,
+        `listing` (from `listing`) and its `fingerprint` (`sources.record`, stored with it)."""
         self._num_workers = os.cpu_count() if num_workers is None else num_workers
+        self._listing, self._fingerprint = listing, fingerprint
         self._summary: dict[str, Any] = {}
         super().__init__(**kwargs)
 
@@ -113,9 +133,10 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        return {SPLIT: self._generate_examples(self._listing(dl_manager))}
+        return {SPLIT: self._generate_examples(self._listing)}
 
-    def _listing(self, dl_manager: tfds.download.DownloadManager) -> corpora.Listing:
+    def listing(self, manual_dir: str | None) -> corpora.Listing:
+        """The corpus's utterances, listed from the raw files in `manual_dir`."""
         raise NotImplementedError
 
     def _jobs(self, listing: corpora.Listing) -> Iterator[tuple[Any, ...]]:
@@ -160,6 +181,8 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "skipped_files": {reason: sorted(paths) for reason, paths in sorted(skipped.items())},
             "excluded_files": {r: sorted(p) for r, p in sorted(listing.excluded.items())},
         }
+        if not kept:  # Said here: tfds's own error for an empty split names no reason.
+            raise ValueError(f"no usable audio in {self.name}: {self._summary['skipped']}")
 
     def _map(self, listing: corpora.Listing) -> Iterator[dict[str, Any]]:
         """Feature extraction in order, in worker processes when `num_workers` > 0."""
@@ -169,14 +192,17 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             return
         # Spawn, not fork: the parent has TensorFlow's thread pools running.
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(self._num_workers, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            self._num_workers,
+            mp_context=context,
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             chunk = max(1, min(32, len(jobs) // (4 * self._num_workers)))
             yield from pool.map(self._extract, *zip(*jobs, strict=True), chunksize=chunk)
 
     def _download_and_prepare(self, dl_manager, download_config=None):
         super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
-        if not self._summary["kept"]:
-            raise ValueError(f"no usable audio in {self.name}: {self._summary['skipped']}")
         # Inside tfds's temporary folder: the summary and metadata move with the TFRecords.
         self.info.metadata.update(
             {
@@ -185,7 +211,23 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "class_names": list(self.class_names()),
             }
         )
+        if self._fingerprint is not None:
+            self.info.metadata[sources.METADATA_KEY] = self._fingerprint["digest"]
+            sources.save(self.data_dir, self._fingerprint)
         files.write_json_atomically(os.path.join(self.data_dir, SUMMARY_FILE), self._summary)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: the worker exits as soon as the process that started it is gone."""
+
+    # A watcher thread rather than prctl(PR_SET_PDEATHSIG): that signal fires when the spawning
+    # *thread* ends (not the process) and exists on Linux only.
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _class_label(names: tuple[str, ...] | None) -> tfds.features.ClassLabel:
@@ -205,8 +247,8 @@ class Ravdess(_EmotionBuilder):
     def class_names(self):
         return corpora.RAVDESS_CLASSES
 
-    def _listing(self, dl_manager):
-        return corpora.ravdess(str(dl_manager.manual_dir), self.builder_config.skip_unknown_labels)
+    def listing(self, manual_dir):
+        return corpora.ravdess(manual_dir, self.builder_config.skip_unknown_labels)
 
 
 class Iemocap(_EmotionBuilder):
@@ -232,8 +274,8 @@ class Iemocap(_EmotionBuilder):
             )
         return corpora.IEMOCAP_CLASSES[label_set]
 
-    def _listing(self, dl_manager):
-        return corpora.iemocap(str(dl_manager.manual_dir), self.builder_config.label_set)
+    def listing(self, manual_dir):
+        return corpora.iemocap(manual_dir, self.builder_config.label_set)
 
 
 class Emovo(_EmotionBuilder):
@@ -249,15 +291,16 @@ class Emovo(_EmotionBuilder):
     def class_names(self):
         return corpora.EMOVO_CLASSES
 
-    def _listing(self, dl_manager):
-        return corpora.emovo(str(dl_manager.manual_dir), self.builder_config.skip_unknown_labels)
+    def listing(self, manual_dir):
+        return corpora.emovo(manual_dir, self.builder_config.skip_unknown_labels)
 
 
 class LabelledFolder(_EmotionBuilder):
     """Any corpus given as audio files plus a CSV of `path,label,speaker`.
 
-    The CSV and the class names are builder arguments, not config: once built, the dataset is read
-    by name alone, its class names restored from the stored files.
+    The CSV's real path is part of the config (two CSVs are two builds); the class names are a
+    builder argument, not config: once built, the dataset is read with its class names restored
+    from the stored files.
     """
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -267,27 +310,22 @@ class LabelledFolder(_EmotionBuilder):
     """
     BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
 
-    def __init__(
-        self,
-        *,
-        csv_path: str | None = None,
-        class_names: tuple[str, ...] | None = None,
-        **kwargs: Any,
-    ):
-        self._csv_path = csv_path
+    def __init__(self, *, class_names: tuple[str, ...] | None = None, **kwargs: Any):
         self._class_names = tuple(class_names) if class_names else None
         super().__init__(**kwargs)
+
+    @classmethod
+    def identity(cls, options):
+        return {**super().identity(options), "csv": options.get("csv_path", "")}
 
     def class_names(self):
         return self._class_names
 
-    def _split_generators(self, dl_manager):
-        if not self._csv_path or not self._class_names:
-            raise ValueError("building labelled_folder needs csv_path and class_names")
-        listing, _ = corpora.labelled_folder(
-            self._csv_path, self._class_names, self.builder_config.skip_unknown_labels
-        )
-        return {SPLIT: self._generate_examples(listing)}
+    def listing(self, manual_dir):
+        csv_path, names = self.builder_config.csv_path, self._class_names
+        if not csv_path or not names:
+            raise ValueError("listing labelled_folder needs the config's csv_path and class_names")
+        return corpora.labelled_folder(csv_path, names, self.builder_config.skip_unknown_labels)[0]
 
 
 class Synthetic(_EmotionBuilder):
@@ -301,6 +339,7 @@ class Synthetic(_EmotionBuilder):
         "1.1.0": "Stronger pitch accents and final rises, slower sad speech, intensity U(0.75, 1).",
     }
     BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+    READS_FILES = False
 
     @classmethod
     def identity(cls, options):
@@ -309,17 +348,16 @@ class Synthetic(_EmotionBuilder):
     def class_names(self):
         return synthetic.CLASS_NAMES
 
-    def _listing(self, dl_manager):
+    def listing(self, manual_dir):
         planned = synthetic.plan(self.builder_config.corpus)
         utterances = [
             corpora.Utterance(f"synthetic:{u.id}", u.label, u.speaker, u.id) for u in planned
         ]
-        self._planned = planned
         return corpora.Listing(utterances=utterances, excluded={})
 
     def _jobs(self, listing):
         params, spec = self.builder_config.feature_params, self.builder_config.corpus
-        return ((u, spec, params) for u in self._planned)
+        return ((u, spec, params) for u in synthetic.plan(spec))
 
     _extract = staticmethod(features.extract_synthetic)
 
@@ -339,28 +377,27 @@ def prepare(
     num_workers: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Builds `dataset`'s TFRecords (a no-op when already built) and returns the build summary.
+    """Builds `dataset`'s TFRecords and returns the build summary.
 
-    For `labelled_folder`, `options` holds `csv_path` and optionally `class_names` (default: the
-    CSV's sorted labels).
+    A build whose sources are unchanged is kept; one whose sources changed (or that predates
+    source fingerprints) is rebuilt, and the summary's `rebuilt` says why. A build is kept as it
+    is when its raw files are not at hand (`manual_dir` missing). For `labelled_folder`, `options`
+    holds `csv_path` and optionally `class_names` (default: the CSV's sorted labels).
+
+    Raises:
+      locks.LockedError: another process is building the same dataset and config (its build
+        folder, data_dir/dataset/config, is locked while building).
     """
     if dataset not in BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
-    builder_args: dict[str, Any] = {"num_workers": num_workers}
+    builder_args: dict[str, Any] = {}
     if dataset == "labelled_folder":
-        csv_path = options.pop("csv_path")
-        names = options.pop("class_names", None) or corpora.labelled_folder(csv_path)[1]
-        builder_args.update(csv_path=csv_path, class_names=tuple(names))
+        options["csv_path"] = os.path.realpath(options["csv_path"])
+        names = options.pop("class_names", None) or corpora.labelled_folder(options["csv_path"])[1]
+        builder_args["class_names"] = tuple(names)
     config = make_config(dataset, feature_params, **options)
     builder = tfds.builder(dataset, data_dir=data_dir, config=config, **builder_args)
-    needs_raw_files = dataset not in ("synthetic", "labelled_folder") and not builder.is_prepared()
-    if needs_raw_files and not (manual_dir and os.path.isdir(manual_dir)):
-        raise FileNotFoundError(
-            f"manual_dir {manual_dir!r} is not a folder; {dataset} is built from its raw files:"
-            f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-        )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-    )
+    reason = sources.build_if_changed(builder, manual_dir, num_workers, builder_args)
     with open(os.path.join(builder.data_dir, SUMMARY_FILE)) as file:
-        return {**json.load(file), "data_dir": builder.data_dir}
+        summary = {**json.load(file), "data_dir": builder.data_dir}
+    return {**summary, "rebuilt": reason} if reason else summary

@@ -8,6 +8,7 @@ count that differs from the published one can be explained instead of silently a
 import collections
 import csv
 import dataclasses
+import io
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ class Listing:
 
     utterances: list[Utterance]  # sorted by id
     excluded: dict[str, list[str]]  # reason -> sorted paths (or utterance ids)
+    inputs: list[str] = dataclasses.field(default_factory=list)  # label files or CSV read
 
 
 class UnknownLabelError(ValueError):
@@ -67,6 +69,7 @@ HIDDEN_FILE = "hidden file"
 DUPLICATE_FILE_NAME = "duplicate file name"
 AUDIO_WITHOUT_LABEL = "audio file without label"
 CONFLICTING_LABELS = "conflicting labels across label files"
+NOT_UTF8_NAME = "file name not valid UTF-8"
 
 _AUDIO_EXTENSIONS = (".wav",)
 
@@ -112,12 +115,25 @@ def _audio_files(root: str) -> Iterator[str]:
                 yield os.path.abspath(os.path.join(dirpath, name))
 
 
+def _storable(path: str, excluded: dict[str, list[str]]) -> bool:
+    """Whether `path` is valid UTF-8 (as tfds stores it); if not, it is counted in `excluded`."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # Shown with backslash escapes (\xff) so that the summary names the file readably.
+        excluded[NOT_UTF8_NAME].append(os.fsencode(path).decode("utf-8", "backslashreplace"))
+        return False
+    return True
+
+
 def _named_files(
     root: str, pattern: re.Pattern, excluded: dict[str, list[str]]
 ) -> Iterator[tuple[str, str, re.Match]]:
     """(path, stem, match) of the audio files whose stem matches `pattern`; the rest are counted
-    in `excluded` as hidden files or unrecognized names."""
+    in `excluded` as names that are not UTF-8, hidden files or unrecognized names."""
     for path in _audio_files(root):
+        if not _storable(path, excluded):
+            continue
         name = os.path.basename(path)
         stem = os.path.splitext(name)[0]
         if name.startswith("."):
@@ -144,7 +160,11 @@ def _keep_first_of_each_id(
 
 
 def _finish(
-    utterances: list[Utterance], excluded: dict[str, list[str]], where: str, expected: str
+    utterances: list[Utterance],
+    excluded: dict[str, list[str]],
+    where: str,
+    expected: str,
+    inputs: Sequence[str] = (),
 ) -> Listing:
     excluded = {reason: sorted(items) for reason, items in sorted(excluded.items()) if items}
     if not utterances:
@@ -153,7 +173,7 @@ def _finish(
             f"no usable utterances in {where}: expected {expected}"
             + (f" (left out: {summary})" if summary else "")
         )
-    return Listing(sorted(utterances, key=lambda u: u.id), excluded)
+    return Listing(sorted(utterances, key=lambda u: u.id), excluded, sorted(inputs))
 
 
 def ravdess(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
@@ -252,7 +272,7 @@ def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
     )
     excluded = collections.defaultdict(list)
     labels = {}  # utterance id -> (code, session folder)
-    conflicting = set()
+    conflicting, inputs = set(), []
     for session in sessions:
         label_dir = os.path.join(session, "dialog", "EmoEvaluation")
         if not os.path.isdir(label_dir):
@@ -266,6 +286,7 @@ def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
             and not name.startswith(".")
             and os.path.isfile(os.path.join(label_dir, name))
         )
+        inputs.extend(label_files)
         for label_file in label_files:
             for utterance_id, code in _iemocap_label_lines(label_file):
                 if utterance_id in labels and labels[utterance_id][0] != code:
@@ -287,6 +308,8 @@ def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
             path = os.path.abspath(
                 os.path.join(session, "sentences", "wav", dialog, utterance_id + ".wav")
             )
+            if not _storable(path, excluded):
+                continue
             if os.path.isfile(path):
                 speaker = match.group(1) + match.group(2)
                 utterances.append(Utterance(path, codes[code], speaker, utterance_id))
@@ -296,11 +319,70 @@ def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
     for session in sessions:
         for path in _audio_files(os.path.join(session, "sentences", "wav")):
             name = os.path.basename(path)
+            if not _storable(path, excluded):
+                continue
             if name.startswith("."):
                 excluded[HIDDEN_FILE].append(path)
             elif os.path.splitext(name)[0] not in labels:
                 excluded[AUDIO_WITHOUT_LABEL].append(path)
-    return _finish(utterances, excluded, manual_dir, _IEMOCAP_EXPECTED)
+    return _finish(utterances, excluded, manual_dir, _IEMOCAP_EXPECTED, inputs)
+
+
+def _csv_text(csv_path: str) -> str:
+    """The CSV's text; a file that is not UTF-8 is an error naming the line and the fix."""
+    with open(csv_path, "rb") as f:
+        data = f.read()
+    try:
+        # A spreadsheet's byte-order mark would otherwise stick to the first column's name.
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{csv_path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}); save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet's Save As)"
+        ) from None
+
+
+def _csv_rows(csv_path: str, expected: str) -> list[tuple[int, str, str, str, str]]:
+    """(line number, absolute path, label, speaker, id) of each row of a labelled-folder CSV."""
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    reader = csv.DictReader(io.StringIO(_csv_text(csv_path), newline=""))
+    columns = [(name or "").strip() for name in reader.fieldnames or []]
+    missing = [name for name in _CSV_COLUMNS if name not in columns]
+    if missing:
+        raise ValueError(
+            f"{csv_path}: missing column(s) {', '.join(missing)}; found header "
+            f"{','.join(columns) or '(none)'}, expected {expected}"
+        )
+    reader.fieldnames = columns
+    rows = []
+    for row in reader:
+        cells = {name: (row.get(name) or "").strip() for name in (*_CSV_COLUMNS, "id")}
+        for name in _CSV_COLUMNS:
+            if not cells[name]:
+                raise ValueError(f"{csv_path}:{reader.line_num}: empty {name} cell")
+        path = os.path.abspath(os.path.join(folder, cells["path"]))
+        utterance_id = cells["id"] or os.path.splitext(os.path.basename(path))[0]
+        rows.append((reader.line_num, path, cells["label"], cells["speaker"], utterance_id))
+    return rows
+
+
+def _check_unique(csv_path: str, rows: list[tuple[int, str, str, str, str]]) -> None:
+    """Each file once and each id once: a file listed twice would be in the corpus twice."""
+    file_line, id_line = {}, {}
+    for line, path, _, _, utterance_id in rows:
+        real = os.path.realpath(path)
+        if real in file_line:
+            raise ValueError(
+                f"{csv_path}: line {line} lists the same file as line {file_line[real]} "
+                f"({path}): remove one"
+            )
+        if utterance_id in id_line:
+            raise ValueError(
+                f"{csv_path}:{line}: id {utterance_id!r} already used on line "
+                f"{id_line[utterance_id]}; add an id column to tell files with equal names apart"
+            )
+        file_line[real], id_line[utterance_id] = line, line
 
 
 def labelled_folder(
@@ -311,7 +393,8 @@ def labelled_folder(
     """Lists a user corpus described by a CSV with header `path,label,speaker` (and optional `id`).
 
     Args:
-      csv_path: the CSV; relative paths in it are relative to its folder. Extra columns are ignored.
+      csv_path: the CSV (UTF-8); relative paths in it are relative to its folder. Extra columns
+        are ignored; each audio file may be listed once.
       class_names: the classes in order; None takes the sorted unique labels of the CSV.
       skip_unknown_labels: exclude (and count) rows whose label is not in `class_names` instead of
         raising `UnknownLabelError`.
@@ -323,40 +406,16 @@ def labelled_folder(
     expected = "a CSV with header path,label,speaker (optional id) and one row per audio file"
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"{csv_path} does not exist: expected {expected}")
-    folder = os.path.dirname(os.path.abspath(csv_path))
-    rows = []  # (line number, path, label, speaker, id)
-    # utf-8-sig: spreadsheets often save a byte-order mark that would otherwise stick to "path".
-    with open(csv_path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [(name or "").strip() for name in reader.fieldnames or []]
-        missing = [name for name in _CSV_COLUMNS if name not in columns]
-        if missing:
-            raise ValueError(
-                f"{csv_path}: missing column(s) {', '.join(missing)}; found header "
-                f"{','.join(columns) or '(none)'}, expected {expected}"
-            )
-        reader.fieldnames = columns
-        for row in reader:
-            cells = {name: (row.get(name) or "").strip() for name in (*_CSV_COLUMNS, "id")}
-            for name in _CSV_COLUMNS:
-                if not cells[name]:
-                    raise ValueError(f"{csv_path}:{reader.line_num}: empty {name} cell")
-            path = os.path.abspath(os.path.join(folder, cells["path"]))
-            utterance_id = cells["id"] or os.path.splitext(os.path.basename(path))[0]
-            rows.append((reader.line_num, path, cells["label"], cells["speaker"], utterance_id))
-
+    rows = _csv_rows(csv_path, expected)
+    _check_unique(csv_path, rows)
     if class_names is None:
         class_names = sorted({label for _, _, label, _, _ in rows})
     class_names = tuple(class_names)
     known = set(class_names)
-    utterances, excluded, first_line = [], collections.defaultdict(list), {}
+    utterances, excluded = [], collections.defaultdict(list)
     for line, path, label, speaker, utterance_id in rows:
-        if utterance_id in first_line:
-            raise ValueError(
-                f"{csv_path}:{line}: id {utterance_id!r} already used on line "
-                f"{first_line[utterance_id]}; add an id column to tell files with equal names apart"
-            )
-        first_line[utterance_id] = line
+        if not _storable(path, excluded):
+            continue
         if label not in known:
             if not skip_unknown_labels:
                 raise UnknownLabelError(
@@ -367,4 +426,4 @@ def labelled_folder(
             excluded[MISSING_AUDIO_FILE].append(path)
         else:
             utterances.append(Utterance(path, label, speaker, utterance_id))
-    return _finish(utterances, excluded, csv_path, expected), class_names
+    return _finish(utterances, excluded, csv_path, expected, [csv_path]), class_names

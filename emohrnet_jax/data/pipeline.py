@@ -21,8 +21,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from emohrnet_jax import paths
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import builders, splits
+from emohrnet_jax.data import builders, corpora, sources, splits
 
 NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
 
@@ -30,6 +31,14 @@ NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
 def builder_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The builder options that `config.data` implies for its dataset."""
     dataset = data_config.dataset
+    if dataset == "labelled_folder":
+        csv_path = paths.local(data_config.get("csv"), "config.data.csv")
+        if not csv_path:
+            raise ValueError(
+                "config.data.csv is not set: labelled_folder needs the CSV it was prepared from "
+                "(--config.data.csv=PATH, as given to tools/prepare_data.py --csv)"
+            )
+        return {"csv_path": os.path.realpath(csv_path)}
     if dataset == "iemocap":
         return {"label_set": data_config.get("label_set", "4class")}
     if dataset == "synthetic":
@@ -51,7 +60,8 @@ def load_builder(
     """The prepared dataset of `config.data`, checked against the config's features and classes.
 
     The synthetic corpus is prepared on first use; a corpus that needs raw files is an error that
-    says how to prepare it. `check_classes=False` accepts any stored classes (cross-corpus).
+    says how to prepare it, and a labelled folder whose CSV or audio changed since it was prepared
+    is refused. `check_classes=False` accepts any stored classes (cross-corpus).
     """
     params = features.FeatureParams.from_config(data_config)
     dataset = data_config.dataset
@@ -59,20 +69,20 @@ def load_builder(
         raise ValueError(
             f"unknown config.data.dataset={dataset!r}; choose one of {sorted(builders.BUILDERS)}"
         )
-    config = builders.make_config(dataset, params, **builder_options(data_config))
-    builder = tfds.builder(dataset, data_dir=data_config.data_dir, config=config)
+    data_dir = paths.local(data_config.data_dir, "config.data.data_dir")
+    options = builder_options(data_config)
+    config = builders.make_config(dataset, params, **options)
+    builder = tfds.builder(dataset, data_dir=data_dir, config=config)
     if not builder.is_prepared():
-        if dataset == "synthetic" and prepare_synthetic:
-            builder.download_and_prepare()
-        else:
-            source = {"synthetic": "", "labelled_folder": " --csv=CLIPS.csv"}
+        if not (dataset == "synthetic" and prepare_synthetic):
             raise FileNotFoundError(
                 f"{dataset} with these features is not prepared in {builder.data_dir}; run "
-                f"`python tools/prepare_data.py --dataset={dataset}"
-                f"{source.get(dataset, ' --manual_dir=RAW')} "
-                f"--data_dir={data_config.data_dir or '~/tensorflow_datasets'}` with the same "
-                f"feature parameters ({params})"
+                f"`{_prepare_command(data_config)}` with the same feature parameters ({params})"
             )
+        builders.prepare(dataset, data_dir, feature_params=params, **options)
+        builder = tfds.builder(dataset, data_dir=data_dir, config=config)
+    if dataset == "labelled_folder":
+        _check_sources(builder, data_config)
     stored = builder.info.metadata
     if stored.get("feature_params") != params.as_dict():
         raise ValueError(
@@ -84,6 +94,38 @@ def load_builder(
             f"with classes {stored['class_names']} (the logits must follow the dataset's order)"
         )
     return builder
+
+
+def _prepare_command(data_config: ml_collections.ConfigDict) -> str:
+    """The tools/prepare_data.py command line that prepares `config.data`'s corpus."""
+    dataset = data_config.dataset
+    source = {"synthetic": "", "labelled_folder": f" --csv={data_config.get('csv')}"}
+    return (
+        f"python tools/prepare_data.py --dataset={dataset}"
+        f"{source.get(dataset, ' --manual_dir=RAW')} "
+        f"--data_dir={data_config.data_dir or '~/tensorflow_datasets'}"
+    )
+
+
+def _check_sources(builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict):
+    """Refuses a labelled-folder build whose CSV or audio files changed since it was prepared."""
+    config = builder.builder_config
+    stored = builder.info.metadata
+    try:
+        listing, _ = corpora.labelled_folder(
+            config.csv_path, stored["class_names"], config.skip_unknown_labels
+        )
+        change = sources.what_changed(
+            stored, builder.data_dir, sources.record(listing, stored["class_names"])
+        )
+    except (ValueError, OSError) as error:
+        change = str(error)
+    if change is None:
+        return
+    raise ValueError(
+        f"{data_config.csv} changed since it was prepared ({change}): re-run "
+        f"{_prepare_command(data_config)} (with the same feature parameters)"
+    )
 
 
 @dataclasses.dataclass
