@@ -103,7 +103,7 @@ def main(argv: list[str]) -> None:
             **_options(dataset),
         )
     except (ValueError, OSError, corpora.UnknownLabelError, locks.LockedError) as error:
-        logging.info("prepare_data failed", exc_info=True)
+        logging.debug("prepare_data failed", exc_info=True)  # --verbosity=1 shows the traceback.
         print(f"prepare_data: {dataset}: {error}", file=sys.stderr)
         sys.exit(1)
     _print_summary(summary)

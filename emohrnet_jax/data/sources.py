@@ -120,10 +120,11 @@ def build_if_changed(
       None when the build was kept, "" for a first build, else why it was rebuilt.
     """
     folder = os.path.dirname(builder.data_dir)  # data_dir/dataset/config: versions, temporaries
+    at_hand = _raw_files_at_hand(builder, manual_dir)  # Before the lock creates any folder.
     with locks.hold(folder, f"the build of {builder.name}"):
         for temporary in glob.glob(os.path.join(folder, TEMPORARY_PREFIX + "*")):
             shutil.rmtree(temporary)  # Left by a killed build; the lock says none is running.
-        listing = _listing_at_hand(builder, manual_dir)
+        listing = builder.listing(manual_dir) if at_hand else None
         fingerprint = None
         if listing is not None and builder.READS_FILES:
             fingerprint = record(listing, builder.class_names())
@@ -133,19 +134,17 @@ def build_if_changed(
     return reason
 
 
-def _listing_at_hand(
-    builder: tfds.core.DatasetBuilder, manual_dir: str | None
-) -> corpora.Listing | None:
-    """The corpus's current listing; None when its raw files are not at hand."""
+def _raw_files_at_hand(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> bool:
+    """Whether the corpus's raw files can be listed; raises when they are needed and missing."""
     needs_manual_dir = builder.READS_FILES and builder.name != "labelled_folder"
-    if needs_manual_dir and not (manual_dir and os.path.isdir(manual_dir)):
-        if builder.is_prepared():
-            return None  # Kept as it is: a build reads back without its raw files.
-        raise FileNotFoundError(
-            f"manual_dir {manual_dir!r} is not a folder; {builder.name} is built from its raw "
-            f"files:{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-        )
-    return builder.listing(manual_dir)
+    if not needs_manual_dir or (manual_dir and os.path.isdir(manual_dir)):
+        return True
+    if builder.is_prepared():
+        return False  # Kept as it is: a build reads back without its raw files.
+    raise FileNotFoundError(
+        f"manual_dir {manual_dir!r} is not a folder; {builder.name} is built from its raw "
+        f"files:{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+    )
 
 
 def _rebuild_reason(
