@@ -9,7 +9,7 @@ import wave
 import numpy as np
 import pytest
 
-from emohrnet_jax.data import corpora
+from emohrnet_jax.data import corpora, csv_corpus
 
 
 @functools.cache
@@ -418,7 +418,7 @@ def labelled_dir(tmp_path):
 
 
 def test_labelled_folder(labelled_dir):
-    listing, class_names = corpora.labelled_folder(str(labelled_dir / "data.csv"))
+    listing, class_names = csv_corpus.labelled_folder(str(labelled_dir / "data.csv"))
     assert class_names == ("happy", "sad")
     _check_invariants(listing, class_names)
     assert [(u.id, u.label, u.speaker) for u in listing.utterances] == [
@@ -431,7 +431,7 @@ def test_labelled_folder(labelled_dir):
         "missing audio file": [str(labelled_dir / "audio" / "s2" / "gone.wav")]
     }
 
-    listing, class_names = corpora.labelled_folder(
+    listing, class_names = csv_corpus.labelled_folder(
         str(labelled_dir / "data.csv"), class_names=["sad", "happy", "angry"]
     )
     assert class_names == ("sad", "happy", "angry")
@@ -441,8 +441,8 @@ def test_labelled_folder(labelled_dir):
 def test_labelled_folder_unknown_labels(labelled_dir):
     csv_path = str(labelled_dir / "data.csv")
     with pytest.raises(corpora.UnknownLabelError, match=r"b\.wav has label 'sad'"):
-        corpora.labelled_folder(csv_path, class_names=("happy",))
-    listing, _ = corpora.labelled_folder(csv_path, ("happy",), skip_unknown_labels=True)
+        csv_corpus.labelled_folder(csv_path, class_names=("happy",))
+    listing, _ = csv_corpus.labelled_folder(csv_path, ("happy",), skip_unknown_labels=True)
     assert [u.id for u in listing.utterances] == ["a", "c"]
     assert _excluded_counts(listing) == {"label sad not in class names": 2}
 
@@ -452,11 +452,11 @@ def test_labelled_folder_ids(tmp_path):
     _write(tmp_path / "y" / "take.wav")
     (tmp_path / "same.csv").write_text("path,label,speaker\nx/take.wav,a,s1\ny/take.wav,b,s2\n")
     with pytest.raises(ValueError, match=r"same\.csv:3: id 'take' already used on line 2"):
-        corpora.labelled_folder(str(tmp_path / "same.csv"))
+        csv_corpus.labelled_folder(str(tmp_path / "same.csv"))
     (tmp_path / "ids.csv").write_text(
         "id,path,label,speaker\nx1,x/take.wav,a,s1\ny1,y/take.wav,b,s2\n"
     )
-    listing, _ = corpora.labelled_folder(str(tmp_path / "ids.csv"))
+    listing, _ = csv_corpus.labelled_folder(str(tmp_path / "ids.csv"))
     assert [u.id for u in listing.utterances] == ["x1", "y1"]
 
 
@@ -473,12 +473,12 @@ def test_labelled_folder_errors(tmp_path, text, error, message):
     _write(tmp_path / "a.wav")
     (tmp_path / "bad.csv").write_text(text)
     with pytest.raises(error, match=message):
-        corpora.labelled_folder(str(tmp_path / "bad.csv"))
+        csv_corpus.labelled_folder(str(tmp_path / "bad.csv"))
 
 
 def test_labelled_folder_missing_csv(tmp_path):
     with pytest.raises(FileNotFoundError, match="expected a CSV with header path,label,speaker"):
-        corpora.labelled_folder(str(tmp_path / "labels.csv"))
+        csv_corpus.labelled_folder(str(tmp_path / "labels.csv"))
 
 
 def test_labelled_folder_duplicate_rows(tmp_path):
@@ -487,12 +487,12 @@ def test_labelled_folder_duplicate_rows(tmp_path):
     rows = ["a.wav,x,s1", "b.wav,y,s1", "./a.wav,y,s2"]  # the same file, spelled another way
     (tmp_path / "dup.csv").write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"line 4 lists the same file as line 2 \(.*a\.wav\)"):
-        corpora.labelled_folder(str(tmp_path / "dup.csv"))
+        csv_corpus.labelled_folder(str(tmp_path / "dup.csv"))
     # An id column does not let the same file in twice.
     rows = ["1,a.wav,x,s1", "2,a.wav,y,s1"]
     (tmp_path / "ids.csv").write_text("id,path,label,speaker\n" + "\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"line 3 lists the same file as line 2 .*: remove one"):
-        corpora.labelled_folder(str(tmp_path / "ids.csv"))
+        csv_corpus.labelled_folder(str(tmp_path / "ids.csv"))
 
 
 def test_labelled_folder_csv_that_is_not_utf8(tmp_path):
@@ -500,9 +500,9 @@ def test_labelled_folder_csv_that_is_not_utf8(tmp_path):
     text = "path,label,speaker\ncafé.wav,joy,s1\n"
     (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin1\.csv:2: not UTF-8 \(byte 0xe9 at offset 22\)"):
-        corpora.labelled_folder(str(tmp_path / "latin1.csv"))
+        csv_corpus.labelled_folder(str(tmp_path / "latin1.csv"))
     (tmp_path / "excel.csv").write_bytes(text.encode("utf-8-sig"))  # BOM: still fine
-    assert len(corpora.labelled_folder(str(tmp_path / "excel.csv"))[0].utterances) == 1
+    assert len(csv_corpus.labelled_folder(str(tmp_path / "excel.csv"))[0].utterances) == 1
 
 
 def _undecodable(folder, name: bytes) -> str:
@@ -533,4 +533,4 @@ def test_names_that_are_not_utf8_are_excluded_and_shown_escaped(ravdess_dir, iem
     with open(os.path.join(folder, "clips.csv"), "w") as file:
         file.write("path,label,speaker\na.wav,x,s1\n")
     with pytest.raises(ValueError, match=f"left out: {reason}: 1"):
-        corpora.labelled_folder(os.path.join(folder, "clips.csv"))
+        csv_corpus.labelled_folder(os.path.join(folder, "clips.csv"))

@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import files
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import corpora, sources
+from emohrnet_jax.data import corpora, csv_corpus, sources
 
 SPLIT = "utterances"
 SUMMARY_FILE = "prepare_summary.json"
@@ -325,7 +325,9 @@ class LabelledFolder(_EmotionBuilder):
         csv_path, names = self.builder_config.csv_path, self._class_names
         if not csv_path or not names:
             raise ValueError("listing labelled_folder needs the config's csv_path and class_names")
-        return corpora.labelled_folder(csv_path, names, self.builder_config.skip_unknown_labels)[0]
+        skip = self.builder_config.skip_unknown_labels
+        listing, _ = csv_corpus.labelled_folder(csv_path, names, skip)
+        return listing
 
 
 class Synthetic(_EmotionBuilder):
@@ -393,7 +395,9 @@ def prepare(
     builder_args: dict[str, Any] = {}
     if dataset == "labelled_folder":
         options["csv_path"] = os.path.realpath(options["csv_path"])
-        names = options.pop("class_names", None) or corpora.labelled_folder(options["csv_path"])[1]
+        names = (
+            options.pop("class_names", None) or csv_corpus.labelled_folder(options["csv_path"])[1]
+        )
         builder_args["class_names"] = tuple(names)
     config = make_config(dataset, feature_params, **options)
     builder = tfds.builder(dataset, data_dir=data_dir, config=config, **builder_args)

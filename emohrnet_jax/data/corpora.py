@@ -6,12 +6,12 @@ count that differs from the published one can be explained instead of silently a
 """
 
 import collections
-import csv
 import dataclasses
-import io
 import os
 import re
 from collections.abc import Iterator, Sequence
+
+from emohrnet_jax import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +88,6 @@ _IEMOCAP_EXPECTED = (
     "sentences/wav/<dialog>/<utterance>.wav audio (the folder that holds Session1..Session5)"
 )
 
-_CSV_COLUMNS = ("path", "label", "speaker")
-
 
 def _require_dir(path: str, expected: str) -> None:
     if not os.path.exists(path):
@@ -100,22 +98,11 @@ def _require_dir(path: str, expected: str) -> None:
 
 def _audio_files(root: str) -> Iterator[str]:
     """Absolute paths of the audio files under `root`, recursively, in sorted order."""
-    seen = set()
-    # Links are followed because corpora are often linked in from a shared disk; `seen` keeps a
-    # link cycle (or the same folder reached twice) from being walked again.
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames.sort()
-        for name in sorted(filenames):
-            if os.path.splitext(name)[1].lower() in _AUDIO_EXTENSIONS:
-                yield os.path.abspath(os.path.join(dirpath, name))
+    # Links are followed: corpora are often linked in from a shared disk.
+    return (os.path.abspath(path) for path in files.walk_files(root, _AUDIO_EXTENSIONS))
 
 
-def _storable(path: str, excluded: dict[str, list[str]]) -> bool:
+def storable(path: str, excluded: dict[str, list[str]]) -> bool:
     """Whether `path` is valid UTF-8 (as tfds stores it); if not, it is counted in `excluded`."""
     try:
         path.encode("utf-8")
@@ -132,7 +119,7 @@ def _named_files(
     """(path, stem, match) of the audio files whose stem matches `pattern`; the rest are counted
     in `excluded` as names that are not UTF-8, hidden files or unrecognized names."""
     for path in _audio_files(root):
-        if not _storable(path, excluded):
+        if not storable(path, excluded):
             continue
         name = os.path.basename(path)
         stem = os.path.splitext(name)[0]
@@ -159,7 +146,7 @@ def _keep_first_of_each_id(
     return list(kept.values())
 
 
-def _finish(
+def finish(
     utterances: list[Utterance],
     excluded: dict[str, list[str]],
     where: str,
@@ -206,7 +193,7 @@ def ravdess(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
             label = RAVDESS_CLASSES[int(emotion) - 1]
             utterances.append(Utterance(path, label, f"Actor_{actor}", stem))
     utterances = _keep_first_of_each_id(utterances, excluded)
-    return _finish(utterances, excluded, manual_dir, _RAVDESS_EXPECTED)
+    return finish(utterances, excluded, manual_dir, _RAVDESS_EXPECTED)
 
 
 def emovo(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
@@ -234,7 +221,7 @@ def emovo(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
             continue
         utterances.append(Utterance(path, _EMOVO_CODES[code], speaker, stem))
     utterances = _keep_first_of_each_id(utterances, excluded)
-    return _finish(utterances, excluded, manual_dir, _EMOVO_EXPECTED)
+    return finish(utterances, excluded, manual_dir, _EMOVO_EXPECTED)
 
 
 def _iemocap_label_lines(label_file: str) -> Iterator[tuple[str, str]]:
@@ -308,7 +295,7 @@ def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
             path = os.path.abspath(
                 os.path.join(session, "sentences", "wav", dialog, utterance_id + ".wav")
             )
-            if not _storable(path, excluded):
+            if not storable(path, excluded):
                 continue
             if os.path.isfile(path):
                 speaker = match.group(1) + match.group(2)
@@ -319,111 +306,10 @@ def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
     for session in sessions:
         for path in _audio_files(os.path.join(session, "sentences", "wav")):
             name = os.path.basename(path)
-            if not _storable(path, excluded):
+            if not storable(path, excluded):
                 continue
             if name.startswith("."):
                 excluded[HIDDEN_FILE].append(path)
             elif os.path.splitext(name)[0] not in labels:
                 excluded[AUDIO_WITHOUT_LABEL].append(path)
-    return _finish(utterances, excluded, manual_dir, _IEMOCAP_EXPECTED, inputs)
-
-
-def _csv_text(csv_path: str) -> str:
-    """The CSV's text; a file that is not UTF-8 is an error naming the line and the fix."""
-    with open(csv_path, "rb") as f:
-        data = f.read()
-    try:
-        # A spreadsheet's byte-order mark would otherwise stick to the first column's name.
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise ValueError(
-            f"{csv_path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x} at offset "
-            f"{error.start}); save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet's Save As)"
-        ) from None
-
-
-def _csv_rows(csv_path: str, expected: str) -> list[tuple[int, str, str, str, str]]:
-    """(line number, absolute path, label, speaker, id) of each row of a labelled-folder CSV."""
-    folder = os.path.dirname(os.path.abspath(csv_path))
-    reader = csv.DictReader(io.StringIO(_csv_text(csv_path), newline=""))
-    columns = [(name or "").strip() for name in reader.fieldnames or []]
-    missing = [name for name in _CSV_COLUMNS if name not in columns]
-    if missing:
-        raise ValueError(
-            f"{csv_path}: missing column(s) {', '.join(missing)}; found header "
-            f"{','.join(columns) or '(none)'}, expected {expected}"
-        )
-    reader.fieldnames = columns
-    rows = []
-    for row in reader:
-        cells = {name: (row.get(name) or "").strip() for name in (*_CSV_COLUMNS, "id")}
-        for name in _CSV_COLUMNS:
-            if not cells[name]:
-                raise ValueError(f"{csv_path}:{reader.line_num}: empty {name} cell")
-        path = os.path.abspath(os.path.join(folder, cells["path"]))
-        utterance_id = cells["id"] or os.path.splitext(os.path.basename(path))[0]
-        rows.append((reader.line_num, path, cells["label"], cells["speaker"], utterance_id))
-    return rows
-
-
-def _check_unique(csv_path: str, rows: list[tuple[int, str, str, str, str]]) -> None:
-    """Each file once and each id once: a file listed twice would be in the corpus twice."""
-    file_line, id_line = {}, {}
-    for line, path, _, _, utterance_id in rows:
-        real = os.path.realpath(path)
-        if real in file_line:
-            raise ValueError(
-                f"{csv_path}: line {line} lists the same file as line {file_line[real]} "
-                f"({path}): remove one"
-            )
-        if utterance_id in id_line:
-            raise ValueError(
-                f"{csv_path}:{line}: id {utterance_id!r} already used on line "
-                f"{id_line[utterance_id]}; add an id column to tell files with equal names apart"
-            )
-        file_line[real], id_line[utterance_id] = line, line
-
-
-def labelled_folder(
-    csv_path: str,
-    class_names: Sequence[str] | None = None,
-    skip_unknown_labels: bool = False,
-) -> tuple[Listing, tuple[str, ...]]:
-    """Lists a user corpus described by a CSV with header `path,label,speaker` (and optional `id`).
-
-    Args:
-      csv_path: the CSV (UTF-8); relative paths in it are relative to its folder. Extra columns
-        are ignored; each audio file may be listed once.
-      class_names: the classes in order; None takes the sorted unique labels of the CSV.
-      skip_unknown_labels: exclude (and count) rows whose label is not in `class_names` instead of
-        raising `UnknownLabelError`.
-
-    Returns:
-      The listing (ids from the `id` column where given, otherwise the file stem) and the class
-      names.
-    """
-    expected = "a CSV with header path,label,speaker (optional id) and one row per audio file"
-    if not os.path.isfile(csv_path):
-        raise FileNotFoundError(f"{csv_path} does not exist: expected {expected}")
-    rows = _csv_rows(csv_path, expected)
-    _check_unique(csv_path, rows)
-    if class_names is None:
-        class_names = sorted({label for _, _, label, _, _ in rows})
-    class_names = tuple(class_names)
-    known = set(class_names)
-    utterances, excluded = [], collections.defaultdict(list)
-    for line, path, label, speaker, utterance_id in rows:
-        if not _storable(path, excluded):
-            continue
-        if label not in known:
-            if not skip_unknown_labels:
-                raise UnknownLabelError(
-                    f"{csv_path}:{line}: {path} has label {label!r}, not one of {class_names}"
-                )
-            excluded[f"label {label} not in class names"].append(path)
-        elif not os.path.isfile(path):
-            excluded[MISSING_AUDIO_FILE].append(path)
-        else:
-            utterances.append(Utterance(path, label, speaker, utterance_id))
-    return _finish(utterances, excluded, csv_path, expected, [csv_path]), class_names
+    return finish(utterances, excluded, manual_dir, _IEMOCAP_EXPECTED, inputs)

@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import paths
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import builders, corpora, sources, splits
+from emohrnet_jax.data import builders, csv_corpus, sources, splits
 
 NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
 
@@ -112,7 +112,7 @@ def _check_sources(builder: tfds.core.DatasetBuilder, data_config: ml_collection
     config = builder.builder_config
     stored = builder.info.metadata
     try:
-        listing, _ = corpora.labelled_folder(
+        listing, _ = csv_corpus.labelled_folder(
             config.csv_path, stored["class_names"], config.skip_unknown_labels
         )
         change = sources.what_changed(
