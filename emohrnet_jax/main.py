@@ -5,7 +5,9 @@
       --config.data.fold=0 --config.batch_size=32
   python -m emohrnet_jax.main --config=configs/demo.py --workdir=runs/demo --mode=evaluate
 
-Re-running a training command resumes from the workdir's latest checkpoint.
+Re-running a training command resumes from the workdir's latest checkpoint (one that restores),
+if the workdir's config.json matches the config (see emohrnet_jax.run_config.SAFE_FIELDS).
+Exit status: 0 done, 1 an error (one line), 75 preempted (SIGTERM) after saving: run it again.
 """
 
 # The restart with glibc's malloc settings (emohrnet_jax/allocator.py) comes before TensorFlow and
@@ -16,12 +18,12 @@ if __name__ == "__main__":
     allocator.restart_with_tunables()
 
 import os
+import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emohrnet_jax import compilation_cache, train
+from emohrnet_jax import compilation_cache, config_check, locks, paths, run_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -50,6 +52,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    try:
+        workdir = paths.local(_WORKDIR.value, "--workdir")
+        config_check.check(config)
+    except (paths.PathError, config_check.ConfigError) as error:
+        raise SystemExit(f"error: {error}") from None
+    # TensorFlow and the training code take ~7 s to import: only once the config is known good.
+    import jax
+
+    from emohrnet_jax import train
+
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
     compilation_cache.enable(_COMPILATION_CACHE.value)
@@ -62,10 +75,13 @@ def main(argv: list[str]) -> None:
         jax.devices()[0].platform,
         os.environ.get("GLIBC_TUNABLES"),
     )
-    if _MODE.value == "train":
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    else:
-        train.evaluate_run(_CONFIG.value, _WORKDIR.value, _SPLIT.value)
+    try:
+        if _MODE.value == "evaluate":
+            train.evaluate_run(config, workdir, _SPLIT.value)
+        elif train.train_and_evaluate(config, workdir) is None:
+            sys.exit(train.EXIT_PREEMPTED)
+    except (run_config.RunConfigError, locks.LockedError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from emohrnet_jax.audio import features
 
 
 class RunError(Exception):
-    """A workdir that cannot be served: missing, untrained, or a checkpoint that does not fit."""
+    """A workdir that cannot be served: missing, untrained, damaged, or a checkpoint that does not
+    fit."""
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -58,7 +59,8 @@ def load_best_variables(
       (epoch, step, validation UA, ...).
 
     Raises:
-      RunError: no checkpoint, no completed epoch, or parameters that do not fit `config`'s model.
+      RunError: no checkpoint, no completed epoch, a damaged best checkpoint (the file is named),
+        or parameters that do not fit `config`'s model.
     """
     try:
         models.create_model(config)
@@ -75,13 +77,12 @@ def load_best_variables(
         state, best = checkpoints.restore_best(workdir, abstract)
     except FileNotFoundError as error:
         raise RunError(str(error)) from error
-    # orbax and tensorstore report a mismatched tree or shape with several exception types;
-    # the likely cause is the same, and the original stays chained for debugging.
-    except Exception as error:
-        reason = " ".join(str(error).split())[:300] or repr(error)
+    except checkpoints.DamagedError as error:
+        raise RunError(f"cannot load the run in {workdir}: {error}") from error
+    except checkpoints.MismatchError as error:
         raise RunError(
             f"the checkpoint in {os.path.join(workdir, 'checkpoints')} does not fit the model of "
-            f"its config.json ({describe(config)}): {reason}"
+            f"its config.json ({describe(config)}): {error}"
         ) from error
     return {"params": state.params, "batch_stats": state.batch_stats}, best
 

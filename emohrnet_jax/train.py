@@ -5,8 +5,8 @@ that state. Re-running the same command resumes from the latest checkpoint with 
 and augmentation keys (both are functions of the seed and the step).
 """
 
+import contextlib
 import itertools
-import json
 import os
 import signal
 import time
@@ -19,11 +19,14 @@ from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from emohrnet_jax import checkpoints, files, metrics, steps
-from emohrnet_jax.data import pipeline
+from emohrnet_jax import checkpoints, config_check, files, locks, metrics, run_config, steps
+from emohrnet_jax.data import pipeline, splits
 
 TRAIN_KEYS = ("mel", "label")
 EVAL_KEYS = ("mel", "label", "mask")
+# The exit status of a run stopped by SIGTERM after saving: sysexits.h's EX_TEMPFAIL, which
+# schedulers and wrapper scripts treat as "try again" (re-running resumes), unlike 0 or 1.
+EXIT_PREEMPTED = 75
 
 
 class _Preemption:
@@ -68,15 +71,37 @@ def _shardings():
     return mesh, replicated, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
+def _check_devices(config: ml_collections.ConfigDict) -> None:
     devices = jax.device_count()
-    if config.batch_size < 1 or config.batch_size % devices:
+    if config.batch_size % devices:
         raise ValueError(
             f"config.batch_size={config.batch_size} must be a positive multiple of the "
             f"{devices} devices it is split over"
         )
-    if config.num_epochs < 1:
-        raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}")
+
+
+def _holding(workdir: str) -> contextlib.AbstractContextManager:
+    """The workdir's lock on process 0, the one that writes there; other hosts take none."""
+    if jax.process_index() == 0:
+        return locks.hold(workdir, "the workdir")
+    return contextlib.nullcontext()
+
+
+def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.FoldInput:
+    """The fold's input, once the workdir's saved run (if any) is known to match; writes
+    config.json and splits.json."""
+    is_main = jax.process_index() == 0
+    if is_main:
+        run_config.check_config(workdir, config)
+    fold = pipeline.create_fold_input(config)
+    if is_main:
+        run_config.check_splits(workdir, fold.speakers)
+        path = os.path.join(workdir, "splits.json")
+        splits.save_splits(path, config.data.dataset, config.data.fold, fold.speakers)
+        files.write_json_atomically(
+            os.path.join(workdir, "config.json"), run_config.as_json(config)
+        )
+    return fold
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
@@ -84,14 +109,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns the results (also written to `workdir/results.json`), or None when preempted after
     saving a checkpoint to resume from.
+
+    Raises:
+      config_check.ConfigError: a field that training cannot use.
+      run_config.RunConfigError: `workdir` holds a run of another config or other speakers.
+      locks.LockedError: another process is using `workdir`.
     """
-    _check_config(config)
+    config_check.check(config)
+    _check_devices(config)
+    with _holding(workdir):
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
     is_main = jax.process_index() == 0
-    fold = pipeline.create_fold_input(config, workdir if is_main else None)
-    if is_main:
-        files.write_json_atomically(
-            os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
-        )
+    fold = _start_run(config, workdir)
     mesh, replicated, batch_sharding = _shardings()
 
     steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
@@ -99,8 +131,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_step, eval_step = steps.jit_steps(config, mesh, len(fold.class_names))
     manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
     history: list[dict[str, Any]] = []
-    if manager.latest_step() is not None:
-        state, history = checkpoints.restore(manager, manager.latest_step(), state)
+    resumed = checkpoints.restore_latest(manager, state)
+    if resumed is not None:
+        state, history = resumed
         logging.info("Resuming from step %d in %s", int(state.step), manager.directory)
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     key = jax.random.key(config.seed)
@@ -173,10 +206,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _accumulate(sums: dict[str, float], step_metrics, step: int, manager) -> None:
     values = jax.device_get(step_metrics)
     if not np.isfinite(values["loss"]):
+        latest = manager.latest_step()
+        saved = (
+            "no checkpoint was saved yet"
+            if latest is None
+            else f"the last good checkpoint is step {latest} in {manager.directory}"
+        )
         raise FloatingPointError(
-            f"non-finite training loss {values['loss']} at step {step}; the last good checkpoint "
-            f"is step {manager.latest_step()} in {manager.directory} (lower the learning rate, "
-            "or set config.grad_clip_norm)"
+            f"non-finite training loss {values['loss']} at step {step}; {saved} (lower the "
+            "learning rate, or set config.grad_clip_norm)"
         )
     sums["loss"] += float(values["loss"])
     sums["accuracy"] += float(values["accuracy"])
@@ -189,7 +227,19 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) ->
     With `config.cross_corpus.dataset` set, the split is that corpus's (`all`: every speaker),
     its labels mapped onto the run's classes and predictions restricted to the mapped classes;
     `<name>` is then `<corpus>_<split>`.
+
+    Raises:
+      FileNotFoundError: `workdir` holds no trained run.
+      locks.LockedError: another process is using `workdir` (training it, say).
     """
+    config_check.check(config)
+    if not os.path.isdir(workdir):  # holding the lock would create it
+        raise FileNotFoundError(f"no run in {workdir}: train this run first")
+    with _holding(workdir):
+        return _evaluate_run(config, workdir, split)
+
+
+def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
     corpus = config.cross_corpus.dataset
     if corpus:
         fold, mapping, left_out = pipeline.create_cross_corpus_input(config, split)
@@ -235,7 +285,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) ->
 def _final_results(config, workdir, fold, manager, state, history, eval_step, sharding):
     """Restores the best-validation state, tests it once, writes results and pictures."""
     best = checkpoints.best_record(history)
-    best_state, _ = checkpoints.restore(manager, best["step"], state)
+    best_state = checkpoints.restore_state(manager, best["step"], state)
     results = {
         "dataset": config.data.dataset,
         "fold": config.data.fold,

@@ -5,9 +5,12 @@
 
 Fold k trains in `WORKDIR/fold_k` exactly as `python -m emohrnet_jax.main --config.data.fold=k`
 would. A fold with a `results.json` is done and is not re-run; an interrupted fold resumes from
-its latest checkpoint. Writes `WORKDIR/summary.json` (per-fold and mean +- std UA, WA and macro-F1
-on each fold's test speakers, and the summed test confusion matrix), `WORKDIR/confusion_matrix.png`
+its latest checkpoint. A fold folder saved under another config (beyond the fields that may change
+on a resume, emohrnet_jax.run_config.SAFE_FIELDS) is refused, so a summary never mixes configs.
+Writes `WORKDIR/summary.json` (per-fold and mean +- std UA, WA and macro-F1 on each fold's test
+speakers, and the summed test confusion matrix), `WORKDIR/confusion_matrix.png`
 and prints a table. The sample standard deviation (ddof=1) is the one papers usually report.
+Exit status: 0 done, 1 an error (one line), 75 preempted (SIGTERM) after saving: run it again.
 """
 
 # The restart with glibc's malloc settings (emohrnet_jax/allocator.py) comes before TensorFlow and
@@ -19,14 +22,14 @@ if __name__ == "__main__":
 
 import json
 import os
+import sys
 from typing import Any
 
 import ml_collections
 import numpy as np
 from absl import app, flags
 
-from emohrnet_jax import compilation_cache, files, metrics, train
-from emohrnet_jax.data import splits
+from emohrnet_jax import compilation_cache, config_check, files, locks, metrics, paths, run_config
 
 METRICS = ("ua", "wa", "macro_f1")
 
@@ -37,29 +40,52 @@ def fold_workdir(workdir: str, fold: int) -> str:
 
 def run_folds(
     config: ml_collections.ConfigDict, workdir: str, folds: list[int] | None = None
-) -> dict[str, Any]:
-    """Trains the folds not yet done (all of the protocol's by default), then summarizes all."""
+) -> dict[str, Any] | None:
+    """Trains the folds not yet done (all of the protocol's by default), then summarizes all.
+
+    Returns None when preempted (SIGTERM) after saving the fold in progress.
+
+    Raises:
+      run_config.RunConfigError: a fold folder holds a run of another config.
+      locks.LockedError: another process is using `workdir` (or a fold's folder).
+    """
+    # emohrnet_jax.data and train import TensorFlow (~7 s): only once main's checks passed.
+    from emohrnet_jax.data import splits
+
     total = splits.num_folds(config.data.dataset, config.data.get("num_folds"))
     folds = list(range(total)) if folds is None else folds
     bad = [fold for fold in folds if not 0 <= fold < total]
     if bad:
         raise ValueError(f"folds {bad} are out of range: {config.data.dataset} has {total} folds")
-    results = []
-    for fold in folds:
-        path = os.path.join(fold_workdir(workdir, fold), "results.json")
-        if os.path.exists(path):
-            print(f"fold {fold}: done, read from {path}")
-            with open(path) as file:
-                results.append(json.load(file))
-            continue
-        print(f"fold {fold} of {total}: training in {fold_workdir(workdir, fold)}")
-        fold_config = config.copy_and_resolve_references()
-        with fold_config.unlocked():
-            fold_config.data.fold = fold
-        result = train.train_and_evaluate(fold_config, fold_workdir(workdir, fold))
-        if result is None:
-            raise SystemExit(f"preempted during fold {fold}: re-run the same command to resume")
-        results.append(result)
+    with locks.hold(workdir, "the cross-validation workdir"):
+        results = []
+        for fold in folds:
+            result = _fold_result(config, workdir, fold, total)
+            if result is None:  # preempted: the next fold must not start
+                return None
+            results.append(result)
+        return _write_summary(results, total, workdir)
+
+
+def _fold_result(config, workdir: str, fold: int, total: int) -> dict[str, Any] | None:
+    """The fold's results: read back when done under the same config, else trained (resumed)."""
+    from emohrnet_jax import train
+
+    fold_config = config.copy_and_resolve_references()
+    with fold_config.unlocked():
+        fold_config.data.fold = fold
+    # Before reading results.json, so that a fold of an older config is never summarized.
+    run_config.check_config(fold_workdir(workdir, fold), fold_config)
+    path = os.path.join(fold_workdir(workdir, fold), "results.json")
+    if os.path.exists(path):
+        print(f"fold {fold}: done, read from {path}")
+        with open(path) as file:
+            return json.load(file)
+    print(f"fold {fold} of {total}: training in {fold_workdir(workdir, fold)}")
+    return train.train_and_evaluate(fold_config, fold_workdir(workdir, fold))
+
+
+def _write_summary(results: list[dict[str, Any]], total: int, workdir: str) -> dict[str, Any]:
     summary = summarize(results, total)
     files.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
     metrics.plot_confusion_matrix(
@@ -117,8 +143,23 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     folds = [int(f) for f in flags.FLAGS.folds] if flags.FLAGS.folds else None
-    compilation_cache.enable(flags.FLAGS.compilation_cache)
-    summary = run_folds(flags.FLAGS.config, flags.FLAGS.workdir, folds)
+    try:
+        workdir = paths.local(flags.FLAGS.workdir, "--workdir")
+        config_check.check(flags.FLAGS.config)
+        compilation_cache.enable(flags.FLAGS.compilation_cache)
+        summary = run_folds(flags.FLAGS.config, workdir, folds)
+    except (
+        paths.PathError,
+        config_check.ConfigError,
+        run_config.RunConfigError,
+        locks.LockedError,
+    ) as error:
+        raise SystemExit(f"error: {error}") from None
+    if summary is None:
+        from emohrnet_jax import train  # imported by run_folds already
+
+        print("preempted: re-run the same command to resume", file=sys.stderr)
+        sys.exit(train.EXIT_PREEMPTED)
     print(format_summary(summary))
 
 

@@ -1,0 +1,110 @@
+"""Whether a workdir's saved run may continue under a new config, checked before any write.
+
+A run trained under one config and resumed under another mixes hyperparameters (or crashes on
+parameters of another shape and leaves a run that nothing can load), so a re-run compares the new
+config with the workdir's `config.json`, and the fold's speakers with its `splits.json`. No JAX or
+TensorFlow here.
+"""
+
+import json
+import os
+import pathlib
+import runpy
+from typing import Any
+
+import ml_collections
+
+# Fields that may differ from the saved config.json when a run resumes (a prefix covers its fields):
+SAFE_FIELDS = (
+    "num_epochs",  # extends or shortens the run, only where the schedule ignores it (_is_safe)
+    "keep_checkpoints",  # how many old checkpoints are kept, not what is trained
+    "data.data_dir",  # where the same build lives (the fold's speakers are compared apart)
+    "cross_corpus",  # evaluation on another corpus only
+    "model.im2col",  # the same parameters and outputs, only speed and memory
+)
+# Fields missing from an older config.json had these values then (the code's defaults).
+_DEFAULTS = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
+
+
+class RunConfigError(ValueError):
+    """A config or data that differs from the run already saved in the workdir."""
+
+
+def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as train writes it to config.json (tuples as lists, placeholders as null)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _is_safe(field: str, new: dict[str, Any]) -> bool:
+    if field == "num_epochs":
+        # A cosine decay or a warm-up spans the run: another length changes every later rate.
+        return new["lr_schedule"] == "constant" and not new["warmup_epochs"]
+    return any(field == safe or field.startswith(safe + ".") for safe in SAFE_FIELDS)
+
+
+def differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`field: saved -> new` for each field of `new` that differs from `saved` and is not safe.
+
+    Fields that `saved` lacks (a run saved before they existed) compare as their default value;
+    fields that only `saved` has are no longer read by the code, so they are not compared.
+    """
+    defaults = _flat(as_json(runpy.run_path(str(_DEFAULTS))["get_config"]()))
+    saved, new_flat = _flat(saved), _flat(new)
+    found = []
+    for field, value in new_flat.items():
+        before = saved.get(field, defaults.get(field, value))
+        if before != value and not _is_safe(field, new_flat):
+            found.append(f"{field}: {before!r} -> {value!r}")
+    return found
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError) as error:
+        raise RunConfigError(f"cannot read {path}: {error}; move the workdir aside") from error
+
+
+def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Raises RunConfigError when `workdir` holds a run saved under an incompatible config.
+
+    An empty or new workdir (no config.json) passes.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    found = differences(_read_json(path), as_json(config))
+    if found:
+        raise RunConfigError(
+            f"{workdir} holds a run of another config ({'; '.join(found)}): give a new --workdir, "
+            f"or the saved values (only {', '.join(SAFE_FIELDS)} may change on a resume)"
+        )
+
+
+def check_splits(workdir: str, speakers: dict[str, list[str]]) -> None:
+    """Raises RunConfigError when `workdir/splits.json` names other speakers than `speakers`."""
+    path = os.path.join(workdir, "splits.json")
+    if not os.path.exists(path):
+        return
+    saved = _read_json(path)
+    found = [
+        f"{split}: {saved.get(split)} -> {list(names)}"
+        for split, names in speakers.items()
+        if saved.get(split) != list(names)
+    ]
+    if found:
+        raise RunConfigError(
+            f"{workdir} holds a run on other speakers ({'; '.join(found)}): the data changed; "
+            "give a new --workdir"
+        )
