@@ -28,9 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "synthetic"  # tfds name: synthetic, ravdess, iemocap, emovo, ...
     config.data.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default.
-    config.data.csv = config_dict.placeholder(
-        str
-    )  # labelled_folder: the CSV the corpus was prepared from.
+    # labelled_folder: the CSV the corpus was prepared from (each CSV is its own build).
+    config.data.csv = config_dict.placeholder(str)
     config.data.fold = 0  # Speaker-independent fold of the dataset's protocol (0-based).
     config.data.num_folds = config_dict.placeholder(int)  # None: the corpus's protocol.
     config.data.class_names = ("neutral", "happy", "angry", "sad")  # Label order of the logits.
@@ -52,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.cross_corpus = ml_collections.ConfigDict()
     config.cross_corpus.dataset = config_dict.placeholder(str)  # None: the training corpus.
     config.cross_corpus.label_set = "4class"  # When that corpus is IEMOCAP.
+    config.cross_corpus.csv = config_dict.placeholder(str)  # When it is labelled_folder: its CSV.
     # "theirs=ours" pairs, e.g. "joy=happy,anger=angry"; empty: the classes sharing a name.
     # Their classes left out of the mapping are left out of the scores (and counted).
     config.cross_corpus.label_map = ""

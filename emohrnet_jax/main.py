@@ -23,7 +23,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emohrnet_jax import compilation_cache, config_check, locks, paths, run_config
+from emohrnet_jax import compilation_cache, config_check, locks, paths
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -47,6 +47,9 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     compilation_cache.FLAG_HELP,
 )
 flags.mark_flags_as_required(["config", "workdir"])
+# A user's mistake (a bad path or config, missing or stale data, a run of another config, a
+# locked workdir, a diverging loss) is one line and exit status 1, not a traceback.
+USER_ERRORS = (ValueError, OSError, locks.LockedError, FloatingPointError)
 
 
 def main(argv: list[str]) -> None:
@@ -56,8 +59,8 @@ def main(argv: list[str]) -> None:
     try:
         workdir = paths.local(_WORKDIR.value, "--workdir")
         config_check.check(config)
-    except (paths.PathError, config_check.ConfigError) as error:
-        raise SystemExit(f"error: {error}") from None
+    except USER_ERRORS as error:
+        _exit_with(error)
     # TensorFlow and the training code take ~7 s to import: only once the config is known good.
     import jax
 
@@ -80,8 +83,13 @@ def main(argv: list[str]) -> None:
             train.evaluate_run(config, workdir, _SPLIT.value)
         elif train.train_and_evaluate(config, workdir) is None:
             sys.exit(train.EXIT_PREEMPTED)
-    except (run_config.RunConfigError, locks.LockedError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+    except USER_ERRORS as error:
+        _exit_with(error)
+
+
+def _exit_with(error: BaseException) -> None:
+    logging.debug("the traceback", exc_info=True)  # --verbosity=1 shows it.
+    raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

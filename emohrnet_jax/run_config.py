@@ -58,7 +58,10 @@ def differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     Fields that `saved` lacks (a run saved before they existed) compare as their default value;
     fields that only `saved` has are no longer read by the code, so they are not compared.
     """
-    defaults = _flat(as_json(runpy.run_path(str(_DEFAULTS))["get_config"]()))
+    # Without the source tree's configs/ (an installed wheel), a missing field is not compared.
+    defaults = {}
+    if _DEFAULTS.is_file():
+        defaults = _flat(as_json(runpy.run_path(str(_DEFAULTS))["get_config"]()))
     saved, new_flat = _flat(saved), _flat(new)
     found = []
     for field, value in new_flat.items():

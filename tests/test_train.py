@@ -339,6 +339,7 @@ def test_cross_corpus_evaluation_maps_labels_and_counts_the_rest(uninterrupted, 
         data_dir,
         **{
             "cross_corpus.dataset": "labelled_folder",
+            "cross_corpus.csv": str(tmp_path / "clips.csv"),
             "cross_corpus.label_map": "anger=angry, joy=happy, neutral=neutral",
         },
     )

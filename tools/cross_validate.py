@@ -27,7 +27,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from emohrnet_jax import compilation_cache, config_check, files, locks, metrics, paths, run_config
 
@@ -148,12 +148,8 @@ def main(argv: list[str]) -> None:
         config_check.check(flags.FLAGS.config)
         compilation_cache.enable(flags.FLAGS.compilation_cache)
         summary = run_folds(flags.FLAGS.config, workdir, folds)
-    except (
-        paths.PathError,
-        config_check.ConfigError,
-        run_config.RunConfigError,
-        locks.LockedError,
-    ) as error:
+    except (ValueError, OSError, locks.LockedError, FloatingPointError) as error:  # As main's.
+        logging.debug("the traceback", exc_info=True)  # --verbosity=1 shows it.
         raise SystemExit(f"error: {error}") from None
     if summary is None:
         from emohrnet_jax import train  # imported by run_folds already

@@ -280,6 +280,7 @@ def create_cross_corpus_input(
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.dataset = cross.dataset
     data_config.label_set = cross.label_set
+    data_config.csv = cross.get("csv")
     builder = load_builder(data_config, prepare_synthetic=False, check_classes=False)
     corpus_classes = list(builder.info.metadata["class_names"])
     model_classes = list(config.data.class_names)
