@@ -95,8 +95,10 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         )
 
 
-def check_splits(workdir: str, speakers: dict[str, list[str]]) -> None:
-    """Raises RunConfigError when `workdir/splits.json` names other speakers than `speakers`."""
+def check_splits(workdir: str, speakers: dict[str, list[str]], build: str | None = None) -> None:
+    """Raises RunConfigError when `workdir/splits.json` names other speakers than `speakers`, or
+    another build of the data (`build`: its source fingerprint; None for a corpus made by code).
+    """
     path = os.path.join(workdir, "splits.json")
     if not os.path.exists(path):
         return
@@ -110,4 +112,10 @@ def check_splits(workdir: str, speakers: dict[str, list[str]]) -> None:
         raise RunConfigError(
             f"{workdir} holds a run on other speakers ({'; '.join(found)}): the data changed; "
             "give a new --workdir"
+        )
+    # A run saved before builds were fingerprinted has no "build": nothing to compare.
+    if saved.get("build") and saved["build"] != build:
+        raise RunConfigError(
+            f"{workdir} holds a run on another build of {saved.get('dataset')} (prepared again "
+            f"since: {saved['build']} -> {build}); its data changed: give a new --workdir"
         )

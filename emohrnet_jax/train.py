@@ -20,7 +20,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from emohrnet_jax import checkpoints, config_check, files, locks, metrics, run_config, steps
-from emohrnet_jax.data import pipeline, splits
+from emohrnet_jax.data import pipeline, sources, splits
 
 TRAIN_KEYS = ("mel", "label")
 EVAL_KEYS = ("mel", "label", "mask")
@@ -95,9 +95,10 @@ def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.Fold
         run_config.check_config(workdir, config)
     fold = pipeline.create_fold_input(config)
     if is_main:
-        run_config.check_splits(workdir, fold.speakers)
+        build = fold.builder.info.metadata.get(sources.METADATA_KEY)
+        run_config.check_splits(workdir, fold.speakers, build)
         path = os.path.join(workdir, "splits.json")
-        splits.save_splits(path, config.data.dataset, config.data.fold, fold.speakers)
+        splits.save_splits(path, config.data.dataset, config.data.fold, fold.speakers, build)
         files.write_json_atomically(
             os.path.join(workdir, "config.json"), run_config.as_json(config)
         )

@@ -82,6 +82,18 @@ def test_training_refuses_another_config_and_writes_nothing(data_dir, tmp_path, 
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_training_refuses_a_rebuilt_corpus(data_dir, tmp_path):
+    """The same speakers from a build prepared again (its sources changed) is other data."""
+    before = _saved_run(tmp_path, helpers.tiny_config(data_dir))
+    saved = json.loads(before["splits.json"])
+    saved["build"] = "0123456789abcdef"
+    (tmp_path / "splits.json").write_text(json.dumps(saved))
+    with pytest.raises(run_config.RunConfigError, match=r"another build of synthetic .*0123"):
+        train.train_and_evaluate(helpers.tiny_config(data_dir), str(tmp_path))
+    assert json.loads((tmp_path / "splits.json").read_text()) == saved
+    run_config.check_splits(str(tmp_path), {"train": saved["train"]}, "0123456789abcdef")
+
+
 def test_training_refuses_other_speakers(data_dir, tmp_path):
     before = _saved_run(tmp_path, helpers.tiny_config(data_dir))
     saved = json.loads(before["splits.json"])

@@ -68,6 +68,8 @@ def fold_speakers(
     return {"train": sorted(train), "validation": groups[validation], "test": groups[fold]}
 
 
-def save_splits(path: str, dataset: str, fold: int, splits: dict[str, list[str]]) -> None:
-    """Writes the fold's speakers as JSON, atomically."""
-    files.write_json_atomically(path, {"dataset": dataset, "fold": fold, **splits})
+def save_splits(
+    path: str, dataset: str, fold: int, splits: dict[str, list[str]], build: str | None = None
+) -> None:
+    """Writes the fold's speakers (and the build's source fingerprint) as JSON, atomically."""
+    files.write_json_atomically(path, {"dataset": dataset, "fold": fold, "build": build, **splits})
