@@ -150,8 +150,8 @@ def synthetic_config(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fold(synthetic_config, tmp_path_factory):
-    return pipeline.create_fold_input(synthetic_config, str(tmp_path_factory.mktemp("workdir")))
+def fold(synthetic_config):
+    return pipeline.create_fold_input(synthetic_config)
 
 
 def test_synthetic_corpus_is_prepared_on_first_use_balanced_and_deterministic(
@@ -170,13 +170,18 @@ def test_synthetic_corpus_is_prepared_on_first_use_balanced_and_deterministic(
     assert first == second
 
 
-def test_fold_writes_its_speakers_and_splits_are_disjoint(fold, synthetic_config, tmp_path):
+def test_fold_speakers_are_disjoint_and_saved_with_the_build(fold, tmp_path):
     assert sorted(s for group in fold.speakers.values() for s in group) == [
         f"spk{i:02d}" for i in range(6)
     ]
-    pipeline.create_fold_input(synthetic_config, str(tmp_path))
+    splits.save_splits(str(tmp_path / "splits.json"), "synthetic", 0, fold.speakers, "ab12")
     with open(tmp_path / "splits.json") as file:
-        assert json.load(file) == {"dataset": "synthetic", "fold": 0, **fold.speakers}
+        assert json.load(file) == {
+            "dataset": "synthetic",
+            "fold": 0,
+            "build": "ab12",
+            **fold.speakers,
+        }
     counts = {name: fold.count(name) for name in ("train", "validation", "test")}
     assert counts == {"train": 16, "validation": 16, "test": 16}
 

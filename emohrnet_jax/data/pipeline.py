@@ -212,24 +212,13 @@ class FoldInput:
         }
 
 
-def create_fold_input(config: ml_collections.ConfigDict, workdir: str | None = None) -> FoldInput:
-    """Loads the prepared dataset of `config.data` and selects fold `config.data.fold`.
-
-    Writes the fold's speakers to `workdir/splits.json` when `workdir` is given.
-    """
+def create_fold_input(config: ml_collections.ConfigDict) -> FoldInput:
+    """Loads the prepared dataset of `config.data` and selects fold `config.data.fold`."""
     builder = load_builder(config.data)
     speakers = builder.info.metadata["speakers"]
     fold_speakers = splits.fold_speakers(
         config.data.dataset, speakers, config.data.fold, config.data.get("num_folds")
     )
-    if workdir is not None:
-        os.makedirs(workdir, exist_ok=True)
-        splits.save_splits(
-            os.path.join(workdir, "splits.json"),
-            config.data.dataset,
-            config.data.fold,
-            fold_speakers,
-        )
     return FoldInput(
         builder=builder,
         speakers=fold_speakers,
