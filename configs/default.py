@@ -41,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.fmax = 8000.0  # Highest Mel filter edge in Hz (Nyquist at 16 kHz).
     config.data.log_floor = 1e-10  # Mel power floor before the natural log.
     config.data.min_seconds = 0.25  # Shorter clips are skipped (and counted) when preparing.
+    # Prepared with --skip_unknown_labels (files of other labels left out): the build to train on.
+    config.data.skip_unknown_labels = False
     config.data.num_frames = 188  # Crop in frames (1 + 3 s * 16000 / 256); evaluation: centre.
     # Built-in synthetic corpus (used when dataset == "synthetic").
     config.data.synthetic_speakers = 40  # Synthetic speakers (split by speaker into folds).

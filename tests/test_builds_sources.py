@@ -259,3 +259,18 @@ def test_an_edited_iemocap_label_file_changes_the_fingerprint(tmp_path):
     assert before["digest"] != after["digest"]
     change = sources.describe_change(before["entries"], after["entries"])
     assert change == "1 file relabelled, Ses01F_impro01.txt edited"
+
+
+def test_a_build_prepared_with_skip_unknown_labels_is_the_one_training_reads(tmp_path):
+    """Such a build has its own name: training finds it through config.data.skip_unknown_labels."""
+    rows = [("a.wav", "happy", "s1"), ("b.wav", "sad", "s1"), ("c.wav", "other", "s2")]
+    csv_path = _labelled(tmp_path, rows)
+    summary = _prepare_labelled(
+        tmp_path / "tfds", csv_path, class_names=("happy", "sad"), skip_unknown_labels=True
+    )
+    assert summary["kept"] == 2
+    data = _data_config(tmp_path / "tfds", csv_path, ("happy", "sad"))
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        pipeline.load_builder(data)
+    data.skip_unknown_labels = True
+    assert _labels(pipeline.load_builder(data)) == {"a": "happy", "b": "sad"}

@@ -66,7 +66,7 @@ def _options(dataset: str) -> dict:
         options["csv_path"] = paths.local(_CSV.value, "--csv")
         if _CLASS_NAMES.value:
             options["class_names"] = tuple(_CLASS_NAMES.value)
-    if _SKIP_UNKNOWN.value:
+    if _SKIP_UNKNOWN.value or data_config.skip_unknown_labels:
         options["skip_unknown_labels"] = True
     return options
 

@@ -30,6 +30,14 @@ NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
 
 def builder_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The builder options that `config.data` implies for its dataset."""
+    options = _corpus_options(data_config)
+    # Part of the build's name: a build prepared with --skip_unknown_labels is found only so.
+    if data_config.get("skip_unknown_labels") and data_config.dataset != "synthetic":
+        options["skip_unknown_labels"] = True
+    return options
+
+
+def _corpus_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
     dataset = data_config.dataset
     if dataset == "labelled_folder":
         csv_path = paths.local(data_config.get("csv"), "config.data.csv")
@@ -100,9 +108,12 @@ def _prepare_command(data_config: ml_collections.ConfigDict) -> str:
     """The tools/prepare_data.py command line that prepares `config.data`'s corpus."""
     dataset = data_config.dataset
     source = {"synthetic": "", "labelled_folder": f" --csv={data_config.get('csv')}"}
+    skip = (
+        " --skip_unknown_labels" if builder_options(data_config).get("skip_unknown_labels") else ""
+    )
     return (
         f"python tools/prepare_data.py --dataset={dataset}"
-        f"{source.get(dataset, ' --manual_dir=RAW')} "
+        f"{source.get(dataset, ' --manual_dir=RAW')}{skip} "
         f"--data_dir={data_config.data_dir or '~/tensorflow_datasets'}"
     )
 
