@@ -8,6 +8,9 @@ global average pooling over (frequency, time) and a dense layer.
 
 Spectrograms have arbitrary lengths, so a branch's size is ceil(size / 2) of the one above it and
 upsampling resizes to the target branch's exact shape instead of by a fixed factor of 2.
+
+The convolution is a field (`HRNet.conv`, `nn.Conv` unless set): `fast_conv` holds faster ways
+to compute it with the same parameters, which `models.create_model` picks for the backend.
 """
 
 import dataclasses
