@@ -51,8 +51,12 @@ EXPORT_KEYS = ("class_names", "feature_params", "input", "outputs", "files", "ch
 
 
 def serving_function(config, variables: dict[str, Any]):
-    """`mel (batch, n_mels, num_frames) -> {"logits", "probabilities"}` with the weights inside."""
-    model = models.create_model(config)
+    """`mel (batch, n_mels, num_frames) -> {"logits", "probabilities"}` with the weights inside.
+
+    The model has XLA's own convolutions, none of training's rewrites for this host's backend
+    (`models.create_model(serving=True)`), so the program suits every platform it is lowered for.
+    """
+    model = models.create_model(config, serving=True)
     # Host copies: the weights become constants of the exported program, not device buffers.
     variables = jax.device_get(variables)
 

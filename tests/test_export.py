@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from emohrnet_jax import export, runs
+from emohrnet_jax import export, models, runs
+from emohrnet_jax.models import fast_conv
 from tests import saved_run as saved_run_module
 
 
@@ -82,6 +84,49 @@ def test_saved_model_signature_matches_the_flax_model(saved_model, reference):
     outputs = signature(**{export.INPUT_NAME: tf.constant(mel)})
     assert set(outputs) == {"logits", "probabilities"}
     _check({name: value.numpy() for name, value in outputs.items()}, logits)
+
+
+# A dot_general contracting a (batch, height, width, channels) map's channels: how
+# fast_conv.PointwiseConv, fast_conv.PatchConv and fast_conv.materialize appear in StableHLO.
+_CHANNEL_MATMUL = re.compile(
+    r"stablehlo\.dot_general [^:]*contracting_dims = \[3\] x \[0\][^:]*: \(tensor<\?x\d+x\d+x"
+)
+
+
+def _convolutions_and_channel_matmuls(exported: jax.export.Exported) -> tuple[int, int]:
+    """How many of each op `exported` has; the text repeats an op in each platform's branch,
+    so each distinct line counts once."""
+    lines = {line.strip() for line in exported.mlir_module().splitlines()}
+    convolutions = sum("= stablehlo.convolution" in line for line in lines)
+    return convolutions, sum(bool(_CHANNEL_MATMUL.search(line)) for line in lines)
+
+
+def test_the_export_has_none_of_the_training_rewrites_of_its_host(exported, saved_run):
+    """The command's export, made on this host (CPU in CI), for cpu, cuda and tpu: every
+    convolution is XLA's; no PointwiseConv or PatchConv matmul, no identity matmul of
+    `fast_conv.materialize`. (A forward program has no kernel gradient, so none of
+    `fast_conv.conv_with_matmul_kernel_grad`.) The model built for training on this host,
+    exported the same way, carries its backend's rewrites: the test sees them."""
+    with open(exported / export.JAX_FILE, "rb") as file:
+        served = jax.export.deserialize(bytearray(file.read()))
+    kernels = [k.shape for k in jax.tree.leaves(saved_run.best.params) if k.ndim == 4]
+    assert _convolutions_and_channel_matmuls(served) == (len(kernels), 0)
+
+    training = models.create_model(saved_run.config)
+    variables = {"params": saved_run.best.params, "batch_stats": saved_run.best.batch_stats}
+    program = jax.export.export(
+        jax.jit(lambda mel: training.apply(variables, mel)), platforms=served.platforms
+    )(export.input_spec(saved_run.config))
+    pointwise = sum(shape[:2] == (1, 1) for shape in kernels)
+    materialized = 0
+    if "materialize" in fast_conv.fields("auto", jax.default_backend()):
+        # Every BasicBlock's and every fusion's output.
+        stages = training.spec.stages
+        materialized = sum(s.num_modules * len(s.widths) * (s.num_blocks + 1) for s in stages)
+    assert _convolutions_and_channel_matmuls(program) == (
+        len(kernels) - pointwise,
+        pointwise + materialized,
+    )
 
 
 def test_metadata_says_how_to_make_inputs(exported, saved_run):

@@ -1,6 +1,8 @@
-"""Tests of the Flax HRNet: per-stage shapes, parameter counts, BatchNorm modes, dtypes, errors."""
+"""Tests of the Flax HRNet: per-stage shapes, parameter counts, BatchNorm modes, dtypes, errors.
 
-import functools
+The faster convolutions of `fast_conv` are tested in test_fast_conv.py.
+"""
+
 import math
 
 import chex
@@ -10,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emohrnet_jax.models import VARIANTS, HRNet, create_model, hrnet
+from emohrnet_jax.models import VARIANTS, HRNet, create_model, fast_conv
 from emohrnet_jax.models.hrnet import resize_to
 from tests import helpers
 
@@ -90,11 +92,15 @@ def test_create_model_follows_the_config(name):
     logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, mel)
     chex.assert_shape(logits, (3, len(config.data.class_names)))
     assert logits.dtype == jnp.float32
-    assert model.im2col is None  # "auto"
+    backend = jax.default_backend()
+    assert model.conv is fast_conv.fields("auto", backend)["conv"]
     config.model.im2col = "on"
-    assert create_model(config).im2col is True
-    del config.model["im2col"]  # A run saved before the setting existed.
-    assert create_model(config).im2col is None
+    assert create_model(config).conv is fast_conv.conv_as_patch_matmul
+    del config.model["im2col"]  # A run saved before the setting existed: "auto".
+    assert create_model(config).conv is fast_conv.fields("auto", backend)["conv"]
+    serving = create_model(config, serving=True)
+    x = jnp.ones(3)
+    assert serving.conv is nn.Conv and serving.materialize(x) is x
 
 
 @pytest.mark.parametrize(
@@ -204,115 +210,3 @@ def test_resize_to_twice_the_size_is_nearest_neighbour_repetition():
     x = jnp.arange(12.0).reshape(1, 2, 3, 2)
     up = resize_to(x, 4, 6, "nearest")
     chex.assert_trees_all_equal(up, jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
-
-
-def _assert_computes_like(module: nn.Module, conv: nn.Conv, x: jax.Array, atol: float) -> None:
-    """`module` has `conv`'s parameters, outputs and gradients (of parameters and input)."""
-    variables = conv.init(jax.random.key(0), x)
-    chex.assert_trees_all_equal(module.init(jax.random.key(0), x), variables)
-
-    def loss(module, variables, x):
-        return jnp.sum(jnp.sin(module.apply(variables, x)))
-
-    chex.assert_trees_all_close(
-        jax.value_and_grad(functools.partial(loss, module), argnums=(0, 1))(variables, x),
-        jax.value_and_grad(functools.partial(loss, conv), argnums=(0, 1))(variables, x),
-        rtol=1e-5,
-        atol=atol,
-    )
-
-
-def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
-    x = jax.random.normal(jax.random.key(1), (2, 5, 7, 6))
-    pointwise = hrnet.make_conv(4, (1, 1), use_bias=False)
-    assert isinstance(pointwise, hrnet.PointwiseConv)
-    _assert_computes_like(pointwise, nn.Conv(4, (1, 1), use_bias=False), x, atol=1e-6)
-    assert not isinstance(hrnet.make_conv(4, (1, 1), strides=(2, 2)), hrnet.PointwiseConv)
-    assert not isinstance(hrnet.make_conv(4, (3, 3)), hrnet.PointwiseConv)
-
-
-@pytest.mark.parametrize(
-    "shape, strides, features",
-    [
-        ((2, 9, 14, 3), (1, 1), 6),
-        ((2, 9, 14, 3), (2, 2), 6),
-        ((1, 8, 1, 5), (2, 1), 6),
-        ((2, 9, 14, 6), (1, 1), 4),  # Fewer output channels: the shifted-gradient matmul.
-        ((2, 9, 14, 6), (2, 2), 4),
-    ],
-)
-@pytest.mark.parametrize("rewrite", ["patch_conv", "matmul_kernel_grad"])
-def test_conv_rewrites_have_the_same_parameters_outputs_and_gradients(
-    monkeypatch, rewrite, shape, strides, features
-):
-    monkeypatch.setattr(hrnet, "MATMUL_KERNEL_GRAD_MIN_CHANNELS", 1)  # Matmuls at these widths.
-    x = jax.random.normal(jax.random.key(1), shape)
-    settings = {"strides": strides, "padding": ((1, 1), (1, 1)), "use_bias": False}
-    if rewrite == "patch_conv":
-        module = hrnet.PatchConv(features, (3, 3), **settings)
-    else:
-        module = nn.Conv(
-            features, (3, 3), conv_general_dilated=hrnet.conv_with_matmul_kernel_grad, **settings
-        )
-    _assert_computes_like(module, nn.Conv(features, (3, 3), **settings), x, atol=1e-5)
-
-
-@pytest.mark.parametrize("channels, custom", [(64, True), (63, False)])
-def test_matmul_kernel_grad_only_from_min_channels(channels, custom):
-    x, kernel = jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, channels))
-    conv = functools.partial(hrnet.conv_with_matmul_kernel_grad, window_strides=(1, 1))
-    jaxpr = jax.make_jaxpr(lambda x, k: conv(x, k, padding=((1, 1), (1, 1))))(x, kernel)
-    assert ("custom_vjp_call" in str(jaxpr)) is custom
-
-
-def test_matmul_kernel_grad_refuses_what_it_does_not_compute():
-    x, kernel = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 3))
-    with pytest.raises(ValueError, match="plain NHWC convolutions"):
-        hrnet.conv_with_matmul_kernel_grad(x, kernel, (1, 1), "SAME")
-    with pytest.raises(ValueError, match="plain NHWC convolutions"):
-        hrnet.conv_with_matmul_kernel_grad(x, kernel, (1, 1), ((1, 1), (1, 1)), rhs_dilation=(2, 2))
-    nchw = ("NCHW", "OIHW", "NCHW")
-    with pytest.raises(ValueError, match="plain NHWC convolutions"):
-        hrnet.conv_with_matmul_kernel_grad(
-            x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=nchw
-        )
-
-
-def _how_computed(conv: nn.Conv):
-    """An `nn.Conv`'s `conv_general_dilated` (None: XLA's), else the module's class."""
-    return conv.conv_general_dilated if type(conv) is nn.Conv else type(conv)
-
-
-@pytest.mark.parametrize(
-    "backend, im2col, expected",
-    [
-        ("cpu", None, hrnet.conv_with_matmul_kernel_grad),
-        ("cpu", False, None),
-        ("cpu", True, hrnet.PatchConv),
-        ("gpu", None, None),
-        ("gpu", True, hrnet.PatchConv),
-        ("tpu", None, None),
-    ],
-)
-def test_make_conv_picks_the_3x3_convolution_for_the_backend(
-    monkeypatch, backend, im2col, expected
-):
-    monkeypatch.setattr(jax, "default_backend", lambda: backend)
-    assert _how_computed(hrnet.make_conv(8, (3, 3), im2col=im2col, strides=(2, 2))) is expected
-    assert isinstance(hrnet.make_conv(8, (1, 1), im2col=im2col), hrnet.PointwiseConv)
-
-
-def test_a_model_of_patch_convolutions_on_gpu_computes_the_same(tiny, monkeypatch):
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    model = tiny.model.clone(im2col=True)  # and no `materialize`, as on GPU
-    logits = jax.jit(lambda v, x: model.apply(v, x))(tiny.variables, tiny.mel)
-    chex.assert_trees_all_close(
-        logits, tiny.evaluate(tiny.variables, tiny.mel), rtol=1e-4, atol=1e-5
-    )
-
-
-def test_materialize_is_the_identity_with_an_identity_gradient():
-    x = jax.random.normal(jax.random.key(0), (2, 5, 7, 18)) * 1e3
-    np.testing.assert_array_equal(jax.jit(hrnet.materialize)(x), x)
-    grad = jax.grad(lambda x: jnp.sum(jnp.sin(hrnet.materialize(x))))(x)
-    np.testing.assert_array_equal(grad, jnp.cos(x))

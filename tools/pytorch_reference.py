@@ -231,7 +231,7 @@ def check_same_model(model: nn.Module, config: ml_collections.ConfigDict, state,
     model.train()
     torch_flops = counter.get_total_flops()
     # Matmuls only the JAX model has: jax.image.resize's bilinear upsampling, and on CPU the
-    # identity products of `hrnet.materialize`.
+    # identity products of `fast_conv.materialize`.
     if jax_params != torch_params or abs(jax_flops - torch_flops) > 0.1 * jax_flops:
         raise RuntimeError(
             f"the PyTorch model differs from {config.model.variant}: parameters {torch_params} vs "

@@ -1,19 +1,24 @@
 """EmoHRNet models and the helper that builds one from a config."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
+from emohrnet_jax.models import fast_conv
 from emohrnet_jax.models.hrnet import VARIANTS, HRNet, HRNetSpec, StageSpec
 
 __all__ = ["VARIANTS", "HRNet", "HRNetSpec", "StageSpec", "create_model"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
-# config.model.im2col -> HRNet.im2col ("auto": chosen per backend by hrnet.make_conv).
-_IM2COL = {"auto": None, "on": True, "off": False}
 
 
-def create_model(config: ml_collections.ConfigDict) -> HRNet:
+def create_model(config: ml_collections.ConfigDict, serving: bool = False) -> HRNet:
     """Builds the HRNet named by `config.model.variant` for `config.data.n_mels` Mel bands.
+
+    The one place where the model's convolutions are chosen: for training, the `fast_conv` ways
+    that `config.model.im2col` and this process's backend call for; with `serving`, XLA's own
+    convolutions, a program that suits any backend it is lowered for. All have the same
+    parameters and outputs.
 
     Raises:
       ValueError: for an unknown variant, dtype or im2col setting, a class count that disagrees
@@ -31,8 +36,7 @@ def create_model(config: ml_collections.ConfigDict) -> HRNet:
                 f"config.model.{field}={model_config[field]!r} is not one of {_DTYPES}"
             )
     im2col = model_config.get("im2col", "auto")  # Runs saved before the setting existed: auto.
-    if im2col not in _IM2COL:
-        raise ValueError(f"config.model.im2col={im2col!r} is not one of {tuple(_IM2COL)}")
+    convolutions = fast_conv.fields(im2col, jax.default_backend())  # Checks im2col.
     class_names = config.data.get("class_names")
     if class_names and len(class_names) != model_config.num_classes:
         raise ValueError(
@@ -54,5 +58,5 @@ def create_model(config: ml_collections.ConfigDict) -> HRNet:
         stem_strides=stem_strides,
         dtype=jnp.dtype(model_config.dtype),
         param_dtype=jnp.dtype(model_config.param_dtype),
-        im2col=_IM2COL[im2col],
+        **({} if serving else convolutions),
     )
