@@ -111,7 +111,7 @@ class Predictor:
         self.batch_size = batch_size
         self.block_seconds = block_seconds
         self.variables, self.best = runs.load_best_variables(workdir, self.config)
-        model = models.create_model(self.config)
+        model = models.create_model(self.config, serving=True)
         self._apply = jax.jit(lambda variables, mel: model.apply(variables, mel, train=False))
 
     def model_input(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
