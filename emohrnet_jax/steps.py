@@ -2,35 +2,43 @@
 
 import contextlib
 import functools
-import json
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from flax.training import train_state
+from flax import linen as nn
+from flax import struct
 
 from emohrnet_jax import augment, metrics, models
 
+# The config fields that `create_optimizer` reads: the train step's optimizer is keyed on them.
+OPTIMIZER_FIELDS = (
+    "learning_rate",
+    "lr_schedule",
+    "warmup_epochs",
+    "num_epochs",
+    "b1",
+    "b2",
+    "weight_decay",
+    "grad_clip_norm",
+)
 
-class TrainState(train_state.TrainState):
-    """Flax's TrainState plus the BatchNorm running statistics."""
 
+class TrainState(struct.PyTreeNode):
+    """What training updates and checkpoints: arrays only.
+
+    The model and the optimizer are the steps' static settings, not part of the state, so the
+    state is a plain pytree (the fields and names of flax's TrainState, whose checkpoints it
+    restores) and equal settings share one traced step whatever state they are given.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: optax.OptState
     batch_stats: Any
-
-
-# Train states of equal configs share one model and one optimizer object, and `jit_steps` returns
-# the same jitted steps for equal settings: a state's model and optimizer are part of its pytree
-# structure, so a later run in the same process (cross-validation folds, tests) reuses the traced
-# and compiled steps instead of tracing them again (a tiny HRNet's run: 32.8 -> 15.2 s).
-_SHARED: dict[Any, Any] = {}
-
-
-def _shared(key: Any, make) -> Any:
-    if key not in _SHARED:
-        _SHARED[key] = make()
-    return _SHARED[key]
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -41,6 +49,11 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
             f"the training split has {num_examples} examples, fewer than one batch of {batch_size}"
         )
     return steps
+
+
+def optimizer_settings(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+    """The config's `OPTIMIZER_FIELDS`, hashable: what `create_optimizer` needs."""
+    return ml_collections.FrozenConfigDict({field: config[field] for field in OPTIMIZER_FIELDS})
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -77,42 +90,43 @@ def _on_host_cpu() -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init_variables(model: nn.Module, key: jax.Array, mel: jax.Array) -> dict[str, Any]:
+    """The model's variables; one XLA program, shared by equal (hashable) models."""
+    return model.init(key, mel)
+
+
 def create_train_state(config: ml_collections.ConfigDict, steps_per_epoch: int) -> TrainState:
     """A fresh train state: parameters from `config.seed`, AdamW state zeroed."""
     model = models.create_model(config)
-    model = _shared(("model", model), lambda: model)  # modules are equal when their fields are
-    # Every setting but the data's (e.g. the fold) may configure the optimizer.
-    settings = {k: v for k, v in json.loads(config.to_json_best_effort()).items() if k != "data"}
-    optimizer = _shared(
-        ("optimizer", json.dumps(settings, sort_keys=True), steps_per_epoch),
-        lambda: create_optimizer(config, steps_per_epoch),
-    )
     # Drawn on the host's CPU whatever the backend, so that a seed gives the same parameters
-    # everywhere. The arrays stay uncommitted: the jitted steps (or `jax.device_put`) move them
-    # to the mesh. XLA's GPU compiler took 138-171 s for this program of ~330 random draws (W18,
-    # BENCHMARKS.md rounds 2 and 5); its CPU compiler takes ~28 s on a 2-core machine.
+    # everywhere, and because XLA's CPU compiler builds this program of hundreds of random
+    # draws much faster than the GPU's. The arrays stay uncommitted: the jitted steps (or
+    # `jax.device_put`) move them to the mesh.
     with _on_host_cpu():
         mel = jnp.zeros((1, config.data.n_mels, config.data.num_frames), jnp.float32)
         # unsafe_rbg compiles the initializer several times faster than threefry: one XLA
         # program draws every parameter, and threefry's per-parameter rounds dominate its
         # compile time.
         key = jax.random.key(config.seed, impl="unsafe_rbg")
-        variables = _shared(("init", model), lambda: jax.jit(model.init))(key, mel)
-        state = TrainState.create(
-            apply_fn=model.apply,
+        variables = _init_variables(model, key, mel)
+        optimizer = create_optimizer(config, steps_per_epoch)
+        return TrainState(
+            # Typed, as a checkpoint restores it: a weakly typed Python 0 would make the
+            # jitted steps trace and compile again for the restored (best or resumed) state.
+            step=jnp.zeros((), jnp.int32),
             params=variables["params"],
+            opt_state=optimizer.init(variables["params"]),
             batch_stats=variables["batch_stats"],
-            tx=optimizer,
         )
-        # A typed step, as a checkpoint restores it: a weakly typed Python 0 would make the
-        # jitted steps trace and compile again for the restored (best or resumed) state.
-        return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
     key: jax.Array,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
     augment_config: ml_collections.ConfigDict,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One AdamW step on augmented inputs; returns the new state and the batch's loss/accuracy."""
@@ -121,12 +135,18 @@ def train_step(
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, updates = state.apply_fn(variables, mel, train=True, mutable=["batch_stats"])
+        logits, updates = model.apply(variables, mel, train=True, mutable=["batch_stats"])
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
         return loss, (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        batch_stats=batch_stats,
+    )
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
 
@@ -134,6 +154,7 @@ def train_step(
 def eval_step(
     state: TrainState,
     batch: dict[str, jax.Array],
+    model: nn.Module,
     num_classes: int,
     classes: tuple[int, ...] | None = None,
 ) -> dict[str, jax.Array]:
@@ -142,7 +163,7 @@ def eval_step(
     `classes` restricts the prediction to those classes (cross-corpus: the mapped ones).
     """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = state.apply_fn(variables, batch["mel"], train=False)
+    logits = model.apply(variables, batch["mel"], train=False)
     if classes is not None:
         logits = jnp.where(jnp.isin(jnp.arange(num_classes), jnp.array(classes)), logits, -jnp.inf)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
@@ -163,32 +184,77 @@ def jit_steps(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
     num_classes: int,
+    steps_per_epoch: int,
     eval_classes: tuple[int, ...] | None = None,
-):
+) -> tuple[Callable, Callable]:
     """Train and eval steps jitted over `mesh`: state replicated, batch split on the `data` axis.
 
-    `eval_classes` restricts the eval step's predictions to those classes. Equal arguments give
-    the same jitted functions (and so their compiled programs).
+    `steps_per_epoch` sets the learning-rate schedule; `eval_classes` restricts the eval step's
+    predictions to those classes. Equal settings give the same jitted functions, so the folds of
+    a cross-validation (and tests) in one process trace and compile them once.
     """
-    augment_config = ml_collections.FrozenConfigDict(config.augment)
-    return _shared(
-        ("steps", augment_config, mesh, num_classes, eval_classes),
-        lambda: _jit_steps(augment_config, mesh, num_classes, eval_classes),
+    train = _jit_train_step(
+        models.create_model(config),
+        optimizer_settings(config),
+        steps_per_epoch,
+        ml_collections.FrozenConfigDict(config.augment),
+        mesh,
+    )
+    return train, jit_eval_step(config, mesh, num_classes, eval_classes)
+
+
+def jit_eval_step(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    num_classes: int,
+    classes: tuple[int, ...] | None = None,
+) -> Callable:
+    """`jit_steps`' eval step alone, `(state, batch) -> sums`: it needs no optimizer."""
+    return _jit_eval_step(models.create_model(config), mesh, num_classes, classes)
+
+
+def _shardings(mesh: jax.sharding.Mesh) -> tuple[jax.sharding.Sharding, jax.sharding.Sharding]:
+    """The replicated sharding (state, key, metrics) and the batch's (split on `data`)."""
+    return (
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
     )
 
 
-def _jit_steps(augment_config, mesh, num_classes, eval_classes):
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    train = jax.jit(
-        functools.partial(train_step, augment_config=augment_config),
+# Cached: a new jitted function would trace and compile again for equal settings.
+@functools.cache
+def _jit_train_step(
+    model: nn.Module,
+    optimizer: ml_collections.FrozenConfigDict,
+    steps_per_epoch: int,
+    augment_config: ml_collections.FrozenConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> Callable:
+    """`train_step` jitted for these (hashable) settings: `(state, batch, key) -> (state,
+    metrics)`."""
+    replicated, batch_sharding = _shardings(mesh)
+    step = functools.partial(
+        train_step,
+        model=model,
+        optimizer=create_optimizer(optimizer, steps_per_epoch),
+        augment_config=augment_config,
+    )
+    return jax.jit(
+        step,
         in_shardings=(replicated, batch_sharding, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
     )
-    evaluate = jax.jit(
-        functools.partial(eval_step, num_classes=num_classes, classes=eval_classes),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=replicated,
-    )
-    return train, evaluate
+
+
+@functools.cache
+def _jit_eval_step(
+    model: nn.Module,
+    mesh: jax.sharding.Mesh,
+    num_classes: int,
+    classes: tuple[int, ...] | None = None,
+) -> Callable:
+    """`eval_step` jitted for these (hashable) settings: `(state, batch) -> sums`."""
+    replicated, batch_sharding = _shardings(mesh)
+    step = functools.partial(eval_step, model=model, num_classes=num_classes, classes=classes)
+    return jax.jit(step, in_shardings=(replicated, batch_sharding), out_shardings=replicated)

@@ -6,10 +6,12 @@ and augmentation keys (both are functions of the seed and the step).
 """
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,7 +21,16 @@ from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from emohrnet_jax import checkpoints, config_check, files, locks, metrics, run_config, steps
+from emohrnet_jax import (
+    checkpoints,
+    config_check,
+    files,
+    locks,
+    metrics,
+    report,
+    run_config,
+    steps,
+)
 from emohrnet_jax.data import pipeline, sources, splits
 
 TRAIN_KEYS = ("mel", "label")
@@ -122,104 +133,199 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return _train(config, workdir)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
-    is_main = jax.process_index() == 0
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """The fixed parts of one training run: its config, folder, input, steps and outputs."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    fold: pipeline.FoldInput
+    steps_per_epoch: int
+    train_step: Callable
+    eval_step: Callable
+    batch_sharding: jax.sharding.Sharding
+    manager: Any  # orbax's CheckpointManager
+    writer: metric_writers.MetricWriter
+    key: jax.Array  # the root of the augmentation keys
+
+    def evaluate(self, state: steps.TrainState, split: str) -> dict[str, Any]:
+        """`evaluate` of `state` on `split` of this run's fold."""
+        return evaluate(
+            self.eval_step, state, self.fold, split, self.config.batch_size, self.batch_sharding
+        )
+
+
+def _set_up(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[_Run, steps.TrainState, list[dict[str, Any]]]:
+    """The run, and its state and epoch history: fresh, or resumed from the latest checkpoint."""
     fold = _start_run(config, workdir)
     mesh, replicated, batch_sharding = _shardings()
-
     steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch), replicated)
-    train_step, eval_step = steps.jit_steps(config, mesh, len(fold.class_names))
+    train_step, eval_step = steps.jit_steps(config, mesh, len(fold.class_names), steps_per_epoch)
     manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
     history: list[dict[str, Any]] = []
     resumed = checkpoints.restore_latest(manager, state)
     if resumed is not None:
         state, history = resumed
         logging.info("Resuming from step %d in %s", int(state.step), manager.directory)
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-    key = jax.random.key(config.seed)
-    preemption = _Preemption()
-    step = int(state.step)
-    seconds = history[-1]["train_seconds"] if history else 0.0
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
+    run = _Run(
+        config=config,
+        workdir=workdir,
+        fold=fold,
+        steps_per_epoch=steps_per_epoch,
+        train_step=train_step,
+        eval_step=eval_step,
+        batch_sharding=batch_sharding,
+        manager=manager,
+        writer=writer,
+        key=jax.random.key(config.seed),
+    )
+    return run, state, history
 
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+    run, state, history = _set_up(config, workdir)
+    preemption = _Preemption()
     # Inputs reach the devices only through the explicit `_global_batch`: an implicit host to
     # device copy inside the loop (a numpy array handed to a jitted step) is an error.
     with jax.transfer_guard_host_to_device("disallow"):
-        for epoch in range(step // steps_per_epoch, config.num_epochs):
-            started = time.perf_counter()
-            batches = fold.train_batches(
-                config.batch_size, config.seed, epoch, jax.process_index(), jax.process_count()
-            )
-            batches = itertools.islice(batches, step - epoch * steps_per_epoch, steps_per_epoch)
-            sums, previous = {"loss": 0.0, "accuracy": 0.0, "steps": 0}, None
-            for batch in batches:
-                state, step_metrics = train_step(
-                    state, _global_batch(batch, TRAIN_KEYS, batch_sharding), key
-                )
-                step += 1
-                # Reading the previous step's loss keeps one step in flight while catching a NaN.
-                if previous is not None:
-                    _accumulate(sums, previous, step - 1, manager)
-                previous = step_metrics
-                if preemption.reached(step):
-                    checkpoints.save(manager, step, state, history)
-                    manager.wait_until_finished()
-                    logging.warning("Preempted: saved step %d; re-run to resume", step)
-                    return None
-            _accumulate(sums, previous, step, manager)
-            epoch_seconds = time.perf_counter() - started
-            seconds += epoch_seconds
-            validation = evaluate(
-                eval_step, state, fold, "validation", config.batch_size, batch_sharding
-            )
-            record = {
-                "epoch": epoch + 1,
-                "step": step,
-                "train_loss": sums["loss"] / sums["steps"],
-                "train_accuracy": sums["accuracy"] / sums["steps"],
-                "validation_loss": validation["loss"],
-                "validation_ua": validation["ua"],
-                "validation_wa": validation["wa"],
-                "validation_macro_f1": validation["macro_f1"],
-                "train_seconds": seconds,
-                "examples_per_second": sums["steps"] * config.batch_size / epoch_seconds,
-            }
-            history.append(record)
-            writer.write_scalars(
-                step, {k: v for k, v in record.items() if k not in ("epoch", "step")}
-            )
-            checkpoints.save(manager, step, state, history, validation["ua"])
-            logging.info(
-                "epoch %d/%d  loss %.4f  val UA %.4f WA %.4f F1 %.4f  %.1f ex/s",
-                epoch + 1,
-                config.num_epochs,
-                record["train_loss"],
-                validation["ua"],
-                validation["wa"],
-                validation["macro_f1"],
-                record["examples_per_second"],
-            )
-    manager.wait_until_finished()
-    writer.flush()
-    return _final_results(config, workdir, fold, manager, state, history, eval_step, batch_sharding)
+        for epoch in range(int(state.step) // run.steps_per_epoch, config.num_epochs):
+            trained = _train_epoch(run, state, epoch, history, preemption)
+            if trained is None:
+                return None
+            state, train_metrics = trained
+            _end_epoch(run, state, epoch, train_metrics, history)
+    run.manager.wait_until_finished()
+    run.writer.flush()
+    return _final_results(run, state, history)
 
 
-def _accumulate(sums: dict[str, float], step_metrics, step: int, manager) -> None:
-    values = jax.device_get(step_metrics)
-    if not np.isfinite(values["loss"]):
-        latest = manager.latest_step()
-        saved = (
-            "no checkpoint was saved yet"
-            if latest is None
-            else f"the last good checkpoint is step {latest} in {manager.directory}"
+def _train_epoch(
+    run: _Run, state: steps.TrainState, epoch: int, history: list, preemption: _Preemption
+) -> tuple[steps.TrainState, dict[str, Any]] | None:
+    """Trains to the end of `epoch` (from a resumed mid-epoch step too).
+
+    Returns:
+      The state and the epoch's train metrics (mean loss and accuracy, steps, last step,
+      seconds), or None when preempted (after saving the state and `history`).
+    """
+    config, started = run.config, time.perf_counter()
+    step = first = int(state.step)
+    batches = run.fold.train_batches(
+        config.batch_size, config.seed, epoch, jax.process_index(), jax.process_count()
+    )
+    batches = itertools.islice(batches, step - epoch * run.steps_per_epoch, run.steps_per_epoch)
+    # Fetched at the epoch's end (or on preemption): reading each step's loss would make the
+    # host wait for the device at every step.
+    pending = []
+    for batch in batches:
+        state, step_metrics = run.train_step(
+            state, _global_batch(batch, TRAIN_KEYS, run.batch_sharding), run.key
         )
-        raise FloatingPointError(
-            f"non-finite training loss {values['loss']} at step {step}; {saved} (lower the "
-            "learning rate, or set config.grad_clip_norm)"
-        )
-    sums["loss"] += float(values["loss"])
-    sums["accuracy"] += float(values["accuracy"])
-    sums["steps"] += 1
+        step += 1
+        pending.append({k: step_metrics[k] for k in ("loss", "accuracy")})
+        if preemption.reached(step):
+            _fetch_train_metrics(pending, first, run.manager)  # a diverged state is not saved
+            checkpoints.save(run.manager, step, state, history)
+            run.manager.wait_until_finished()
+            logging.warning("Preempted: saved step %d; re-run to resume", step)
+            return None
+    values = _fetch_train_metrics(pending, first, run.manager)
+    return state, {
+        "loss": sum(v["loss"] for v in values) / len(values),
+        "accuracy": sum(v["accuracy"] for v in values) / len(values),
+        "steps": len(values),
+        "step": step,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _fetch_train_metrics(
+    pending: list[dict[str, jax.Array]], first_step: int, manager
+) -> list[dict[str, float]]:
+    """The train metrics of steps `first_step + 1, ...` on the host.
+
+    Raises:
+      FloatingPointError: a step's loss is not finite (the error names the first such step).
+    """
+    values = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+    for step, step_values in enumerate(values, start=first_step + 1):
+        if not np.isfinite(step_values["loss"]):
+            latest = manager.latest_step()
+            saved = (
+                "no checkpoint was saved yet"
+                if latest is None
+                else f"the last good checkpoint is step {latest} in {manager.directory}"
+            )
+            raise FloatingPointError(
+                f"non-finite training loss {step_values['loss']} at step {step}; {saved} (lower "
+                "the learning rate, or set config.grad_clip_norm)"
+            )
+    return values
+
+
+def _end_epoch(
+    run: _Run, state: steps.TrainState, epoch: int, train: dict[str, Any], history: list
+) -> None:
+    """Validates the epoch's state, adds its record to `history`, saves and logs them."""
+    validation = run.evaluate(state, "validation")
+    step = train["step"]
+    history.append(
+        {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": train["loss"],
+            "train_accuracy": train["accuracy"],
+            "validation_loss": validation["loss"],
+            "validation_ua": validation["ua"],
+            "validation_wa": validation["wa"],
+            "validation_macro_f1": validation["macro_f1"],
+            "train_seconds": (history[-1]["train_seconds"] if history else 0.0) + train["seconds"],
+            "examples_per_second": train["steps"] * run.config.batch_size / train["seconds"],
+        }
+    )
+    record = history[-1]
+    run.writer.write_scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
+    checkpoints.save(run.manager, step, state, history, validation["ua"])
+    logging.info(
+        "epoch %d/%d  loss %.4f  val UA %.4f WA %.4f F1 %.4f  %.1f ex/s",
+        epoch + 1,
+        run.config.num_epochs,
+        record["train_loss"],
+        validation["ua"],
+        validation["wa"],
+        validation["macro_f1"],
+        record["examples_per_second"],
+    )
+
+
+def _final_results(
+    run: _Run, state: steps.TrainState, history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Restores the best-validation state, tests it once, writes results and pictures."""
+    config, fold = run.config, run.fold
+    best = checkpoints.best_record(history)
+    best_state = checkpoints.restore_state(run.manager, best["step"], state)
+    results = {
+        "dataset": config.data.dataset,
+        "fold": config.data.fold,
+        "class_names": list(fold.class_names),
+        "best_epoch": best["epoch"],
+        "best_step": best["step"],
+        "train_seconds": history[-1]["train_seconds"],
+        "examples_per_second": float(np.median([r["examples_per_second"] for r in history])),
+        "speakers": fold.speakers,
+        "validation": run.evaluate(best_state, "validation"),
+        "test": run.evaluate(best_state, "test"),
+    }
+    if jax.process_index() == 0:
+        title = f"{config.data.dataset} fold {config.data.fold}, test"
+        report.write_results(run.workdir, results, history, title)
+        print(report.format_table(results))
+    return results
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
@@ -240,76 +346,50 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) ->
         return _evaluate_run(config, workdir, split)
 
 
-def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+    """What `evaluate_run` scores: a split of `fold`, under `name`."""
+
+    fold: pipeline.FoldInput
+    name: str
+    # Another corpus's: the run's classes its labels map to, and the result's extra fields
+    # (dataset, label_map, left_out).
+    classes: tuple[int, ...] | None = None
+    corpus: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _evaluation_input(config: ml_collections.ConfigDict, split: str) -> _Evaluation:
+    """The training corpus's fold, or with `config.cross_corpus.dataset` that corpus's."""
     corpus = config.cross_corpus.dataset
     if corpus:
         fold, mapping, left_out = pipeline.create_cross_corpus_input(config, split)
-        eval_classes = tuple(sorted({fold.class_names.index(ours) for ours in mapping.values()}))
-        name = f"{corpus}_{split}"
-    elif split == "all":
+        classes = tuple(sorted({fold.class_names.index(ours) for ours in mapping.values()}))
+        about = {"dataset": corpus, "label_map": mapping, "left_out": left_out}
+        return _Evaluation(fold, f"{corpus}_{split}", classes, about)
+    if split == "all":
         raise ValueError(
             "--split=all scores every speaker, training speakers included: it is only meaningful "
             "for another corpus (set config.cross_corpus.dataset)"
         )
-    else:
-        fold, eval_classes, name = pipeline.create_fold_input(config), None, split
+    return _Evaluation(pipeline.create_fold_input(config), split)
+
+
+def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
+    evaluation = _evaluation_input(config, split)
+    fold = evaluation.fold
     mesh, replicated, batch_sharding = _shardings()
     # The optimizer state's structure, not its schedule's length, must match the checkpoint.
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1), replicated)
     state, best = checkpoints.restore_best(workdir, state)
-    _, eval_step = steps.jit_steps(config, mesh, len(fold.class_names), eval_classes)
+    eval_step = steps.jit_eval_step(config, mesh, len(fold.class_names), evaluation.classes)
     result = evaluate(eval_step, state, fold, split, config.batch_size, batch_sharding)
-    if eval_classes is not None:
-        kept = np.ix_(eval_classes, eval_classes)
+    if evaluation.classes is not None:
+        kept = np.ix_(evaluation.classes, evaluation.classes)
         confusion = np.array(result["confusion_matrix"])[kept]
-        result.update(metrics.summarize(confusion, [fold.class_names[i] for i in eval_classes]))
-        result.update(dataset=corpus, label_map=mapping, left_out=left_out)
+        names = [fold.class_names[i] for i in evaluation.classes]
+        result.update(metrics.summarize(confusion, names), **evaluation.corpus)
     result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
     if jax.process_index() == 0:
-        path = os.path.join(workdir, f"evaluation_{name}")
-        files.write_json_atomically(path + ".json", result)
-        classes = list(result["per_class_recall"])
-        metrics.plot_confusion_matrix(
-            np.array(result["confusion_matrix"]), classes, path + ".png", title=name
-        )
-        print(
-            f"{name}: UA {result['ua']:.4f}  WA {result['wa']:.4f}  "
-            f"macro-F1 {result['macro_f1']:.4f}  N {result['num_examples']}"
-        )
-        for class_name, recall in result["per_class_recall"].items():
-            print(f"  {class_name:<12} recall {'n/a' if recall is None else f'{recall:.4f}'}")
-        if corpus and any(left_out.values()):
-            print(f"  left out (not in the label map): {left_out}")
+        report.write_evaluation(workdir, evaluation.name, result)
+        print(report.format_evaluation(evaluation.name, result))
     return result
-
-
-def _final_results(config, workdir, fold, manager, state, history, eval_step, sharding):
-    """Restores the best-validation state, tests it once, writes results and pictures."""
-    best = checkpoints.best_record(history)
-    best_state = checkpoints.restore_state(manager, best["step"], state)
-    results = {
-        "dataset": config.data.dataset,
-        "fold": config.data.fold,
-        "class_names": list(fold.class_names),
-        "best_epoch": best["epoch"],
-        "best_step": best["step"],
-        "train_seconds": history[-1]["train_seconds"],
-        "examples_per_second": float(np.median([r["examples_per_second"] for r in history])),
-        "speakers": fold.speakers,
-        "validation": evaluate(
-            eval_step, best_state, fold, "validation", config.batch_size, sharding
-        ),
-        "test": evaluate(eval_step, best_state, fold, "test", config.batch_size, sharding),
-    }
-    if jax.process_index() == 0:
-        files.write_json_atomically(os.path.join(workdir, "results.json"), results)
-        test = results["test"]
-        metrics.plot_confusion_matrix(
-            np.array(test["confusion_matrix"]),
-            fold.class_names,
-            os.path.join(workdir, "confusion_matrix.png"),
-            title=f"{config.data.dataset} fold {config.data.fold}, test",
-        )
-        metrics.plot_curves(history, os.path.join(workdir, "curves.png"))
-        print(metrics.format_table(results))
-    return results

@@ -1,7 +1,6 @@
-"""Tests of the metrics: confusion counts (eager and jitted), UA/WA/macro-F1, plots and tables."""
+"""Tests of the metrics: confusion counts (eager and jitted) and UA/WA/macro-F1."""
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -173,90 +172,6 @@ def test_summarize_matches_sklearn(seed):
 def test_summarize_rejects_bad_input(confusion, names):
     with pytest.raises(ValueError):
         metrics.summarize(confusion, names)
-
-
-# ---------------------------------------------------------------- plots
-
-
-def _assert_png(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    assert 5_000 < len(data) < 2_000_000
-    leftovers = [name for name in os.listdir(os.path.dirname(path)) if ".tmp" in name]
-    assert not leftovers
-
-
-def test_plot_confusion_matrix_writes_png(tmp_path):
-    path = str(tmp_path / "cm.png")
-    # An absent class (an all-zero row) must not divide by zero.
-    confusion = np.array([[5, 1, 0], [2, 7, 1], [0, 0, 0]])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        metrics.plot_confusion_matrix(confusion, NAMES3, path, title="test")
-    _assert_png(path)
-
-
-def test_plot_confusion_matrix_replaces_an_existing_file(tmp_path):
-    path = tmp_path / "cm.png"
-    path.write_bytes(b"old")
-    metrics.plot_confusion_matrix(np.array([[1, 0], [0, 1]]), ["a", "b"], str(path))
-    _assert_png(str(path))
-
-
-def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-    def fail(*args):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(metrics.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        metrics.plot_curves([{"epoch": 1, "train_loss": 1.0}], str(tmp_path / "curves.png"))
-    assert os.listdir(tmp_path) == []
-
-
-def test_plot_curves_writes_png_with_missing_keys(tmp_path):
-    path = str(tmp_path / "curves.png")
-    history = [
-        {"epoch": 1, "train_loss": 1.6, "train_ua": 0.30},
-        {"epoch": 2, "train_loss": 1.2, "validation_loss": 1.3, "validation_ua": 0.45},
-        {"epoch": 3, "train_loss": 1.0, "train_ua": 0.55},
-        {"epoch": 4, "train_loss": 0.9, "validation_loss": 1.2, "validation_ua": 0.52},
-        {"epoch": 5, "train_loss": np.float32(0.8), "validation_ua": jnp.float32(0.50)},
-    ]
-    metrics.plot_curves(history, path)
-    _assert_png(path)
-
-
-def test_plot_curves_with_empty_history(tmp_path):
-    path = str(tmp_path / "curves.png")
-    metrics.plot_curves([], path)
-    _assert_png(path)
-
-
-# ---------------------------------------------------------------- format_table
-
-
-def test_format_table_contains_the_numbers():
-    validation = metrics.summarize(np.array([[8, 2], [1, 1]]), ["neutral", "angry"])
-    test = metrics.summarize(np.array([[3, 0, 1], [2, 0, 0], [0, 0, 0]]), NAMES3)
-    table = metrics.format_table({"validation": validation, "test": test})
-    lines = table.splitlines()
-    assert "UA" in lines[0] and "WA" in lines[0] and "macro-F1" in lines[0] and "N" in lines[0]
-    validation_row = next(line for line in lines if line.startswith("validation"))
-    assert validation_row.split()[1:] == ["65.00", "75.00", "62.11", "12"]
-    test_row = next(line for line in lines if line.startswith("test "))
-    assert test_row.split()[1:] == ["37.50", "50.00", "33.33", "6"]
-    assert any("angry" in line and "75.00" in line for line in lines)
-    assert any("sad" in line and "n/a" in line for line in lines)
-
-
-def test_format_table_with_a_split_missing():
-    test = metrics.summarize(np.array([[1, 0], [0, 1]]), ["a", "b"])
-    table = metrics.format_table({"test": test})
-    assert "validation" not in table and "100.00" in table
-    table = metrics.format_table({"validation": test})
-    assert "test" not in table and "recall" not in table
-    assert metrics.format_table({}) == "no results"
 
 
 # ---------------------------------------------------------------- dependencies

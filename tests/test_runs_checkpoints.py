@@ -9,12 +9,16 @@ import glob
 import logging
 import os
 import shutil
+from typing import Any
 
+import chex
+import jax
 import pytest
+from flax.training import train_state
 
-from emohrnet_jax import checkpoints, runs, train
+from emohrnet_jax import checkpoints, models, runs, steps, train
 from emohrnet_jax.data import pipeline
-from tests import helpers
+from tests import helpers, saved_run
 
 
 def _truncate(path):
@@ -122,3 +126,29 @@ def test_a_checkpoint_of_another_model_still_does_not_fit(saved_copy):
     config.model.variant = "small"
     with pytest.raises(runs.RunError, match=r"does not fit the model of its config\.json"):
         runs.load_best_variables(str(workdir), config)
+
+
+class _FlaxTrainState(train_state.TrainState):
+    """The state that checkpoints held before the model and optimizer left it (flax's)."""
+
+    batch_stats: Any
+
+
+def test_a_checkpoint_of_flax_train_state_restores(tmp_path):
+    config = saved_run.config()
+    state = saved_run.random_state(config, seed=2)
+    old = _FlaxTrainState(
+        step=state.step,
+        apply_fn=models.create_model(config).apply,
+        params=state.params,
+        tx=steps.create_optimizer(config, steps_per_epoch=4),
+        opt_state=state.opt_state,
+        batch_stats=state.batch_stats,
+    )
+    manager = checkpoints.create_manager(str(tmp_path), keep_latest=2)
+    checkpoints.save(manager, 4, old, [{"epoch": 1, "step": 4, "validation_ua": 0.5}], 0.5)
+    manager.wait_until_finished()
+    like = jax.device_put(saved_run.random_state(config, seed=3))
+    restored, history = checkpoints.restore(manager, 4, like)
+    assert isinstance(restored, steps.TrainState) and history[0]["step"] == 4
+    chex.assert_trees_all_equal(jax.device_get(restored), jax.device_get(state))

@@ -49,7 +49,7 @@ def test_sharded_steps_match_a_single_device(data_dir):
         mesh = jax.sharding.Mesh(np.array(devices), ("data",))
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         state = jax.device_put(steps.create_train_state(config, steps_per_epoch=4), replicated)
-        train_step, _ = steps.jit_steps(config, mesh, num_classes=4)
+        train_step, _ = steps.jit_steps(config, mesh, num_classes=4, steps_per_epoch=4)
         losses = []
         for i in range(2):
             state, step_metrics = train_step(state, _batch(seed=i), jax.random.key(0))
@@ -70,7 +70,7 @@ def test_a_train_step_updates_parameters_statistics_and_the_step(data_dir):
     mesh = steps.make_mesh()
     state = steps.create_train_state(config, steps_per_epoch=4)
     before = jax.device_get((state.params, state.batch_stats))
-    train_step, eval_step = steps.jit_steps(config, mesh, num_classes=4)
+    train_step, eval_step = steps.jit_steps(config, mesh, num_classes=4, steps_per_epoch=4)
     state, step_metrics = train_step(state, _batch(), jax.random.key(0))
     assert int(state.step) == 1
     assert np.isfinite(float(step_metrics["loss"]))
@@ -110,7 +110,7 @@ def test_checkpoint_round_trip(data_dir, tmp_path):
     mesh = steps.make_mesh()
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch=4), replicated)
-    train_step, eval_step = steps.jit_steps(config, mesh, num_classes=4)
+    train_step, eval_step = steps.jit_steps(config, mesh, num_classes=4, steps_per_epoch=4)
     state, _ = train_step(state, _batch(), jax.random.key(0))  # non-trivial optimizer state
     manager = checkpoints.create_manager(str(tmp_path), keep_latest=2)
     history = [{"epoch": 1, "step": 1, "validation_ua": 0.5}]
@@ -132,28 +132,45 @@ def test_checkpoint_round_trip(data_dir, tmp_path):
     assert (train_step._cache_size(), eval_step._cache_size()) == compiled
 
 
-def _structure(config, steps_per_epoch=4):
-    """A fresh train state's pytree structure (its model and optimizer objects included)."""
-    return jax.tree.structure(
-        jax.eval_shape(lambda: steps.create_train_state(config, steps_per_epoch))
-    )
-
-
 def test_equal_settings_share_the_jitted_steps_and_other_optimizers_do_not(data_dir):
     config = helpers.tiny_config(data_dir)
     mesh = steps.make_mesh()
+    train_step, eval_step = steps.jit_steps(config, mesh, 4, steps_per_epoch=4)
     other_fold = helpers.tiny_config(data_dir, **{"data.fold": 1})
-    (train_a, eval_a), (train_b, eval_b) = (
-        steps.jit_steps(c, mesh, 4) for c in (config, other_fold)
-    )
-    assert train_a is train_b and eval_a is eval_b
-    structure = _structure(config)
-    for same in (config, other_fold):
-        assert _structure(same) == structure
-    for changed in ({"learning_rate": 0.5}, {"grad_clip_norm": 1.0}, {"model.variant": "small"}):
+    assert steps.jit_steps(other_fold, mesh, 4, steps_per_epoch=4) == (train_step, eval_step)
+    changes = ({"learning_rate": 0.5}, {"grad_clip_norm": 1.0}, {"augment.spec_augment": False})
+    for changed in changes:
         other = helpers.tiny_config(data_dir, **changed)
-        assert _structure(other) != structure
-    assert _structure(config, steps_per_epoch=5) != structure
+        other_train, other_eval = steps.jit_steps(other, mesh, 4, steps_per_epoch=4)
+        assert other_train is not train_step and other_eval is eval_step
+    assert steps.jit_steps(config, mesh, 4, steps_per_epoch=5)[0] is not train_step
+    small = helpers.tiny_config(data_dir, **{"model.variant": "small"})
+    assert steps.jit_steps(small, mesh, 4, steps_per_epoch=4)[1] is not eval_step
+
+
+def test_the_folds_of_one_process_trace_the_steps_once(data_dir, monkeypatch):
+    traces = {"train": 0, "eval": 0}
+    for name in traces:
+        original = getattr(steps, f"{name}_step")
+
+        def counted(*args, name=name, original=original, **kwargs):
+            traces[name] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(steps, f"{name}_step", counted)
+    # Settings no other test uses, so that no jitted step exists yet for them.
+    config, classes = helpers.tiny_config(data_dir, learning_rate=2e-3), (0, 1, 2, 3)
+    mesh = steps.make_mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    for fold in (0, 1):
+        fold_config = helpers.tiny_config(data_dir, learning_rate=2e-3, **{"data.fold": fold})
+        state = jax.device_put(steps.create_train_state(fold_config, 4), replicated)
+        train_step, eval_step = steps.jit_steps(fold_config, mesh, 4, 4, eval_classes=classes)
+        state, _ = train_step(state, _batch(), jax.random.key(0))
+        eval_step(state, {**_batch(), "mask": np.ones(8, bool)})
+    assert traces == {"train": 1, "eval": 1}
+    for step in steps.jit_steps(config, mesh, 4, 4, eval_classes=classes):
+        assert step._cache_size() == 1  # compiled once, for both folds' states
 
 
 def test_training_writes_results_chosen_on_validation(uninterrupted):

@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import allocator, cost, files, steps
+from emohrnet_jax import allocator, cost, files, models, steps
 from emohrnet_jax.audio import synthetic
 
 CLIP_SECONDS = 3.0
@@ -146,7 +146,7 @@ def benchmark_model(
     started = time.perf_counter()
     state = jax.block_until_ready(steps.create_train_state(config, steps_per_epoch=1000))
     results["init_s"] = time.perf_counter() - started
-    train, evaluate = steps.jit_steps(config, mesh, config.model.num_classes)
+    train, evaluate = steps.jit_steps(config, mesh, config.model.num_classes, 1000)
     batch = _batch(config, batch_size, mesh)
     train_batch = {"mel": batch["mel"], "label": batch["label"]}
     key = jax.random.key(config.seed)
@@ -235,7 +235,8 @@ def benchmark_clip(config: ml_collections.ConfigDict, state, repeats: int) -> di
         def mel_of_clip() -> np.ndarray:
             return dummy.astype(np.float32)
 
-    forward = jax.jit(lambda variables, mel: state.apply_fn(variables, mel, train=False))
+    model = models.create_model(config)
+    forward = jax.jit(lambda variables, mel: model.apply(variables, mel, train=False))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
 
     def score():

@@ -29,7 +29,16 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from emohrnet_jax import compilation_cache, config_check, files, locks, metrics, paths, run_config
+from emohrnet_jax import (
+    compilation_cache,
+    config_check,
+    files,
+    locks,
+    metrics,
+    paths,
+    plots,
+    run_config,
+)
 
 METRICS = ("ua", "wa", "macro_f1")
 
@@ -88,7 +97,7 @@ def _fold_result(config, workdir: str, fold: int, total: int) -> dict[str, Any] 
 def _write_summary(results: list[dict[str, Any]], total: int, workdir: str) -> dict[str, Any]:
     summary = summarize(results, total)
     files.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
-    metrics.plot_confusion_matrix(
+    plots.plot_confusion_matrix(
         np.array(summary["confusion_matrix"]),
         summary["class_names"],
         os.path.join(workdir, "confusion_matrix.png"),

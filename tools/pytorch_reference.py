@@ -225,7 +225,8 @@ def check_same_model(model: nn.Module, config: ml_collections.ConfigDict, state,
     jax_params = sum(p.size for p in jax.tree.leaves(state.params))
     torch_params = sum(p.numel() for p in model.parameters())
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    jax_flops = cost.matmul_flops(lambda v, x: state.apply_fn(v, x), variables, jnp.asarray(mel))
+    apply = models.create_model(config).apply
+    jax_flops = cost.matmul_flops(lambda v, x: apply(v, x), variables, jnp.asarray(mel))
     with flop_counter.FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(torch.from_numpy(mel))
     model.train()
@@ -264,7 +265,7 @@ def _jax_runner(config: ml_collections.ConfigDict, batch_size: int, device: str)
     # Replicated as in training, so the step's outputs have its inputs' sharding (one compile).
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1000), replicated)
-    train, _ = steps.jit_steps(config, mesh, config.model.num_classes)
+    train, _ = steps.jit_steps(config, mesh, config.model.num_classes, 1000)
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     batch = jax.device_put({"mel": mel, "label": label.astype(np.int32)}, batch_sharding)
     key = jax.random.key(config.seed)

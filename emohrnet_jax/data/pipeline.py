@@ -312,9 +312,8 @@ def _utterances_of(
 ) -> tf.data.Dataset:
     """The stored utterances of `speakers`, in stored order."""
     wanted = tf.constant(list(speakers))
-    # No tfds auto-cache: every epoch and split builds a new dataset, so the in-memory cache was
-    # never reused; it only copied the data and, when an epoch stopped before the cache's end,
-    # warned "The calling iterator did not fully read the dataset being cached".
+    # No tfds auto-cache: every epoch and split builds a new dataset, so a cache would only copy
+    # the data (and warn when an epoch stops before its end).
     dataset = builder.as_dataset(
         split=builders.SPLIT,
         shuffle_files=False,

@@ -1,0 +1,83 @@
+"""What a run leaves for people: results files with their pictures, and console summaries."""
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from emohrnet_jax import files, plots
+
+
+def write_results(
+    workdir: str, results: dict[str, Any], history: Sequence[dict[str, Any]], title: str
+) -> None:
+    """Writes a finished run's `results.json`, `confusion_matrix.png` (test) and `curves.png`."""
+    files.write_json_atomically(os.path.join(workdir, "results.json"), results)
+    plots.plot_confusion_matrix(
+        np.array(results["test"]["confusion_matrix"]),
+        results["class_names"],
+        os.path.join(workdir, "confusion_matrix.png"),
+        title=title,
+    )
+    plots.plot_curves(history, os.path.join(workdir, "curves.png"))
+
+
+def write_evaluation(workdir: str, name: str, result: dict[str, Any]) -> None:
+    """Writes `evaluation_<name>.json` and its confusion matrix, `evaluation_<name>.png`."""
+    path = os.path.join(workdir, f"evaluation_{name}")
+    files.write_json_atomically(path + ".json", result)
+    classes = list(result["per_class_recall"])
+    plots.plot_confusion_matrix(
+        np.array(result["confusion_matrix"]), classes, path + ".png", title=name
+    )
+
+
+def format_evaluation(name: str, result: dict[str, Any]) -> str:
+    """UA, WA, macro-F1 and N of one evaluation, its per-class recalls and what was left out."""
+    lines = [
+        f"{name}: UA {result['ua']:.4f}  WA {result['wa']:.4f}  "
+        f"macro-F1 {result['macro_f1']:.4f}  N {result['num_examples']}"
+    ]
+    for class_name, recall in result["per_class_recall"].items():
+        lines.append(f"  {class_name:<12} recall {'n/a' if recall is None else f'{recall:.4f}'}")
+    left_out = result.get("left_out") or {}
+    if any(left_out.values()):
+        lines.append(f"  left out (not in the label map): {left_out}")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.2f}"
+
+
+def format_table(results: dict) -> str:
+    """A plain-text console table: UA, WA, macro-F1 (all %) and N per split, then test recalls.
+
+    Args:
+      results: optional "validation" and "test" entries shaped like `summarize`'s output.
+    """
+    splits = [split for split in ("validation", "test") if results.get(split) is not None]
+    if not splits:
+        return "no results"
+    row = "{:<10}  {:>7}  {:>7}  {:>10}  {:>7}"
+    lines = [row.format("split", "UA %", "WA %", "macro-F1 %", "N")]
+    for split in splits:
+        summary = results[split]
+        lines.append(
+            row.format(
+                split,
+                _percent(summary["ua"]),
+                _percent(summary["wa"]),
+                _percent(summary["macro_f1"]),
+                summary["num_examples"],
+            )
+        )
+
+    recall = (results.get("test") or {}).get("per_class_recall")
+    if recall:
+        name_width = max(len(name) for name in recall)
+        lines.append("")
+        lines.append("test recall %")
+        lines.extend(f"  {name.ljust(name_width)}  {_percent(r):>7}" for name, r in recall.items())
+    return "\n".join(lines)
