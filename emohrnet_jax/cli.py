@@ -1,0 +1,98 @@
+"""What the commands share: the compilation-cache flag, a console a person reads, one-line errors.
+
+No JAX or TensorFlow here: the commands call `quiet_console` before importing them, since the
+native libraries read their log settings when they load.
+"""
+
+import contextlib
+import logging as std_logging
+import os
+import pathlib
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from absl import flags, logging
+
+from emohrnet_jax import locks
+
+# The flags defined here belong to the command that calls the definition (its --helpshort).
+flags.disclaim_key_flags()
+
+# A user's mistake (a bad path or config, missing or stale data, a run of another config, a
+# locked workdir, a diverging loss) is one line and exit status 1, not a traceback.
+USER_ERRORS = (ValueError, OSError, locks.LockedError, FloatingPointError)
+
+# Records from these folders keep their INFO lines: the project's progress.
+_PROJECT = tuple(
+    str(pathlib.Path(__file__).resolve().parent.parent / name) + os.sep
+    for name in ("emohrnet_jax", "tools")
+)
+# Native libraries' start-up lines that ignore TF_CPP_MIN_LOG_LEVEL (absl's C++ log, oneDNN).
+_NATIVE_NOISE = re.compile(
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} .*\] )"
+)
+
+
+def define_compilation_cache_flag() -> flags.FlagHolder:
+    """Defines `--compilation_cache`, the persistent XLA compilation cache folder ('' = off)."""
+    return flags.DEFINE_string(
+        "compilation_cache",
+        os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/emohrnet_jax/xla"),
+        "Persistent XLA compilation cache: a re-run starts without recompiling ('' = off).",
+    )
+
+
+def verbose() -> bool:
+    """Whether `--verbosity=1` (or more) asked for every library's log lines and tracebacks."""
+    return flags.FLAGS["verbosity"].value >= 1
+
+
+def quiet_console() -> None:
+    """Keeps the console to the project's progress, warnings and errors, unless `verbose()`.
+
+    Hides the INFO lines of TensorFlow, XLA and the libraries (jax, tfds, orbax); the project's
+    own INFO lines stay. A variable already set in the environment is left as it is.
+    """
+    if verbose():
+        return
+    # 3: TensorFlow's and XLA's C++ errors too (oneDNN's DT_HALF fallback is logged as one).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.get_absl_handler().addFilter(_project_info)
+    std_logging.getLogger("jax").setLevel(std_logging.WARNING)
+
+
+def _project_info(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PROJECT)
+
+
+@contextlib.contextmanager
+def native_logs_hidden() -> Iterator[None]:
+    """Hides the native start-up lines of the imports in the block, unless `verbose()`.
+
+    What else the block writes to stderr is written once it ends.
+    """
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured if not _NATIVE_NOISE.match(line)]
+            sys.stderr.buffer.write(b"".join(kept))
+            sys.stderr.flush()
+
+
+def exit_with(error: BaseException, prefix: str = "error") -> None:
+    """Ends the command with `prefix: error` on one line (exit status 1)."""
+    logging.debug("the traceback", exc_info=True)  # --verbosity=1 shows it.
+    raise SystemExit(f"{prefix}: {error}") from None
