@@ -44,6 +44,16 @@ def define_compilation_cache_flag() -> flags.FlagHolder:
     )
 
 
+def define_malloc_tunables_flag() -> flags.FlagHolder:
+    """Defines `--malloc_tunables`: restart once with emohrnet_jax.allocator's glibc settings."""
+    return flags.DEFINE_bool(
+        "malloc_tunables",
+        True,
+        "On a Linux CPU, restart once with GLIBC_TUNABLES set (emohrnet_jax/allocator.py): XLA "
+        "then reuses freed memory between train steps. A GLIBC_TUNABLES of your own is kept.",
+    )
+
+
 def verbose() -> bool:
     """Whether `--verbosity=1` (or more) asked for every library's log lines and tracebacks."""
     return flags.FLAGS["verbosity"].value >= 1

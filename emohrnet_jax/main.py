@@ -8,16 +8,18 @@
 Re-running a training command resumes from the workdir's latest checkpoint (one that restores),
 if the workdir's config.json matches the config (see emohrnet_jax.run_config.SAFE_FIELDS).
 The console shows the run's progress and results; `--verbosity=1` adds the libraries' log lines
-and the traceback of an error.
+and the traceback of an error. On a Linux CPU the command restarts once with glibc malloc settings
+that make train steps faster (emohrnet_jax/allocator.py); `--nomalloc_tunables` keeps glibc's.
 Exit status: 0 done, 1 an error (one line), 75 preempted (SIGTERM) after saving: run it again.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emohrnet_jax import cli, config_check, paths
+from emohrnet_jax import allocator, cli, config_check, paths
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -36,6 +38,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (Cloud TPU pods, multi-node GPU)."
 )
 _COMPILATION_CACHE = cli.define_compilation_cache_flag()
+_MALLOC_TUNABLES = cli.define_malloc_tunables_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -48,6 +51,8 @@ def main(argv: list[str]) -> None:
         config_check.check(config)
     except cli.USER_ERRORS as error:
         cli.exit_with(error)
+    if _MALLOC_TUNABLES.value:
+        allocator.restart_with_tunables()
     cli.quiet_console()
     # TensorFlow and the training code take ~7 s to import: only once the config is known good.
     with cli.native_logs_hidden():
@@ -59,12 +64,13 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize()
     compilation_cache.enable(_COMPILATION_CACHE.value)
     logging.info(
-        "JAX %s: process %d of %d, %d devices %s",
+        "JAX %s: process %d of %d, %d devices %s; GLIBC_TUNABLES=%s",
         jax.__version__,
         jax.process_index(),
         jax.process_count(),
         jax.device_count(),
         jax.devices()[0].platform,
+        os.environ.get("GLIBC_TUNABLES"),
     )
     try:
         if _MODE.value == "evaluate":

@@ -16,7 +16,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import allocator, benchmark, files
+from emohrnet_jax import allocator, benchmark, cli, files
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
@@ -36,6 +36,7 @@ _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Matrix side of the mat
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", None, "Write a jax.profiler trace of 3 train steps to this folder."
 )
+_MALLOC_TUNABLES = cli.define_malloc_tunables_flag()
 flags.mark_flags_as_required(["config"])
 
 
@@ -84,6 +85,8 @@ def _print(results: dict[str, Any]) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _MALLOC_TUNABLES.value:  # As training has them.
+        allocator.restart_with_tunables()
     results = benchmark.run(
         _CONFIG.value,
         _BATCH_SIZE.value or _CONFIG.value.batch_size,
@@ -102,5 +105,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    allocator.restart_with_tunables()
     app.run(main)

@@ -7,7 +7,8 @@ Fold k trains in `WORKDIR/fold_k` exactly as `python -m emohrnet_jax.main --conf
 would; a fold already done is read back, an interrupted one resumes, a fold folder of another
 config is refused (emohrnet_jax.cross_validation). Writes `WORKDIR/summary.json` (per-fold and
 mean +- std UA, WA and macro-F1, and the summed test confusion matrix),
-`WORKDIR/confusion_matrix.png` and prints a table. `--verbosity=1` adds the libraries' log lines.
+`WORKDIR/confusion_matrix.png` and prints a table. `--verbosity=1` adds the libraries' log lines;
+`--nomalloc_tunables` skips the restart with glibc malloc settings (as emohrnet_jax.main's).
 Exit status: 0 done, 1 an error (one line), 75 preempted (SIGTERM) after saving: run it again.
 """
 
@@ -16,12 +17,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import cli, config_check, paths
+from emohrnet_jax import allocator, cli, config_check, paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the folds (fold_K) and the summary.")
 _FOLDS = flags.DEFINE_list("folds", None, "Folds to run (default: every fold of the protocol).")
 _COMPILATION_CACHE = cli.define_compilation_cache_flag()
+_MALLOC_TUNABLES = cli.define_malloc_tunables_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,6 +34,8 @@ def main(argv: list[str]) -> None:
     try:
         workdir = paths.local(_WORKDIR.value, "--workdir")
         config_check.check(_CONFIG.value)
+        if _MALLOC_TUNABLES.value:
+            allocator.restart_with_tunables()
         cli.quiet_console()
         # TensorFlow and the training code take ~7 s to import: only once the config is known good.
         with cli.native_logs_hidden():
