@@ -1,7 +1,7 @@
-"""What the commands share: the compilation-cache flag, a console a person reads, one-line errors.
+"""What the commands share: their common flags, a console a person reads, one-line errors.
 
-No JAX or TensorFlow here: the commands call `quiet_console` before importing them, since the
-native libraries read their log settings when they load.
+No JAX or TensorFlow here: the commands call `quiet_console` before importing them (the native
+libraries read their log settings when they load), then import them inside `quiet_imports`.
 """
 
 import contextlib
@@ -24,7 +24,7 @@ flags.disclaim_key_flags()
 # locked workdir, a diverging loss) is one line and exit status 1, not a traceback.
 USER_ERRORS = (ValueError, OSError, locks.LockedError, FloatingPointError)
 
-# Records from these folders keep their INFO lines: the project's progress.
+# Log records from these folders are the project's own (progress, warnings).
 _PROJECT = tuple(
     str(pathlib.Path(__file__).resolve().parent.parent / name) + os.sep
     for name in ("emohrnet_jax", "tools")
@@ -60,10 +60,10 @@ def verbose() -> bool:
 
 
 def quiet_console() -> None:
-    """Keeps the console to the project's progress, warnings and errors, unless `verbose()`.
+    """Keeps the console to the project's progress and warnings and every error, unless `verbose()`.
 
-    Hides the INFO lines of TensorFlow, XLA and the libraries (jax, tfds, orbax); the project's
-    own INFO lines stay. A variable already set in the environment is left as it is.
+    Hides TensorFlow's and XLA's C++ log and the libraries' (jax, tfds, orbax) log lines below
+    ERROR; the project's own lines stay. A TF_CPP_MIN_LOG_LEVEL of the environment is kept.
     """
     if verbose():
         return
@@ -74,14 +74,15 @@ def quiet_console() -> None:
 
 
 def _project_info(record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PROJECT)
+    return record.levelno >= std_logging.ERROR or record.pathname.startswith(_PROJECT)
 
 
 @contextlib.contextmanager
-def native_logs_hidden() -> Iterator[None]:
-    """Hides the native start-up lines of the imports in the block, unless `verbose()`.
+def quiet_imports() -> Iterator[None]:
+    """Runs the block's imports of TensorFlow and JAX without their start-up lines (unless verbose).
 
-    What else the block writes to stderr is written once it ends.
+    What else the block writes to stderr is written once it ends. tfds's progress bars stay on a
+    terminal only (as predict's), where they take one line.
     """
     if verbose():
         yield
@@ -100,6 +101,9 @@ def native_logs_hidden() -> Iterator[None]:
             kept = [line for line in captured if not _NATIVE_NOISE.match(line)]
             sys.stderr.buffer.write(b"".join(kept))
             sys.stderr.flush()
+    # Imported by the block, or not needed (export).
+    if "tensorflow_datasets" in sys.modules and not sys.stderr.isatty():
+        sys.modules["tensorflow_datasets"].disable_progress_bar()
 
 
 def exit_with(error: BaseException, prefix: str = "error") -> None:

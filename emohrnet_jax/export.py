@@ -258,7 +258,7 @@ def main(argv: list[str]) -> None:
     try:
         output = paths.local(options.output, "--output")
         workdir = paths.local(options.workdir, "--workdir")
-        with cli.native_logs_hidden():  # TensorFlow's start-up lines (jax2tf)
+        with cli.quiet_imports():  # TensorFlow's start-up lines (jax2tf)
             info = export_run(
                 workdir, output, options.formats, options.platforms, options.overwrite
             )

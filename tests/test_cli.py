@@ -43,14 +43,15 @@ def _record(path: str, level: int) -> logging.LogRecord:
     return logging.LogRecord("absl", level, path, 1, "message", None, None)
 
 
-def test_the_quiet_console_keeps_the_project_info_lines_and_every_warning():
+def test_the_quiet_console_keeps_the_project_lines_and_every_error():
     package = str(REPO / "emohrnet_jax" / "train.py")
     tool = str(REPO / "tools" / "prepare_data.py")
     library = os.path.join(os.path.dirname(logging.__file__), "orbax", "checkpoint.py")
     assert cli._project_info(_record(package, logging.INFO))
     assert cli._project_info(_record(tool, logging.INFO))
     assert not cli._project_info(_record(library, logging.INFO))
-    assert cli._project_info(_record(library, logging.WARNING))
+    assert not cli._project_info(_record(library, logging.WARNING))
+    assert cli._project_info(_record(library, logging.ERROR))
 
 
 def test_native_start_up_lines_are_hidden_and_the_rest_is_kept(capfd):
@@ -58,7 +59,7 @@ def test_native_start_up_lines_are_hidden_and_the_rest_is_kept(capfd):
         b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
         b"I0000 00:00:1796160705.529602   16474 port.cc:153] oneDNN custom operations are on.\n"
     )
-    with cli.native_logs_hidden():
+    with cli.quiet_imports():
         os.write(2, noise + b"a real problem\n")
     assert capfd.readouterr().err == "a real problem\n"
 

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
             allocator.restart_with_tunables()
         cli.quiet_console()
         # TensorFlow and the training code take ~7 s to import: only once the config is known good.
-        with cli.native_logs_hidden():
+        with cli.quiet_imports():
             from emohrnet_jax import compilation_cache, cross_validation, train
 
         compilation_cache.enable(_COMPILATION_CACHE.value)

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.quiet_console()
-    with cli.native_logs_hidden():
+    with cli.quiet_imports():
         from emohrnet_jax import linear_baseline
 
     result = linear_baseline.run(_CONFIG.value, _FEATURES.value)

@@ -94,7 +94,7 @@ def main(argv: list[str]) -> None:
     cli.quiet_console()
     try:
         _check_flags(dataset)
-        with cli.native_logs_hidden():
+        with cli.quiet_imports():
             from emohrnet_jax.audio import features
             from emohrnet_jax.data import builders
 
