@@ -98,6 +98,8 @@ def main(argv: list[str]) -> None:
             from emohrnet_jax.audio import features
             from emohrnet_jax.data import builders
 
+            options = _options(dataset)  # The input pipeline's import loads TensorFlow.
+
         data_dir = paths.local(_DATA_DIR.value, "--data_dir") or paths.local(
             _CONFIG.value.data.data_dir, "config.data.data_dir"
         )
@@ -107,7 +109,7 @@ def main(argv: list[str]) -> None:
             manual_dir=paths.local(_MANUAL_DIR.value, "--manual_dir"),
             feature_params=features.FeatureParams.from_config(_CONFIG.value.data),
             num_workers=_NUM_WORKERS.value,
-            **_options(dataset),
+            **options,
         )
     except (ValueError, OSError, corpora.UnknownLabelError, locks.LockedError) as error:
         cli.exit_with(error, f"prepare_data: {dataset}")
