@@ -1,7 +1,8 @@
 """The paper's training recipe and feature defaults, shared by every dataset config.
 
-Dataset configs load this file and override the dataset fields. Every value can be overridden on
-the command line, e.g. `--config.batch_size=32 --config.model.dtype=bfloat16`.
+Dataset configs import this module (`from configs import default`) and override the dataset
+fields. Every value can be overridden on the command line, e.g. `--config.batch_size=32
+--config.model.dtype=bfloat16`.
 """
 
 import ml_collections
@@ -64,10 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.stem_strides = ((2, 2), (2, 2))  # (freq, time) stride of each 3x3 stem conv.
     config.model.dtype = "float32"  # Compute dtype: float32, or bfloat16 on TPU/GPU.
     config.model.param_dtype = "float32"  # Parameter (and optimizer state) dtype.
-    # 3x3 convolutions as matmuls over their patches (9x the input's size): "auto" (on CPU
-    # their kernel gradients from 64 channels up; XLA's convolutions elsewhere), "on" (the
-    # whole convolution anywhere: on GPU 3-4x faster for one clip at a time, slower and 3x the
-    # memory for batches) or "off" (XLA's convolutions everywhere). Same parameters and outputs.
+    # 3x3 convolutions as matmuls over their patches, which XLA's CPU backend runs faster than
+    # its convolutions: "auto" (their kernel gradients on CPU from 64 channels up), "on" (the whole
+    # convolution, any backend) or "off" (XLA's convolutions). Same parameters and outputs.
     config.model.im2col = "auto"
 
     config.augment = ml_collections.ConfigDict()

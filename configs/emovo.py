@@ -1,16 +1,13 @@
 """EMOVO (Italian): 7 emotions, 6 speakers, 14 sentences, 48 kHz clips of 1.5-7 s."""
 
-import pathlib
-import runpy
-
 import ml_collections
 
-_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Returns the EMOVO config: the paper's recipe on EMOVO's 7 classes."""
-    config = _default["get_config"]()
+    config = default.get_config()
     config.data.dataset = "emovo"
     # File-name codes dis, gio, pau, rab, sor, tri, neu, in that order.
     config.data.class_names = (

@@ -1,16 +1,13 @@
 """IEMOCAP: the standard 4-class set (exc merged into hap), 10 speakers in 5 sessions, 16 kHz."""
 
-import pathlib
-import runpy
-
 import ml_collections
 
-_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Returns the IEMOCAP config: the paper's recipe on neutral/happy(+excited)/angry/sad."""
-    config = _default["get_config"]()
+    config = default.get_config()
     config.data.dataset = "iemocap"
     config.data.label_set = "4class"  # exc merged into hap; or 4class_no_exc, 6class.
     config.data.class_names = ("neutral", "happy", "angry", "sad")

@@ -1,16 +1,13 @@
 """RAVDESS speech (audio-only): 8 emotions, 24 actors, 48 kHz clips of 3-5 s."""
 
-import pathlib
-import runpy
-
 import ml_collections
 
-_default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Returns the RAVDESS config: the paper's recipe on 8 classes in RAVDESS code order."""
-    config = _default["get_config"]()
+    config = default.get_config()
     config.data.dataset = "ravdess"
     # Emotion codes 01..08 of the file names, in that order.
     config.data.class_names = (

@@ -1,13 +1,12 @@
 """glibc malloc settings under which XLA's CPU runtime reuses memory between steps.
 
-XLA on CPU allocates a step's temporary buffers (454 MB for `w18_small_v2` at batch 8) from its
-worker threads and frees them when the step ends. glibc serves blocks that large with a fresh
-`mmap` and unmaps them on `free`, so every step page-faults its whole working set in again: 437
-MiB and about 0.35 s of kernel time per step there. `TUNABLES` keep freed memory in one heap for
-the next step and back it with transparent huge pages (train step 0.88x the time, BENCHMARKS.md).
-glibc reads tunables only when a process starts, so the entry points restart themselves once with
-them set (`restart_with_tunables`). Set `GLIBC_TUNABLES` yourself (`GLIBC_TUNABLES=` to keep
-glibc's defaults) and it is left as it is.
+XLA on CPU allocates a step's large temporary buffers from its worker threads and frees them
+when the step ends. glibc serves blocks that large with a fresh
+`mmap` and unmaps them on `free`, so every step page-faults its whole working set in again.
+`TUNABLES` keep freed memory in one heap for the next step and back it with transparent huge
+pages (the train-step figures are in the performance docs). glibc reads tunables only when a
+process starts, so the training commands restart themselves once, visibly, with them set
+(`restart_with_tunables`, from their `--malloc_tunables` flag); nothing here runs on import.
 """
 
 import importlib.metadata
@@ -15,6 +14,8 @@ import importlib.util
 import os
 import platform
 import sys
+
+from absl import logging
 
 TUNABLES = ":".join(
     [
@@ -53,13 +54,13 @@ def should_restart() -> bool:
 def restart_with_tunables() -> None:
     """Re-executes this program (same interpreter and arguments) with `TUNABLES`, when it helps.
 
-    Call it from a script's `__main__` guard before JAX starts, best before TensorFlow and JAX are
-    imported (whatever was imported is imported again). Restarts only on Linux with glibc, on the
-    CPU backend, and where `GLIBC_TUNABLES` is not set (the restarted process has it set, so this
-    happens once). Does not return when it restarts.
+    Call it from a command's `main`, before JAX starts and best before TensorFlow is imported.
+    Restarts only on Linux with glibc, on the CPU backend, and where `GLIBC_TUNABLES` is not set
+    (the restarted process has it set, so this happens once). Does not return when it restarts.
     """
     if not should_restart():
         return
+    logging.info("restarting with GLIBC_TUNABLES=%s (--nomalloc_tunables: off)", TUNABLES)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from emohrnet_jax import files, models, paths, runs
+from emohrnet_jax import cli, files, models, paths, runs
 from emohrnet_jax.audio import features
 
 JAX_FILE = "model.jax_exported"
@@ -258,10 +258,14 @@ def main(argv: list[str]) -> None:
     options = flags.FLAGS
     if not options["verbosity"].present:  # orbax's INFO lines would bury what this prints.
         logging.set_verbosity(logging.WARNING)
+    cli.quiet_console()
     try:
         output = paths.local(options.output, "--output")
         workdir = paths.local(options.workdir, "--workdir")
-        info = export_run(workdir, output, options.formats, options.platforms, options.overwrite)
+        with cli.quiet_imports():  # TensorFlow's start-up lines (jax2tf)
+            info = export_run(
+                workdir, output, options.formats, options.platforms, options.overwrite
+            )
     except (runs.RunError, FileExistsError, ValueError) as error:  # PathError is a ValueError.
         sys.exit(f"export: {error}")
     checkpoint = info["checkpoint"]

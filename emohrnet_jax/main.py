@@ -7,15 +7,11 @@
 
 Re-running a training command resumes from the workdir's latest checkpoint (one that restores),
 if the workdir's config.json matches the config (see emohrnet_jax.run_config.SAFE_FIELDS).
+The console shows the run's progress and results; `--verbosity=1` adds the libraries' log lines
+and the traceback of an error. On a Linux CPU the command restarts once with glibc malloc settings
+that make train steps faster (emohrnet_jax/allocator.py); `--nomalloc_tunables` keeps glibc's.
 Exit status: 0 done, 1 an error (one line), 75 preempted (SIGTERM) after saving: run it again.
 """
-
-# The restart with glibc's malloc settings (emohrnet_jax/allocator.py) comes before TensorFlow and
-# JAX are imported, which would otherwise take their ~12 s twice.
-from emohrnet_jax import allocator
-
-if __name__ == "__main__":
-    allocator.restart_with_tunables()
 
 import os
 import sys
@@ -23,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emohrnet_jax import compilation_cache, config_check, locks, paths
+from emohrnet_jax import allocator, cli, config_check, paths
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -41,15 +37,9 @@ _SPLIT = flags.DEFINE_enum(
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (Cloud TPU pods, multi-node GPU)."
 )
-_COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache",
-    compilation_cache.DEFAULT_FOLDER,
-    compilation_cache.FLAG_HELP,
-)
+_COMPILATION_CACHE = cli.define_compilation_cache_flag()
+_MALLOC_TUNABLES = cli.define_malloc_tunables_flag()
 flags.mark_flags_as_required(["config", "workdir"])
-# A user's mistake (a bad path or config, missing or stale data, a run of another config, a
-# locked workdir, a diverging loss) is one line and exit status 1, not a traceback.
-USER_ERRORS = (ValueError, OSError, locks.LockedError, FloatingPointError)
 
 
 def main(argv: list[str]) -> None:
@@ -59,12 +49,16 @@ def main(argv: list[str]) -> None:
     try:
         workdir = paths.local(_WORKDIR.value, "--workdir")
         config_check.check(config)
-    except USER_ERRORS as error:
-        _exit_with(error)
+    except cli.USER_ERRORS as error:
+        cli.exit_with(error)
+    if _MALLOC_TUNABLES.value:
+        allocator.restart_with_tunables()
+    cli.quiet_console()
     # TensorFlow and the training code take ~7 s to import: only once the config is known good.
-    import jax
+    with cli.quiet_imports():
+        import jax
 
-    from emohrnet_jax import train
+        from emohrnet_jax import compilation_cache, train
 
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
@@ -83,14 +77,14 @@ def main(argv: list[str]) -> None:
             train.evaluate_run(config, workdir, _SPLIT.value)
         elif train.train_and_evaluate(config, workdir) is None:
             sys.exit(train.EXIT_PREEMPTED)
-    except USER_ERRORS as error:
-        _exit_with(error)
+    except cli.USER_ERRORS as error:
+        cli.exit_with(error)
 
 
-def _exit_with(error: BaseException) -> None:
-    logging.debug("the traceback", exc_info=True)  # --verbosity=1 shows it.
-    raise SystemExit(f"error: {error}") from None
+def run() -> None:
+    """The command line (also installed as `emohrnet-train`)."""
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -45,7 +45,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from emohrnet_jax import compilation_cache, files, models, paths, runs
+from emohrnet_jax import cli, compilation_cache, files, models, paths, runs
 from emohrnet_jax.audio import features, streaming
 from emohrnet_jax.predict_output import write_predictions
 
@@ -330,9 +330,7 @@ def _define_flags() -> None:
         "Threads decoding audio ahead of the model (0: none).",
         lower_bound=0,
     )
-    flags.DEFINE_string(
-        "compilation_cache", compilation_cache.DEFAULT_FOLDER, compilation_cache.FLAG_HELP
-    )
+    cli.define_compilation_cache_flag()
     flags.mark_flags_as_required(["workdir"])
 
 
@@ -341,6 +339,7 @@ def main(argv: list[str]) -> int:
     options = flags.FLAGS
     if not options["verbosity"].present:  # orbax's INFO lines would bury what this prints.
         logging.set_verbosity(logging.WARNING)
+    cli.quiet_console()
     if len(argv) < 2:
         raise app.UsageError("name at least one audio file or folder")
     try:

@@ -78,28 +78,41 @@ def test_restarts_only_on_cpu_where_tunables_are_not_set(monkeypatch, environmen
     assert allocator.should_restart() is restarts
 
 
-# Runs a training entry point as __main__ with os.execve replaced by a report of the heavy
-# packages imported at the moment of the restart.
+# Runs a training command as __main__ with os.execve replaced by a report of the heavy packages
+# imported at the moment of the restart; the step after the restart's place ends it otherwise.
 _AT_RESTART = """
 import os, runpy, sys
+from emohrnet_jax import cli
 def report(*args):
     print(sorted({m.split(".")[0] for m in sys.modules} & {"jax", "tensorflow", "flax"}))
     sys.exit(0)
-os.execve = report
-if sys.argv[1].endswith(".py"):
-    runpy.run_path(sys.argv[1], run_name="__main__")
+def no_restart():
+    print("no restart")
+    sys.exit(0)
+os.execve, cli.quiet_console = report, no_restart
+sys.argv = sys.argv[1:]
+if sys.argv[0].endswith(".py"):
+    runpy.run_path(sys.argv[0], run_name="__main__")
 else:
-    runpy.run_module(sys.argv[1], run_name="__main__")
-print("no restart")
+    runpy.run_module(sys.argv[0], run_name="__main__")
 """
 
 
 @glibc_only
-@pytest.mark.parametrize("entry_point", ["emohrnet_jax.main", "tools/cross_validate.py"])
-def test_training_restarts_before_importing_jax_or_tensorflow(entry_point):
+@pytest.mark.parametrize(
+    ("command", "printed"),
+    [
+        (["emohrnet_jax.main"], "[]"),
+        (["emohrnet_jax.main", "--nomalloc_tunables"], "no restart"),
+        (["tools/cross_validate.py"], "[]"),
+        (["tools/cross_validate.py", "--nomalloc_tunables"], "no restart"),
+    ],
+)
+def test_training_restarts_before_importing_jax_unless_told_not_to(tmp_path, command, printed):
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    flags = [f"--config={helpers.CONFIGS / 'demo.py'}", f"--workdir={tmp_path}"]
     result = subprocess.run(
-        [sys.executable, "-c", _AT_RESTART, entry_point],
+        [sys.executable, "-c", _AT_RESTART, *command, *flags],
         cwd=helpers.CONFIGS.parent,
         env={**env, "JAX_PLATFORMS": "cpu"},
         capture_output=True,
@@ -107,4 +120,6 @@ def test_training_restarts_before_importing_jax_or_tensorflow(entry_point):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.strip() == printed
+    if printed == "[]":
+        assert "restarting with GLIBC_TUNABLES=" in result.stderr

@@ -1,4 +1,5 @@
-"""Tests of tools/benchmark.py: the JSON contract, FLOPs, and running without TensorFlow."""
+"""Tests of tools/benchmark.py (emohrnet_jax.benchmark): the JSON contract, FLOPs, and running
+without TensorFlow."""
 
 import json
 import math
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 
+from emohrnet_jax import benchmark, model_summary
 from tests import helpers
 
 REPO = helpers.CONFIGS.parent
@@ -97,8 +99,6 @@ def test_json_has_the_contract_keys_with_sane_values(without_tensorflow):
 
 
 def test_peak_device_memory_is_the_largest_device_peak():
-    benchmark = helpers.load_tool("benchmark")
-
     class Device:
         def __init__(self, stats):
             self.stats = stats
@@ -122,9 +122,7 @@ def test_the_model_parts_run_without_tensorflow_or_librosa(without_tensorflow):
 
 def test_train_step_flops_are_about_three_forward_passes(without_tensorflow, tmp_path):
     results, _ = without_tensorflow
-    summary = helpers.load_tool("model_summary").summarize(
-        helpers.tiny_config(tmp_path), batch_size=1, flops=True
-    )
+    summary = model_summary.summarize(helpers.tiny_config(tmp_path), batch_size=1, flops=True)
     forward = 8 * summary["flops_per_example"] / 1e9
     # Backward is about twice the forward; AdamW adds ~20 FLOPs per parameter (much for `tiny`).
     assert 2.5 * forward < results["gflops_per_step"] < 5.5 * forward
@@ -132,7 +130,6 @@ def test_train_step_flops_are_about_three_forward_passes(without_tensorflow, tmp
 
 
 def test_preprocessing_and_missing_data_with_the_full_stack(tmp_path):
-    benchmark = helpers.load_tool("benchmark")
     config = helpers.tiny_config(tmp_path)
     results = benchmark.benchmark_preprocessing(config, num_clips=2)
     assert results["preprocessing_clips_per_s_1_core"] > 0

@@ -1,16 +1,12 @@
-"""Tests of tools/model_summary.py."""
+"""Tests of tools/model_summary.py (emohrnet_jax.model_summary)."""
 
 import pytest
 
+from emohrnet_jax import model_summary
 from tests import helpers
 
 
-@pytest.fixture(scope="module")
-def model_summary():
-    return helpers.load_tool("model_summary")
-
-
-def test_summary_lists_stages_in_order_with_parameters_and_flops(model_summary):
+def test_summary_lists_stages_in_order_with_parameters_and_flops():
     config = helpers.load_config("demo")
     config.model.variant = "tiny"
     summary = model_summary.summarize(config, batch_size=2, flops=True)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from emohrnet_jax import config_check, run_config, train
+from emohrnet_jax import config_check, cross_validation, run_config, train
 from emohrnet_jax.data import pipeline, splits
 from tests import helpers
 
@@ -155,14 +155,13 @@ def test_main_refuses_another_config_in_one_line(data_dir, tmp_path):
 
 
 def test_cross_validation_refuses_a_finished_fold_of_another_config(data_dir, tmp_path):
-    cross_validate = helpers.load_tool("cross_validate")
     fold = tmp_path / "fold_0"
     fold.mkdir()
     old = helpers.tiny_config(data_dir, learning_rate=0.01)
     (fold / "config.json").write_text(json.dumps(run_config.as_json(old)))
     (fold / "results.json").write_text(json.dumps({"fold": 0}))
     with pytest.raises(run_config.RunConfigError, match=r"learning_rate: 0\.01 -> 0\.001"):
-        cross_validate.run_folds(helpers.tiny_config(data_dir), str(tmp_path), folds=[0])
+        cross_validation.run_folds(helpers.tiny_config(data_dir), str(tmp_path), folds=[0])
     assert not (tmp_path / "summary.json").exists()
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from emohrnet_jax import locks, run_config, train
+from emohrnet_jax import cross_validation, locks, run_config, train
 from emohrnet_jax.data import pipeline
 from tests import helpers
 from tests.test_runs_config import _tiny_flags, last_line
@@ -69,10 +69,9 @@ def test_the_lock_of_a_killed_run_does_not_block(data_dir, held):
 
 
 def test_cross_validation_holds_its_workdir(data_dir, held):
-    cross_validate = helpers.load_tool("cross_validate")
     workdir, holder = held
     with pytest.raises(locks.LockedError, match=f"in use by process {holder.pid} "):
-        cross_validate.run_folds(helpers.tiny_config(data_dir), str(workdir), folds=[0])
+        cross_validation.run_folds(helpers.tiny_config(data_dir), str(workdir), folds=[0])
 
 
 def test_main_names_the_process_holding_the_workdir(data_dir, held):
@@ -129,12 +128,11 @@ def test_a_preempted_run_exits_with_the_retry_status(data_dir, tmp_path):
 
 
 def test_cross_validation_stops_at_a_preempted_fold(data_dir, tmp_path, monkeypatch):
-    cross_validate = helpers.load_tool("cross_validate")
     trained = []
 
     def preempted(config, workdir):
         trained.append(config.data.fold)
 
     monkeypatch.setattr(train, "train_and_evaluate", preempted)
-    assert cross_validate.run_folds(helpers.tiny_config(data_dir), str(tmp_path), [0, 1]) is None
+    assert cross_validation.run_folds(helpers.tiny_config(data_dir), str(tmp_path), [0, 1]) is None
     assert trained == [0]  # the next fold did not start

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from emohrnet_jax import checkpoints, steps, train
+from emohrnet_jax import checkpoints, cross_validation, steps, train
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import builders, pipeline
 from tests import helpers
@@ -378,16 +378,9 @@ def test_all_speakers_of_the_training_corpus_is_refused(uninterrupted, data_dir)
         train.evaluate_run(helpers.tiny_config(data_dir), str(uninterrupted[1]), "all")
 
 
-@pytest.fixture(scope="module")
-def cross_validate():
-    return helpers.load_tool("cross_validate")
-
-
-def test_cross_validation_summarizes_folds_and_skips_finished_ones(
-    cross_validate, data_dir, tmp_path, monkeypatch
-):
+def test_cross_validation_summarizes_folds_and_skips_finished_ones(data_dir, tmp_path, monkeypatch):
     config = helpers.tiny_config(data_dir, num_epochs=1)
-    summary = cross_validate.run_folds(config, str(tmp_path), folds=[0, 1])
+    summary = cross_validation.run_folds(config, str(tmp_path), folds=[0, 1])
     folds = []
     for k in (0, 1):
         with open(tmp_path / f"fold_{k}" / "results.json") as file:
@@ -401,12 +394,12 @@ def test_cross_validation_summarizes_folds_and_skips_finished_ones(
     assert summary["confusion_matrix"] == summed.tolist()
     assert folds[0]["speakers"]["test"] != folds[1]["speakers"]["test"]
     assert (tmp_path / "confusion_matrix.png").exists()
-    assert "+-" in cross_validate.format_summary(summary)
+    assert "+-" in cross_validation.format_summary(summary)
 
     def no_training(*_):
         raise AssertionError("a finished fold was trained again")
 
     monkeypatch.setattr(train, "train_and_evaluate", no_training)
-    assert cross_validate.run_folds(config, str(tmp_path), folds=[0, 1]) == summary
+    assert cross_validation.run_folds(config, str(tmp_path), folds=[0, 1]) == summary
     with pytest.raises(ValueError, match="out of range"):
-        cross_validate.run_folds(config, str(tmp_path), folds=[4])
+        cross_validation.run_folds(config, str(tmp_path), folds=[4])

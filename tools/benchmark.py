@@ -4,363 +4,40 @@
   python tools/benchmark.py --config=configs/default.py --config.model.variant=w18_small_v2 \\
       --batch_size=8 --noinput_pipeline --nopreprocessing
 
-The train step is the real one of training (`steps.jit_steps`: augmentation, forward, backward,
-AdamW), timed step by step after warm-up; its FLOPs come from XLA's cost analysis of the lowered
-program (and, for MFU, from its convolutions and matmuls alone) and are compared with a matmul
-peak in the model's compute dtype, measured in the same run. Inference is the jitted evaluation
-step (throughput) and the real-time factor of one 3 s clip (log-Mel features plus the forward
-pass, divided by 3 s).
-
-The model parts need only JAX, Flax, optax and ml_collections (the GPU machines have no
-TensorFlow): TensorFlow, tfds, librosa and soundfile are imported only by the input-pipeline and
-preprocessing parts, which are skipped with a note when those packages are missing.
+Prints the train step's times, FLOPs and MFU, the evaluation throughput, the real-time factor of
+one 3 s clip, the input pipeline's and preprocessing's throughput (what is timed, and how:
+emohrnet_jax.benchmark); `--json` writes the same figures. The input-pipeline and preprocessing
+parts are skipped with a note where TensorFlow or librosa are missing (the GPU machines).
 """
 
-import concurrent.futures
-import multiprocessing
-import os
-import platform
-import resource
-import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import allocator, cost, files, models, steps
-from emohrnet_jax.audio import synthetic
+from emohrnet_jax import allocator, benchmark, cli, files
 
-CLIP_SECONDS = 3.0
-
-
-def _cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, load average, JAX version, backend, devices and XLA flags of this run."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as file:
-            names = [line.split(":", 1)[1] for line in file if line.startswith("model name")]
-        cpu = names[0].strip() if names else cpu
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": _cores(),
-        "load_average_1min": os.getloadavg()[0],
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d.device_kind) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-        "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
-    }
-
-
-def peak_device_memory_mib(devices) -> float | None:
-    """The largest `peak_bytes_in_use` of `devices` in MiB; None where the backend keeps no
-    statistics (the CPU)."""
-    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
-    peaks = [p for p in peaks if p is not None]
-    return max(peaks) / 2**20 if peaks else None
-
-
-def _median_min_max(seconds: list[float], prefix: str) -> dict[str, float]:
-    return {
-        f"{prefix}_median_s": statistics.median(seconds),
-        f"{prefix}_min_s": min(seconds),
-        f"{prefix}_max_s": max(seconds),
-    }
-
-
-def _time(call: Callable[[], Any], repeats: int) -> list[float]:
-    """Wall-clock seconds of `repeats` calls, each waited for (`block_until_ready`)."""
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        jax.block_until_ready(call())
-        seconds.append(time.perf_counter() - started)
-    return seconds
-
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
-    """Best `jnp.dot` GFLOP/s of two `size` x `size` matrices of `dtype` (2 n^3 FLOPs)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, a))
-    return 2 * size**3 / min(_time(lambda: dot(a, a), repeats)) / 1e9
-
-
-def _batch(config: ml_collections.ConfigDict, batch_size: int, mesh) -> dict[str, jax.Array]:
-    """A random normalized batch with labels and a full mask, split over the mesh's devices."""
-    rng = np.random.default_rng(0)
-    batch = {
-        "mel": rng.standard_normal((batch_size, config.data.n_mels, config.data.num_frames)),
-        "label": rng.integers(0, config.model.num_classes, batch_size),
-        "mask": np.ones(batch_size, bool),
-    }
-    batch["mel"] = batch["mel"].astype(np.float32)
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    return jax.device_put(batch, sharding)
-
-
-def benchmark_model(
-    config: ml_collections.ConfigDict,
-    batch_size: int,
-    num_steps: int,
-    warmup: int,
-    matmul_size: int = 2048,
-    profile_dir: str | None = None,
-) -> dict[str, Any]:
-    """Compile time, step times, throughput, FLOPs and GFLOP/s of the train and evaluation steps.
-
-    Args:
-      config: a training config (configs/*.py).
-      batch_size: global batch of both steps; must divide over the devices.
-      num_steps: timed train steps (evaluation steps likewise), after `warmup` untimed ones.
-      warmup: untimed steps after compilation.
-      matmul_size: side of the square matrices of the matmul peak.
-      profile_dir: when set, a `jax.profiler` trace of 3 more train steps is written there
-        (TensorBoard's profile plugin or xprof reads it).
-    """
-    mesh = steps.make_mesh()
-    if batch_size % mesh.size:
-        raise ValueError(f"batch size {batch_size} does not divide over {mesh.size} devices")
-    # The peak in the model's compute dtype: bfloat16 runs on other units than float32 on GPU/TPU.
-    dtype = config.model.dtype
-    results: dict[str, Any] = {
-        "matmul_peak_gflops": matmul_peak_gflops(matmul_size, dtype=dtype),
-        "matmul_dtype": dtype,
-    }
-    started = time.perf_counter()
-    state = jax.block_until_ready(steps.create_train_state(config, steps_per_epoch=1000))
-    results["init_s"] = time.perf_counter() - started
-    train, evaluate = steps.jit_steps(config, mesh, config.model.num_classes, 1000)
-    batch = _batch(config, batch_size, mesh)
-    train_batch = {"mel": batch["mel"], "label": batch["label"]}
-    key = jax.random.key(config.seed)
-
-    lowered = train.lower(state, train_batch, key)
-    model_flops = cost.matmul_flops(train, state, train_batch, key)
-    flops, notes = cost.lowered_flops(lowered), []
-    if flops is None:
-        flops = model_flops
-        notes.append("gflops_per_step: no XLA cost analysis here, convolutions and matmuls")
-    started = time.perf_counter()
-    train = lowered.compile()
-    results["compile_s"] = time.perf_counter() - started
-
-    def train_once():
-        nonlocal state
-        state, step_metrics = train(state, train_batch, key)
-        return state, step_metrics
-
-    _time(train_once, warmup)
-    seconds = _time(train_once, num_steps)
-    results.update(_median_min_max(seconds, "train_step"))
-    if profile_dir:
-        with jax.profiler.trace(profile_dir):
-            _time(train_once, 3)
-    median = results["train_step_median_s"]
-    results["examples_per_s"] = batch_size / median
-    results["gflops_per_step"] = flops / 1e9
-    results["achieved_gflops"] = flops / 1e9 / median
-    results["model_gflops_per_step"] = model_flops / 1e9
-    # Measured again after the steps and the best kept: the peak is a best case by definition.
-    peak = max(results["matmul_peak_gflops"], matmul_peak_gflops(matmul_size, dtype=dtype))
-    results["matmul_peak_gflops"] = peak
-    results["fraction_of_matmul_peak"] = results["achieved_gflops"] / peak
-    # MFU: the convolutions' and matmuls' FLOPs per second over the matmul peak.
-    results["model_flops_utilization"] = model_flops / 1e9 / median / peak
-
-    lowered = evaluate.lower(state, batch)
-    results["eval_gflops_per_step"] = cost.flops(lowered, evaluate, state, batch) / 1e9
-    started = time.perf_counter()
-    evaluate = lowered.compile()
-    results["eval_compile_s"] = time.perf_counter() - started
-    _time(lambda: evaluate(state, batch), warmup)
-    eval_seconds = _time(lambda: evaluate(state, batch), num_steps)
-    results.update(_median_min_max(eval_seconds, "eval_step"))
-    results["eval_examples_per_s"] = batch_size / results["eval_step_median_s"]
-    clip = benchmark_clip(config, state, num_steps)
-    results["notes"] = notes + clip.pop("notes", [])
-    results.update(clip)
-    # ru_maxrss is in KiB on Linux (bytes on macOS).
-    scale = 1 if sys.platform == "darwin" else 1024
-    results["peak_host_memory_mib"] = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-    )
-    results["peak_device_memory_mib"] = peak_device_memory_mib(jax.local_devices())
-    return results
-
-
-def _clip_waveform(sample_rate: int) -> np.ndarray:
-    """A synthetic utterance tiled to exactly `CLIP_SECONDS` (speech-like content for the STFT)."""
-    spec = synthetic.CorpusSpec(num_speakers=1, utterances_per_speaker=len(synthetic.CLASS_NAMES))
-    waveform = synthetic.synthesize(synthetic.plan(spec)[0], spec, sample_rate)
-    return np.resize(waveform, int(CLIP_SECONDS * sample_rate))
-
-
-def benchmark_clip(config: ml_collections.ConfigDict, state, repeats: int) -> dict[str, Any]:
-    """Real-time factor of scoring one 3 s clip: log-Mel features plus the jitted forward pass.
-
-    Without librosa the features are left out (`inference_rtf_includes_features` is false).
-    """
-    waveform = _clip_waveform(config.data.sample_rate)
-    try:
-        from emohrnet_jax.audio import features
-    except ImportError as error:
-        features, note = None, f"inference_rtf: model only, no feature extraction ({error})"
-    if features is not None:
-        params = features.FeatureParams.from_config(config.data)
-
-        def mel_of_clip() -> np.ndarray:
-            return features.normalize(features.log_mel(waveform, params))
-    else:
-        # Already normalized: mean 0 and variance 1 over the utterance.
-        frames = 1 + len(waveform) // config.data.hop_length
-        dummy = np.random.default_rng(0).standard_normal((config.data.n_mels, frames))
-
-        def mel_of_clip() -> np.ndarray:
-            return dummy.astype(np.float32)
-
-    model = models.create_model(config)
-    forward = jax.jit(lambda variables, mel: model.apply(variables, mel, train=False))
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-
-    def score():
-        return forward(variables, mel_of_clip()[None])
-
-    started = time.perf_counter()
-    jax.block_until_ready(score())
-    results = {"clip_compile_s": time.perf_counter() - started}
-    seconds = statistics.median(_time(score, max(repeats, 3)))
-    results["inference_clip_s"] = seconds
-    results["inference_rtf"] = seconds / CLIP_SECONDS
-    results["inference_rtf_includes_features"] = features is not None
-    if features is None:
-        results["notes"] = [note]
-    return results
-
-
-def benchmark_input_pipeline(
-    config: ml_collections.ConfigDict, batch_size: int, num_batches: int
-) -> dict[str, Any]:
-    """Examples/s from the prepared TFRecords to device arrays (crop, normalize, batch, copy).
-
-    Returns `{"notes": [...]}` alone when TensorFlow/tfds are missing or the dataset of
-    `config.data` is not prepared (the benchmark never prepares data).
-    """
-    try:
-        from emohrnet_jax.data import pipeline
-    except ImportError as error:
-        return {"notes": [f"input pipeline skipped: {error}"]}
-    try:
-        pipeline.load_builder(config.data, prepare_synthetic=False)
-    except FileNotFoundError as error:
-        return {"notes": [f"input pipeline skipped: {error}"]}
-    fold = pipeline.create_fold_input(config)
-    mesh = steps.make_mesh()
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    count, started = 0, None
-    for batch in fold.train_batches(batch_size, config.seed, epoch=0):
-        jax.block_until_ready(jax.device_put({k: batch[k] for k in ("mel", "label")}, sharding))
-        if started is None:  # The first batch fills tf.data's buffers (shuffle, prefetch).
-            started = time.perf_counter()
-            continue
-        count += 1
-        if count == num_batches:
-            break
-    if not count:
-        return {"notes": ["input pipeline skipped: the training split has fewer than 2 batches"]}
-    return {"input_examples_per_s": count * batch_size / (time.perf_counter() - started)}
-
-
-def benchmark_preprocessing(config: ml_collections.ConfigDict, num_clips: int) -> dict[str, Any]:
-    """Clips/s of feature extraction (decode WAV, log-Mel) in 1 process and on every core.
-
-    The clips are synthetic utterances written as 16-bit WAV files at the config's sample rate;
-    extraction is `features.extract`, as the dataset builders run it.
-    """
-    try:
-        import soundfile
-
-        from emohrnet_jax.audio import features
-    except ImportError as error:
-        return {"notes": [f"preprocessing skipped: {error}"]}
-    params = features.FeatureParams.from_config(config.data)
-    spec = synthetic.CorpusSpec(num_speakers=1, utterances_per_speaker=len(synthetic.CLASS_NAMES))
-    utterances = synthetic.plan(spec)
-    workers = _cores()
-    with tempfile.TemporaryDirectory(prefix="emohrnet_benchmark_") as folder:
-        paths = []
-        for i in range(num_clips):
-            path = os.path.join(folder, f"clip{i}.wav")
-            utterance = utterances[i % len(utterances)]
-            waveform = synthetic.synthesize(utterance, spec, params.sample_rate)
-            soundfile.write(path, waveform, params.sample_rate, subtype="PCM_16")
-            paths.append(path)
-        features.extract(paths[0], params)  # librosa's first call builds its filter caches.
-        started = time.perf_counter()
-        for path in paths:
-            features.extract(path, params)
-        results = {"preprocessing_clips_per_s_1_core": num_clips / (time.perf_counter() - started)}
-        # Spawn, as the builders do; the pool is started (and its imports done) before timing.
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            list(pool.map(features.extract, paths[:workers], [params] * workers))
-            started = time.perf_counter()
-            # Chunks as in the builders: one round trip per clip would time the IPC instead.
-            chunk = max(1, num_clips // (4 * workers))
-            list(pool.map(features.extract, paths, [params] * num_clips, chunksize=chunk))
-            seconds = time.perf_counter() - started
-    results["preprocessing_clips_per_s_all_cores"] = num_clips / seconds
-    results["preprocessing_workers"] = workers
-    return results
-
-
-def run(
-    config: ml_collections.ConfigDict,
-    batch_size: int,
-    num_steps: int,
-    warmup: int,
-    input_pipeline: bool = True,
-    preprocessing: bool = True,
-    preprocessing_clips: int = 32,
-    matmul_size: int = 2048,
-    profile_dir: str | None = None,
-) -> dict[str, Any]:
-    """Every benchmark of this tool for one config and batch size, as one flat dict."""
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "variant": config.model.variant,
-        "input_shape": [batch_size, config.data.n_mels, config.data.num_frames],
-        "dtype": config.model.dtype,
-        "batch_size": batch_size,
-        "steps": num_steps,
-        "notes": [],
-    }
-    parts = [benchmark_model(config, batch_size, num_steps, warmup, matmul_size, profile_dir)]
-    if input_pipeline:
-        parts.append(benchmark_input_pipeline(config, batch_size, max(num_steps, 10)))
-    if preprocessing:
-        parts.append(benchmark_preprocessing(config, preprocessing_clips))
-    for part in parts:
-        results["notes"] += part.pop("notes", [])
-        results.update(part)
-    results["machine"]["load_average_1min_end"] = os.getloadavg()[0]
-    return results
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed train (and evaluation) steps.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+_INPUT_PIPELINE = flags.DEFINE_bool(
+    "input_pipeline", True, "Time the input pipeline (needs TensorFlow and prepared data)."
+)
+_PREPROCESSING = flags.DEFINE_bool(
+    "preprocessing", True, "Time feature extraction (needs librosa and soundfile)."
+)
+_PREPROCESSING_CLIPS = flags.DEFINE_integer(
+    "preprocessing_clips", 32, "Synthetic clips for the preprocessing throughput."
+)
+_MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Matrix side of the matmul peak.")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "Write a jax.profiler trace of 3 train steps to this folder."
+)
+_MALLOC_TUNABLES = cli.define_malloc_tunables_flag()
+flags.mark_flags_as_required(["config"])
 
 
 def _print(results: dict[str, Any]) -> None:
@@ -386,7 +63,8 @@ def _print(results: dict[str, Any]) -> None:
     print(f"evaluation: {results['eval_examples_per_s']:.1f} examples/s")
     what = "features + model" if results["inference_rtf_includes_features"] else "model only"
     print(
-        f"one {CLIP_SECONDS:g} s clip ({what}): {results['inference_clip_s'] * 1e3:.1f} ms, "
+        f"one {benchmark.CLIP_SECONDS:g} s clip ({what}): "
+        f"{results['inference_clip_s'] * 1e3:.1f} ms, "
         f"real-time factor {results['inference_rtf']:.4f}"
     )
     if "input_examples_per_s" in results:
@@ -407,7 +85,9 @@ def _print(results: dict[str, Any]) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    results = run(
+    if _MALLOC_TUNABLES.value:  # As training has them.
+        allocator.restart_with_tunables()
+    results = benchmark.run(
         _CONFIG.value,
         _BATCH_SIZE.value or _CONFIG.value.batch_size,
         _STEPS.value,
@@ -425,25 +105,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    allocator.restart_with_tunables()
-    # Flags are defined only when run as a script, so tests can import this module.
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-    _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
-    _STEPS = flags.DEFINE_integer("steps", 10, "Timed train (and evaluation) steps.")
-    _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-    _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
-    _INPUT_PIPELINE = flags.DEFINE_bool(
-        "input_pipeline", True, "Time the input pipeline (needs TensorFlow and prepared data)."
-    )
-    _PREPROCESSING = flags.DEFINE_bool(
-        "preprocessing", True, "Time feature extraction (needs librosa and soundfile)."
-    )
-    _PREPROCESSING_CLIPS = flags.DEFINE_integer(
-        "preprocessing_clips", 32, "Synthetic clips for the preprocessing throughput."
-    )
-    _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Matrix side of the matmul peak.")
-    _PROFILE_DIR = flags.DEFINE_string(
-        "profile_dir", None, "Write a jax.profiler trace of 3 train steps to this folder."
-    )
-    flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -4,178 +4,52 @@
   python tools/cross_validate.py --config=configs/demo.py --workdir=runs/demo_cv --folds=0,1
 
 Fold k trains in `WORKDIR/fold_k` exactly as `python -m emohrnet_jax.main --config.data.fold=k`
-would. A fold with a `results.json` is done and is not re-run; an interrupted fold resumes from
-its latest checkpoint. A fold folder saved under another config (beyond the fields that may change
-on a resume, emohrnet_jax.run_config.SAFE_FIELDS) is refused, so a summary never mixes configs.
-Writes `WORKDIR/summary.json` (per-fold and mean +- std UA, WA and macro-F1 on each fold's test
-speakers, and the summed test confusion matrix), `WORKDIR/confusion_matrix.png`
-and prints a table. The sample standard deviation (ddof=1) is the one papers usually report.
+would; a fold already done is read back, an interrupted one resumes, a fold folder of another
+config is refused (emohrnet_jax.cross_validation). Writes `WORKDIR/summary.json` (per-fold and
+mean +- std UA, WA and macro-F1, and the summed test confusion matrix),
+`WORKDIR/confusion_matrix.png` and prints a table. `--verbosity=1` adds the libraries' log lines;
+`--nomalloc_tunables` skips the restart with glibc malloc settings (as emohrnet_jax.main's).
 Exit status: 0 done, 1 an error (one line), 75 preempted (SIGTERM) after saving: run it again.
 """
 
-# The restart with glibc's malloc settings (emohrnet_jax/allocator.py) comes before TensorFlow and
-# JAX are imported, which would otherwise take their ~12 s twice.
-from emohrnet_jax import allocator
-
-if __name__ == "__main__":
-    allocator.restart_with_tunables()
-
-import json
-import os
 import sys
-from typing import Any
 
-import ml_collections
-import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
+from ml_collections import config_flags
 
-from emohrnet_jax import (
-    compilation_cache,
-    config_check,
-    files,
-    locks,
-    metrics,
-    paths,
-    plots,
-    run_config,
-)
+from emohrnet_jax import allocator, cli, config_check, paths
 
-METRICS = ("ua", "wa", "macro_f1")
-
-
-def fold_workdir(workdir: str, fold: int) -> str:
-    return os.path.join(workdir, f"fold_{fold}")
-
-
-def run_folds(
-    config: ml_collections.ConfigDict, workdir: str, folds: list[int] | None = None
-) -> dict[str, Any] | None:
-    """Trains the folds not yet done (all of the protocol's by default), then summarizes all.
-
-    Returns None when preempted (SIGTERM) after saving the fold in progress.
-
-    Raises:
-      run_config.RunConfigError: a fold folder holds a run of another config.
-      locks.LockedError: another process is using `workdir` (or a fold's folder).
-    """
-    # emohrnet_jax.data and train import TensorFlow (~7 s): only once main's checks passed.
-    from emohrnet_jax.data import splits
-
-    total = splits.num_folds(config.data.dataset, config.data.get("num_folds"))
-    folds = list(range(total)) if folds is None else folds
-    bad = [fold for fold in folds if not 0 <= fold < total]
-    if bad:
-        raise ValueError(f"folds {bad} are out of range: {config.data.dataset} has {total} folds")
-    with locks.hold(workdir, "the cross-validation workdir"):
-        results = []
-        for fold in folds:
-            result = _fold_result(config, workdir, fold, total)
-            if result is None:  # preempted: the next fold must not start
-                return None
-            results.append(result)
-        return _write_summary(results, total, workdir)
-
-
-def _fold_result(config, workdir: str, fold: int, total: int) -> dict[str, Any] | None:
-    """The fold's results: read back when done under the same config, else trained (resumed)."""
-    from emohrnet_jax import train
-
-    fold_config = config.copy_and_resolve_references()
-    with fold_config.unlocked():
-        fold_config.data.fold = fold
-    # Before reading results.json, so that a fold of an older config is never summarized.
-    run_config.check_config(fold_workdir(workdir, fold), fold_config)
-    path = os.path.join(fold_workdir(workdir, fold), "results.json")
-    if os.path.exists(path):
-        print(f"fold {fold}: done, read from {path}")
-        with open(path) as file:
-            return json.load(file)
-    print(f"fold {fold} of {total}: training in {fold_workdir(workdir, fold)}")
-    return train.train_and_evaluate(fold_config, fold_workdir(workdir, fold))
-
-
-def _write_summary(results: list[dict[str, Any]], total: int, workdir: str) -> dict[str, Any]:
-    summary = summarize(results, total)
-    files.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
-    plots.plot_confusion_matrix(
-        np.array(summary["confusion_matrix"]),
-        summary["class_names"],
-        os.path.join(workdir, "confusion_matrix.png"),
-        title=f"{summary['dataset']}: {len(results)} folds, test (summed)",
-    )
-    return summary
-
-
-def summarize(results: list[dict[str, Any]], num_folds: int) -> dict[str, Any]:
-    """Per-fold and mean +- std test metrics, and the summed test confusion matrix."""
-    names = results[0]["class_names"]
-    per_fold = [
-        {
-            "fold": r["fold"],
-            "best_epoch": r["best_epoch"],
-            "test_speakers": r["speakers"]["test"],
-            **{m: r["test"][m] for m in METRICS},
-            "num_examples": r["test"]["num_examples"],
-        }
-        for r in results
-    ]
-    values = {m: np.array([f[m] for f in per_fold]) for m in METRICS}
-    confusion = np.sum([r["test"]["confusion_matrix"] for r in results], axis=0)
-    return {
-        "dataset": results[0]["dataset"],
-        "class_names": names,
-        "num_folds": num_folds,
-        "folds_done": len(results),
-        "folds": per_fold,
-        "mean": {m: float(v.mean()) for m, v in values.items()},
-        "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
-        "confusion_matrix": confusion.tolist(),
-        "pooled": metrics.summarize(confusion, names),
-    }
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The console table: one row per fold, then mean +- std, in percent."""
-    row = "{:<6}  {:>14}  {:>14}  {:>14}  {:>6}"
-    lines = [row.format("fold", "UA %", "WA %", "macro-F1 %", "N")]
-    for fold in summary["folds"]:
-        cells = [f"{100 * fold[m]:.2f}" for m in METRICS]
-        lines.append(row.format(fold["fold"], *cells, fold["num_examples"]))
-    cells = [f"{100 * summary['mean'][m]:.2f} +- {100 * summary['std'][m]:.2f}" for m in METRICS]
-    lines.append(row.format("mean", *cells, summary["pooled"]["num_examples"]))
-    if summary["folds_done"] < summary["num_folds"]:
-        lines.append(f"({summary['folds_done']} of {summary['num_folds']} folds)")
-    return "\n".join(lines)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the folds (fold_K) and the summary.")
+_FOLDS = flags.DEFINE_list("folds", None, "Folds to run (default: every fold of the protocol).")
+_COMPILATION_CACHE = cli.define_compilation_cache_flag()
+_MALLOC_TUNABLES = cli.define_malloc_tunables_flag()
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    folds = [int(f) for f in flags.FLAGS.folds] if flags.FLAGS.folds else None
+    folds = [int(f) for f in _FOLDS.value] if _FOLDS.value else None
     try:
-        workdir = paths.local(flags.FLAGS.workdir, "--workdir")
-        config_check.check(flags.FLAGS.config)
-        compilation_cache.enable(flags.FLAGS.compilation_cache)
-        summary = run_folds(flags.FLAGS.config, workdir, folds)
-    except (ValueError, OSError, locks.LockedError, FloatingPointError) as error:  # As main's.
-        logging.debug("the traceback", exc_info=True)  # --verbosity=1 shows it.
-        raise SystemExit(f"error: {error}") from None
-    if summary is None:
-        from emohrnet_jax import train  # imported by run_folds already
+        workdir = paths.local(_WORKDIR.value, "--workdir")
+        config_check.check(_CONFIG.value)
+        if _MALLOC_TUNABLES.value:
+            allocator.restart_with_tunables()
+        cli.quiet_console()
+        # TensorFlow and the training code take ~7 s to import: only once the config is known good.
+        with cli.quiet_imports():
+            from emohrnet_jax import compilation_cache, cross_validation, train
 
+        compilation_cache.enable(_COMPILATION_CACHE.value)
+        summary = cross_validation.run_folds(_CONFIG.value, workdir, folds)
+    except cli.USER_ERRORS as error:
+        cli.exit_with(error)
+    if summary is None:
         print("preempted: re-run the same command to resume", file=sys.stderr)
         sys.exit(train.EXIT_PREEMPTED)
-    print(format_summary(summary))
+    print(cross_validation.format_summary(summary))
 
 
 if __name__ == "__main__":
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Folder of the folds (fold_K) and the summary.")
-    flags.DEFINE_list("folds", None, "Folds to run (default: every fold of the protocol).")
-    flags.DEFINE_string(
-        "compilation_cache", compilation_cache.DEFAULT_FOLDER, compilation_cache.FLAG_HELP
-    )
-    flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

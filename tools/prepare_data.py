@@ -13,22 +13,22 @@ and labels are unchanged and rebuilds one whose sources changed, saying what cha
 made in a temporary folder under a lock (a second prepare of the same build is refused) and
 replaces the old one only when complete, so a killed build is simply re-run. Exits 0 when the
 dataset was built (files skipped included, see the printed summary and `prepare_summary.json`),
-1 with the reason otherwise.
+1 with the reason otherwise. `--verbosity=1` adds the libraries' log lines and the traceback.
 """
 
 import pathlib
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import locks, paths
-from emohrnet_jax.audio import features
-from emohrnet_jax.data import builders, corpora, pipeline
+from emohrnet_jax import cli, locks, paths
+from emohrnet_jax.data import corpora
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
+# The names of emohrnet_jax.data.builders.BUILDERS, whose import loads TensorFlow (~7 s).
+DATASETS = ("emovo", "iemocap", "labelled_folder", "ravdess", "synthetic")
 
-_DATASET = flags.DEFINE_enum("dataset", None, sorted(builders.BUILDERS), "Corpus to build.")
+_DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "Corpus to build.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the raw corpus.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: config.data.data_dir).")
 _CSV = flags.DEFINE_string("csv", None, "labelled_folder: CSV of path,label,speaker.")
@@ -58,6 +58,8 @@ def _check_flags(dataset: str) -> None:
 
 
 def _options(dataset: str) -> dict:
+    from emohrnet_jax.data import pipeline
+
     data_config = _CONFIG.value.data.copy_and_resolve_references()
     data_config.unlock()
     data_config.dataset = dataset
@@ -89,8 +91,15 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     dataset = _DATASET.value
+    cli.quiet_console()
     try:
         _check_flags(dataset)
+        with cli.quiet_imports():
+            from emohrnet_jax.audio import features
+            from emohrnet_jax.data import builders
+
+            options = _options(dataset)  # The input pipeline's import loads TensorFlow.
+
         data_dir = paths.local(_DATA_DIR.value, "--data_dir") or paths.local(
             _CONFIG.value.data.data_dir, "config.data.data_dir"
         )
@@ -100,15 +109,14 @@ def main(argv: list[str]) -> None:
             manual_dir=paths.local(_MANUAL_DIR.value, "--manual_dir"),
             feature_params=features.FeatureParams.from_config(_CONFIG.value.data),
             num_workers=_NUM_WORKERS.value,
-            **_options(dataset),
+            **options,
         )
     except (ValueError, OSError, corpora.UnknownLabelError, locks.LockedError) as error:
-        logging.debug("prepare_data failed", exc_info=True)  # --verbosity=1 shows the traceback.
-        print(f"prepare_data: {dataset}: {error}", file=sys.stderr)
-        sys.exit(1)
+        cli.exit_with(error, f"prepare_data: {dataset}")
     _print_summary(summary)
 
 
+flags.mark_flag_as_required("dataset")
+
 if __name__ == "__main__":
-    flags.mark_flag_as_required("dataset")
     app.run(main)

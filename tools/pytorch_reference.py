@@ -15,8 +15,8 @@ in float32 or, when `config.model.dtype` is bfloat16, under bfloat16 autocast (o
 (which also augments the batch on device). Each runs in its own process (their thread pools would
 compete in one) and the two take turns, a few steps each, so load from other processes slows both
 alike; the ratio of the medians is the figure to read (BENCHMARKS.md). JAX's process gets our
-glibc malloc settings (`emohrnet_jax.allocator`), as in training; PyTorch's gets glibc's
-defaults, as its users have, unless `--torch_tunables`.
+glibc malloc settings (`emohrnet_jax.allocator`, `--malloc_tunables`), as in training;
+PyTorch's gets glibc's defaults, as its users have, unless `--torch_tunables`.
 """
 
 import contextlib
@@ -38,7 +38,7 @@ from ml_collections import config_flags
 from torch import nn
 from torch.utils import flop_counter
 
-from emohrnet_jax import allocator, cost, files, models, steps
+from emohrnet_jax import allocator, cli, cost, files, models, steps
 from emohrnet_jax.models import hrnet
 
 # The JAX model's BatchNorm: PyTorch momentum 0.1 is flax's 0.9.
@@ -410,6 +410,8 @@ def _receive(connection) -> Any:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _MALLOC_TUNABLES.value:
+        allocator.restart_with_tunables()
     config = _CONFIG.value
     results = compare(
         config,
@@ -444,7 +446,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    allocator.restart_with_tunables()
+    _MALLOC_TUNABLES = cli.define_malloc_tunables_flag()
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
     _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
     _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds of JAX and PyTorch steps.")
