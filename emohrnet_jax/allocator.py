@@ -4,10 +4,10 @@ XLA on CPU allocates a step's temporary buffers (454 MB for `w18_small_v2` at ba
 worker threads and frees them when the step ends. glibc serves blocks that large with a fresh
 `mmap` and unmaps them on `free`, so every step page-faults its whole working set in again: 437
 MiB and about 0.35 s of kernel time per step there. `TUNABLES` keep freed memory in one heap for
-the next step and back it with transparent huge pages (train step 0.88x the time, BENCHMARKS.md).
-glibc reads tunables only when a process starts, so the entry points restart themselves once with
-them set (`restart_with_tunables`). Set `GLIBC_TUNABLES` yourself (`GLIBC_TUNABLES=` to keep
-glibc's defaults) and it is left as it is.
+the next step and back it with transparent huge pages (train step 0.88x the time,
+docs/performance.md). glibc reads tunables only when a process starts, so the entry points restart
+themselves once with them set (`restart_with_tunables`). Set `GLIBC_TUNABLES` yourself
+(`GLIBC_TUNABLES=` to keep glibc's defaults) and it is left as it is.
 """
 
 import importlib.metadata

@@ -90,7 +90,7 @@ def create_train_state(config: ml_collections.ConfigDict, steps_per_epoch: int) 
     # Drawn on the host's CPU whatever the backend, so that a seed gives the same parameters
     # everywhere. The arrays stay uncommitted: the jitted steps (or `jax.device_put`) move them
     # to the mesh. XLA's GPU compiler took 138-171 s for this program of ~330 random draws (W18,
-    # BENCHMARKS.md rounds 2 and 5); its CPU compiler takes ~28 s on a 2-core machine.
+    # docs/benchmark_history.md rounds 2 and 5); its CPU compiler takes ~28 s on a 2-core machine.
     with _on_host_cpu():
         mel = jnp.zeros((1, config.data.n_mels, config.data.num_frames), jnp.float32)
         # unsafe_rbg compiles the initializer several times faster than threefry: one XLA

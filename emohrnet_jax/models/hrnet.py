@@ -26,7 +26,7 @@ Strides = tuple[int, int]
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 # `conv_with_matmul_kernel_grad` keeps XLA's kernel gradient for convolutions with fewer input and
-# output channels than this (faster there on CPU: BENCHMARKS.md, round 6).
+# output channels than this (faster there on CPU: docs/benchmark_history.md, round 6).
 MATMUL_KERNEL_GRAD_MIN_CHANNELS = 64
 
 
@@ -77,7 +77,7 @@ class PointwiseConv(nn.Conv):
 
     XLA's CPU backend computes the kernel gradient of a 1x1 convolution as a convolution whose
     window is the whole feature map, at a few GFLOP/s; the gradient of a matmul is a matmul
-    (BENCHMARKS.md).
+    (docs/performance.md).
     """
 
     @nn.compact
@@ -115,7 +115,7 @@ class PatchConv(nn.Conv):
     convolution (and its two gradients) from the host, between the CUDA graphs that hold the rest
     of the step; matmuls and the slicing run inside the graphs. That makes one clip 3-4x faster
     to score on an H100, but batches slower (the train step 1.3x at batch 256, the evaluation
-    step 2x) with 3x the memory (BENCHMARKS.md rounds 5 and 7).
+    step 2x) with 3x the memory (docs/benchmark_history.md rounds 5 and 7).
     """
 
     @nn.compact
@@ -202,7 +202,7 @@ def conv_with_matmul_kernel_grad(
 
     XLA's CPU backend computes a kernel gradient as a convolution that contracts over the batch
     (8 values at batch 8) with the whole feature map as its window: 64-channel 3x3 kernel
-    gradients run at ~18 GFLOP/s, ~2.5x slower than the matmul (BENCHMARKS.md, round 6).
+    gradients run at ~18 GFLOP/s, ~2.5x slower than the matmul (docs/benchmark_history.md, round 6).
     """
     nhwc = ("NHWC", "HWIO", "NHWC")
     dilations = (*(lhs_dilation or ()), *(rhs_dilation or ()))
@@ -230,8 +230,8 @@ def materialize(x: jax.Array) -> jax.Array:
     XLA's CPU backend copies the element-wise work that produced a block's output (BatchNorm,
     ReLU and the residual sums, a chain back through the earlier blocks) into every backward-pass
     fusion that reads it, instead of reading the stored result; a matmul's output is not copied
-    that way (BENCHMARKS.md). The product is exact for finite inputs (one 1.0 and zeros per output
-    element) and costs 2 x channels FLOPs per element. Other backends get `x` itself.
+    that way (docs/performance.md). The product is exact for finite inputs (one 1.0 and zeros per
+    output element) and costs 2 x channels FLOPs per element. Other backends get `x` itself.
     """
     if jax.default_backend() != "cpu":
         return x
@@ -248,7 +248,7 @@ def make_conv(
     False XLA's convolution; None (auto) gives XLA's convolution with
     `conv_with_matmul_kernel_grad`'s kernel gradient on CPU, and XLA's convolution elsewhere (on
     GPU cuDNN's: `PatchConv` took 1.3x the train step at batch 256, twice the evaluation step and
-    3x the memory on an H100, BENCHMARKS.md round 7). All have the same parameters, so
+    3x the memory on an H100, docs/benchmark_history.md round 7). All have the same parameters, so
     checkpoints move between backends and settings.
     """
     if tuple(kernel_size) == (1, 1) and kwargs.get("strides", 1) in (1, (1, 1)):
