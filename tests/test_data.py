@@ -61,6 +61,7 @@ def ravdess_build(tmp_path_factory):
     return summary, data_dir
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_and_counted_by_reason(ravdess_build):
     summary, _ = ravdess_build
     assert summary["kept"] == 17
@@ -154,6 +155,7 @@ def fold(synthetic_config, tmp_path_factory):
     return pipeline.create_fold_input(synthetic_config, str(tmp_path_factory.mktemp("workdir")))
 
 
+@pytest.mark.slow
 def test_synthetic_corpus_is_prepared_on_first_use_balanced_and_deterministic(
     fold, synthetic_config, tmp_path
 ):
@@ -307,6 +309,7 @@ def _prepare_data(*args):
     )
 
 
+@pytest.mark.slow
 def test_prepare_data_builds_a_labelled_folder_that_reads_back_by_name(tmp_path):
     raw = tmp_path / "my corpus"
     rows = ""
@@ -342,6 +345,7 @@ def test_prepare_data_builds_a_labelled_folder_that_reads_back_by_name(tmp_path)
     assert {e["mel"].shape[0] for e in examples} == {features.FeatureParams().n_mels}
 
 
+@pytest.mark.slow
 def test_prepare_data_fails_with_the_reason_on_stderr(tmp_path):
     result = _prepare_data("--dataset=ravdess", f"--manual_dir={tmp_path / 'missing'}")
     assert result.returncode == 1

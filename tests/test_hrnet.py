@@ -35,6 +35,7 @@ def _branch_sizes(size: int, stem_stride: int = 4, branches: int = 4) -> list[in
     return sizes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("n_frames", [187, 301])
 def test_every_stage_has_the_branch_strides_and_widths(variant, n_frames):
@@ -72,6 +73,7 @@ PARAM_COUNTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_parameter_counts(variant):
     variables, _, _ = _abstract_forward(variant, 187)
@@ -80,6 +82,7 @@ def test_parameter_counts(variant):
     assert set(variables) == {"params", "batch_stats"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["demo", "ravdess", "iemocap", "emovo"])
 def test_create_model_follows_the_config(name):
     config = helpers.load_config(name)
@@ -137,6 +140,7 @@ def tiny():
     return Tiny()
 
 
+@pytest.mark.slow
 def test_forward_is_finite_and_deterministic(tiny):
     logits = tiny.evaluate(tiny.variables, tiny.mel)
     chex.assert_shape(logits, (4, 4))
@@ -145,6 +149,7 @@ def test_forward_is_finite_and_deterministic(tiny):
     assert not np.allclose(logits[0], logits[1]), "different inputs should give different logits"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_frames", [1, 301])
 def test_any_length_runs(tiny, n_frames):
     mel = jax.random.normal(jax.random.key(2), (2, N_MELS, n_frames))
@@ -153,6 +158,7 @@ def test_any_length_runs(tiny, n_frames):
     chex.assert_tree_all_finite(logits)
 
 
+@pytest.mark.slow
 def test_train_mode_uses_batch_statistics_and_updates_them(tiny):
     variables, mel = tiny.variables, tiny.mel
     logits, updates = tiny.train(variables, mel)
@@ -179,6 +185,7 @@ def test_train_mode_uses_batch_statistics_and_updates_them(tiny):
     assert not np.allclose(alone_train[0], logits[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters():
     tiny = Tiny(dtype=jnp.bfloat16)
     chex.assert_trees_all_equal_dtypes(
@@ -231,6 +238,7 @@ def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
     assert not isinstance(hrnet.make_conv(4, (3, 3)), hrnet.PointwiseConv)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape, strides, features",
     [
@@ -302,6 +310,7 @@ def test_make_conv_picks_the_3x3_convolution_for_the_backend(
     assert isinstance(hrnet.make_conv(8, (1, 1), im2col=im2col), hrnet.PointwiseConv)
 
 
+@pytest.mark.slow
 def test_a_model_of_patch_convolutions_on_gpu_computes_the_same(tiny, monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     model = tiny.model.clone(im2col=True)  # and no `materialize`, as on GPU

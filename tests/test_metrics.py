@@ -262,6 +262,7 @@ def test_format_table_with_a_split_missing():
 # ---------------------------------------------------------------- dependencies
 
 
+@pytest.mark.slow
 def test_imports_without_tensorflow():
     # A None entry in sys.modules makes any `import tensorflow` raise ImportError.
     code = "import sys; sys.modules['tensorflow'] = None; import emohrnet_jax.metrics"

@@ -10,6 +10,7 @@ def model_summary():
     return helpers.load_tool("model_summary")
 
 
+@pytest.mark.slow
 def test_summary_lists_stages_in_order_with_parameters_and_flops(model_summary):
     config = helpers.load_config("demo")
     config.model.variant = "tiny"
