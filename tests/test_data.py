@@ -80,6 +80,7 @@ def test_bad_files_are_skipped_and_counted_by_reason(ravdess_build):
         assert json.load(file)["skipped"] == summary["skipped"]
 
 
+@pytest.mark.slow
 def test_prepared_dataset_reads_back_by_name_without_raw_files(ravdess_build):
     _, data_dir = ravdess_build
     builder = tfds.builder(
@@ -101,6 +102,7 @@ def test_prepared_dataset_reads_back_by_name_without_raw_files(ravdess_build):
     assert builder.info.metadata["feature_params"] == PARAMS.as_dict()
 
 
+@pytest.mark.slow
 def test_rebuilding_is_a_no_op(ravdess_build):
     summary, data_dir = ravdess_build
     again = builders.prepare("ravdess", str(data_dir), "/nonexistent", feature_params=PARAMS)

@@ -198,6 +198,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
     chex.assert_tree_all_finite(logits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape, message",
     [((2, 64, 100), "n_mels=128 but got 64"), ((128, 100), "shape \\(batch, n_mels, n_frames\\)")],
