@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from emohrnet_jax import cost, steps
+from emohrnet_jax import cost, models, steps
 from emohrnet_jax.audio import synthetic
 
 CLIP_SECONDS = 3.0
@@ -140,7 +140,7 @@ def benchmark_model(
     started = time.perf_counter()
     state = jax.block_until_ready(steps.create_train_state(config, steps_per_epoch=1000))
     results["init_s"] = time.perf_counter() - started
-    train, evaluate = steps.jit_steps(config, mesh, config.model.num_classes)
+    train, evaluate = steps.jit_steps(config, mesh, config.model.num_classes, 1000)
     batch = _batch(config, batch_size, mesh)
     train_batch = {"mel": batch["mel"], "label": batch["label"]}
     key = jax.random.key(config.seed)
@@ -229,7 +229,8 @@ def benchmark_clip(config: ml_collections.ConfigDict, state, repeats: int) -> di
         def mel_of_clip() -> np.ndarray:
             return dummy.astype(np.float32)
 
-    forward = jax.jit(lambda variables, mel: state.apply_fn(variables, mel, train=False))
+    model = models.create_model(config)
+    forward = jax.jit(lambda variables, mel: model.apply(variables, mel, train=False))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
 
     def score():

@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from emohrnet_jax import files, locks, metrics, run_config, train
+from emohrnet_jax import files, locks, metrics, plots, run_config, train
 from emohrnet_jax.data import splits
 
 METRICS = ("ua", "wa", "macro_f1")
@@ -73,7 +73,7 @@ def _write_summary(results: list[dict[str, Any]], total: int, workdir: str) -> d
     """Writes `summary.json` and the summed confusion matrix's PNG; returns the summary."""
     summary = summarize(results, total)
     files.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
-    metrics.plot_confusion_matrix(
+    plots.plot_confusion_matrix(
         np.array(summary["confusion_matrix"]),
         summary["class_names"],
         os.path.join(workdir, "confusion_matrix.png"),

@@ -48,6 +48,7 @@ def _run_faults(**environment: str) -> tuple[float, str, str]:
     return float(faulted), tunables, argv
 
 
+@pytest.mark.slow
 @glibc_only
 def test_the_restarted_process_reuses_memory_instead_of_faulting_it_in():
     faulted, tunables, argv = _run_faults()

@@ -84,6 +84,7 @@ def without_tensorflow(tmp_path_factory):
     return json.loads(out.read_text()), result.stdout
 
 
+@pytest.mark.slow
 def test_json_has_the_contract_keys_with_sane_values(without_tensorflow):
     results, _ = without_tensorflow
     for key in CONTRACT:
@@ -111,6 +112,7 @@ def test_peak_device_memory_is_the_largest_device_peak():
     assert benchmark.peak_device_memory_mib([Device(None), Device({})]) is None
 
 
+@pytest.mark.slow
 def test_the_model_parts_run_without_tensorflow_or_librosa(without_tensorflow):
     results, stdout = without_tensorflow
     assert "LOADED []" in stdout
@@ -120,6 +122,7 @@ def test_the_model_parts_run_without_tensorflow_or_librosa(without_tensorflow):
     assert "note: input pipeline skipped" in stdout
 
 
+@pytest.mark.slow
 def test_train_step_flops_are_about_three_forward_passes(without_tensorflow, tmp_path):
     results, _ = without_tensorflow
     summary = model_summary.summarize(helpers.tiny_config(tmp_path), batch_size=1, flops=True)
@@ -129,6 +132,7 @@ def test_train_step_flops_are_about_three_forward_passes(without_tensorflow, tmp
     assert results["eval_gflops_per_step"] == pytest.approx(forward, rel=0.05)
 
 
+@pytest.mark.slow
 def test_preprocessing_and_missing_data_with_the_full_stack(tmp_path):
     config = helpers.tiny_config(tmp_path)
     results = benchmark.benchmark_preprocessing(config, num_clips=2)

@@ -61,6 +61,7 @@ def ravdess_build(tmp_path_factory):
     return summary, data_dir
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_and_counted_by_reason(ravdess_build):
     summary, _ = ravdess_build
     assert summary["kept"] == 17
@@ -79,6 +80,7 @@ def test_bad_files_are_skipped_and_counted_by_reason(ravdess_build):
         assert json.load(file)["skipped"] == summary["skipped"]
 
 
+@pytest.mark.slow
 def test_prepared_dataset_reads_back_by_name_without_raw_files(ravdess_build):
     _, data_dir = ravdess_build
     builder = tfds.builder(
@@ -100,6 +102,7 @@ def test_prepared_dataset_reads_back_by_name_without_raw_files(ravdess_build):
     assert builder.info.metadata["feature_params"] == PARAMS.as_dict()
 
 
+@pytest.mark.slow
 def test_rebuilding_is_a_no_op(ravdess_build):
     summary, data_dir = ravdess_build
     again = builders.prepare("ravdess", str(data_dir), "/nonexistent", feature_params=PARAMS)
@@ -154,6 +157,7 @@ def fold(synthetic_config):
     return pipeline.create_fold_input(synthetic_config)
 
 
+@pytest.mark.slow
 def test_synthetic_corpus_is_prepared_on_first_use_balanced_and_deterministic(
     fold, synthetic_config, tmp_path
 ):
@@ -312,6 +316,7 @@ def _prepare_data(*args):
     )
 
 
+@pytest.mark.slow
 def test_prepare_data_builds_a_labelled_folder_that_reads_back_by_name(tmp_path):
     raw = tmp_path / "my corpus"
     rows = ""
@@ -347,6 +352,7 @@ def test_prepare_data_builds_a_labelled_folder_that_reads_back_by_name(tmp_path)
     assert {e["mel"].shape[0] for e in examples} == {features.FeatureParams().n_mels}
 
 
+@pytest.mark.slow
 def test_prepare_data_fails_with_the_reason_on_stderr(tmp_path):
     result = _prepare_data("--dataset=ravdess", f"--manual_dir={tmp_path / 'missing'}")
     assert result.returncode == 1

@@ -60,6 +60,7 @@ def _check(outputs, logits):
     np.testing.assert_allclose(outputs["probabilities"], jax.nn.softmax(logits), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_jax_export_runs_any_batch_like_the_flax_model(exported, reference):
     mel, logits = reference
     with open(exported / export.JAX_FILE, "rb") as file:
@@ -71,6 +72,7 @@ def test_jax_export_runs_any_batch_like_the_flax_model(exported, reference):
     _check(loaded.call(mel[:1]), logits[:1])  # another batch size, same artifact
 
 
+@pytest.mark.slow
 def test_saved_model_signature_matches_the_flax_model(saved_model, reference):
     import tensorflow as tf  # This test only: serving through TensorFlow.
 
@@ -101,6 +103,7 @@ def _convolutions_and_channel_matmuls(exported: jax.export.Exported) -> tuple[in
     return convolutions, sum(bool(_CHANNEL_MATMUL.search(line)) for line in lines)
 
 
+@pytest.mark.slow
 def test_the_export_has_none_of_the_training_rewrites_of_its_host(exported, saved_run):
     """The command's export, made on this host (CPU in CI), for cpu, cuda and tpu: every
     convolution is XLA's; no PointwiseConv or PatchConv matmul, no identity matmul of
@@ -129,6 +132,7 @@ def test_the_export_has_none_of_the_training_rewrites_of_its_host(exported, save
     )
 
 
+@pytest.mark.slow
 def test_metadata_says_how_to_make_inputs(exported, saved_run):
     with open(exported / export.METADATA_FILE) as file:
         info = json.load(file)
@@ -141,6 +145,7 @@ def test_metadata_says_how_to_make_inputs(exported, saved_run):
     assert sorted(os.listdir(exported)) == sorted([export.JAX_FILE, export.METADATA_FILE])
 
 
+@pytest.mark.slow
 def test_export_refuses_to_overwrite_or_to_export_nothing(exported, tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         export.export_run(str(tmp_path), str(exported))
@@ -164,6 +169,7 @@ def _assert_run_intact(workdir):
     assert sorted(os.listdir(workdir / "checkpoints")), "the run's checkpoints are gone"
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_the_run_itself(run_copy):
     """Issue 21 case 3: `--output=<the workdir> --overwrite` used to delete the run."""
     result = _run_cli(f"--workdir={run_copy}", f"--output={run_copy}", "--overwrite")
@@ -208,6 +214,7 @@ def test_overwrite_refuses_what_is_not_an_export(run_copy, tmp_path, make_output
     _assert_run_intact(run_copy)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_previous_export_even_inside_the_run(exported, run_copy):
     output = run_copy / "export"
     shutil.copytree(exported, output)
@@ -219,6 +226,7 @@ def test_overwrite_replaces_a_previous_export_even_inside_the_run(exported, run_
     _assert_run_intact(run_copy)
 
 
+@pytest.mark.slow
 def test_a_staging_folder_is_reused_only_if_an_unfinished_export(saved_run, tmp_path):
     """`<output>.partial` of a killed export is replaced; a user's folder of that name stays."""
     output, staging = tmp_path / "model", tmp_path / "model.partial"
@@ -233,6 +241,7 @@ def test_a_staging_folder_is_reused_only_if_an_unfinished_export(saved_run, tmp_
     assert (staging / "thesis.tex").read_text() == "keep me"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--output=gs://bucket/model", "--workdir=gs://bucket/run"])
 def test_urls_are_refused_before_anything_is_written(saved_run, tmp_path, flag):
     defaults = {"--workdir": saved_run.workdir, "--output": tmp_path / "model"}
@@ -245,6 +254,7 @@ def test_urls_are_refused_before_anything_is_written(saved_run, tmp_path, flag):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_tilde_is_expanded(saved_run, tmp_path):
     """`--output=~/model` (no shell expansion) writes under $HOME, not into a folder named ~."""
     env = {**os.environ, "HOME": str(tmp_path / "home")}

@@ -37,6 +37,7 @@ def _branch_sizes(size: int, stem_stride: int = 4, branches: int = 4) -> list[in
     return sizes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("n_frames", [187, 301])
 def test_every_stage_has_the_branch_strides_and_widths(variant, n_frames):
@@ -74,6 +75,7 @@ PARAM_COUNTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_parameter_counts(variant):
     variables, _, _ = _abstract_forward(variant, 187)
@@ -82,6 +84,7 @@ def test_parameter_counts(variant):
     assert set(variables) == {"params", "batch_stats"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["demo", "ravdess", "iemocap", "emovo"])
 def test_create_model_follows_the_config(name):
     config = helpers.load_config(name)
@@ -143,6 +146,7 @@ def tiny():
     return Tiny()
 
 
+@pytest.mark.slow
 def test_forward_is_finite_and_deterministic(tiny):
     logits = tiny.evaluate(tiny.variables, tiny.mel)
     chex.assert_shape(logits, (4, 4))
@@ -151,6 +155,7 @@ def test_forward_is_finite_and_deterministic(tiny):
     assert not np.allclose(logits[0], logits[1]), "different inputs should give different logits"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_frames", [1, 301])
 def test_any_length_runs(tiny, n_frames):
     mel = jax.random.normal(jax.random.key(2), (2, N_MELS, n_frames))
@@ -159,6 +164,7 @@ def test_any_length_runs(tiny, n_frames):
     chex.assert_tree_all_finite(logits)
 
 
+@pytest.mark.slow
 def test_train_mode_uses_batch_statistics_and_updates_them(tiny):
     variables, mel = tiny.variables, tiny.mel
     logits, updates = tiny.train(variables, mel)
@@ -185,6 +191,7 @@ def test_train_mode_uses_batch_statistics_and_updates_them(tiny):
     assert not np.allclose(alone_train[0], logits[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters():
     tiny = Tiny(dtype=jnp.bfloat16)
     chex.assert_trees_all_equal_dtypes(

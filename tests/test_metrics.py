@@ -177,6 +177,7 @@ def test_summarize_rejects_bad_input(confusion, names):
 # ---------------------------------------------------------------- dependencies
 
 
+@pytest.mark.slow
 def test_imports_without_tensorflow():
     # A None entry in sys.modules makes any `import tensorflow` raise ImportError.
     code = "import sys; sys.modules['tensorflow'] = None; import emohrnet_jax.metrics"

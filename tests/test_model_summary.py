@@ -6,6 +6,7 @@ from emohrnet_jax import model_summary
 from tests import helpers
 
 
+@pytest.mark.slow
 def test_summary_lists_stages_in_order_with_parameters_and_flops():
     config = helpers.load_config("demo")
     config.model.variant = "tiny"

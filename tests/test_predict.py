@@ -93,6 +93,7 @@ def test_the_best_validation_checkpoint_is_served(saved_run, predictor):
         chex.assert_trees_all_close(predictor.variables["params"], saved_run.latest.params)
 
 
+@pytest.mark.slow
 def test_one_window_equals_the_model_applied_to_it(saved_run, predictor):
     # (num_frames - 1) * hop samples make exactly num_frames centred frames: no padding.
     waveform = _speech(2.0)[4000 : 4000 + 31 * 256]
@@ -140,6 +141,7 @@ def test_folders_are_walked_sorted_audio_only(clips):
     ]
 
 
+@pytest.mark.slow
 def test_cli_scores_a_folder_and_reports_the_corrupt_file(clips, saved_run, predictor, tmp_path):
     output, cache = tmp_path / "predictions.jsonl", tmp_path / "xla"
     result = _run_cli(
@@ -209,6 +211,7 @@ def test_batches_spanning_files_change_nothing(clips, predictor):
         np.testing.assert_allclose(result.logits, predictor.predict(audio, rate).logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_ends_the_cli_quietly(saved_run, clips, tmp_path):
     """`predict ... | head`: the closed pipe ends the command without a traceback."""
     command = [sys.executable, "-m", "emohrnet_jax.predict", f"--workdir={saved_run.workdir}"]
@@ -224,6 +227,7 @@ def test_a_reader_that_stops_early_ends_the_cli_quietly(saved_run, clips, tmp_pa
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_a_clear_cli_error(saved_run, clips, tmp_path):
     shutil.copy(os.path.join(saved_run.workdir, "config.json"), tmp_path / "config.json")
     result = _run_cli(f"--workdir={tmp_path}", clips / "a_16k.wav")
@@ -252,6 +256,7 @@ def _write_wav(path, seconds=1.0, index=0):
         soundfile.write(file, _speech(seconds, index=index), 16000, format="WAV")
 
 
+@pytest.mark.slow
 def test_a_name_that_is_not_utf8_is_scored_with_the_others(saved_run, tmp_path):
     """Issue 21 case 7: one such name used to abort the run and leave `--output`'s .tmp behind."""
     folder = tmp_path / "clips"
@@ -347,6 +352,7 @@ def test_a_file_read_in_many_blocks_scores_as_in_memory(saved_run, clips, predic
         np.testing.assert_allclose(result.logits, expected.logits, rtol=2e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flag, argument", [("--output=gs://b/p.jsonl", "a.wav"), ("", "gs://b/a.wav")]
 )
@@ -359,6 +365,7 @@ def test_urls_are_refused_before_anything_is_written(saved_run, tmp_path, flag, 
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_tilde_is_expanded(saved_run, tmp_path):
     """`~/...` given without shell expansion names $HOME in --workdir, --output and inputs."""
     home = tmp_path / "home"

@@ -56,6 +56,7 @@ def trained(tmp_path_factory):
     return config, workdir, results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_resume_falls_back_past_a_damaged_latest_checkpoint(trained, tmp_path, caplog, damage):
     config, original, results = trained
@@ -80,6 +81,7 @@ def test_resume_falls_back_past_a_damaged_latest_checkpoint(trained, tmp_path, c
     assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "8"]
 
 
+@pytest.mark.slow
 def test_a_safe_change_resumes_the_run(trained, tmp_path):
     config, original, _ = trained
     workdir = tmp_path / "run"

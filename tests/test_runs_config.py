@@ -69,6 +69,7 @@ def test_fields_missing_from_an_older_config_json_compare_as_their_default():
     assert run_config.differences(saved, new) == ["augment.mask_value: 'mean' -> 'zero'"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "changes",
     [{"model.variant": "small"}, {"batch_size": 16}, {"learning_rate": 0.01}],
@@ -82,6 +83,7 @@ def test_training_refuses_another_config_and_writes_nothing(data_dir, tmp_path, 
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_training_refuses_a_rebuilt_corpus(data_dir, tmp_path):
     """The same speakers from a build prepared again (its sources changed) is other data."""
     before = _saved_run(tmp_path, helpers.tiny_config(data_dir))
@@ -94,6 +96,7 @@ def test_training_refuses_a_rebuilt_corpus(data_dir, tmp_path):
     run_config.check_splits(str(tmp_path), {"train": saved["train"]}, "0123456789abcdef")
 
 
+@pytest.mark.slow
 def test_training_refuses_other_speakers(data_dir, tmp_path):
     before = _saved_run(tmp_path, helpers.tiny_config(data_dir))
     saved = json.loads(before["splits.json"])
@@ -142,6 +145,7 @@ def last_line(stderr):
     return stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_main_refuses_another_config_in_one_line(data_dir, tmp_path):
     before = _saved_run(tmp_path, helpers.tiny_config(data_dir))
     result = _main(*_tiny_flags(data_dir), f"--workdir={tmp_path}", "--config.batch_size=16")
@@ -154,6 +158,7 @@ def test_main_refuses_another_config_in_one_line(data_dir, tmp_path):
     assert (tmp_path / "config.json").read_bytes() == before["config.json"]
 
 
+@pytest.mark.slow
 def test_cross_validation_refuses_a_finished_fold_of_another_config(data_dir, tmp_path):
     fold = tmp_path / "fold_0"
     fold.mkdir()
@@ -183,6 +188,7 @@ def test_config_mistakes_name_the_field(changes, message):
         config_check.check(helpers.tiny_config("/data", **changes))
 
 
+@pytest.mark.slow
 def test_main_reports_a_config_mistake_before_importing_tensorflow(tmp_path):
     # The demo's 1 warm-up epoch in a 1-epoch cosine run: optax's "requires positive
     # decay_steps, got 0" after the imports and the data, before.

@@ -17,6 +17,8 @@ from emohrnet_jax.data import pipeline
 from tests import helpers
 from tests.test_runs_config import _tiny_flags, last_line
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

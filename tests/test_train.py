@@ -18,6 +18,8 @@ from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import builders, pipeline
 from tests import helpers
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU rows of BENCHMARKS.md: tools/benchmark.py for w18 on RAVDESS-sized input (128 x 251) in
-# several settings on one GPU, inside one short lease. Compiling dominates there (1-2 minutes per
+# The GPU rows of docs/performance.md: tools/benchmark.py for w18 on RAVDESS-sized input
+# (128 x 251) in several settings on one GPU, inside one short lease. Compiling dominates there (1-2 minutes per
 # program), so every setting is first compiled at once in its own process (one step each; the
 # programs and autotuning results go to the persistent cache), then timed alone, one after the
 # other, loading its programs from the cache. Usage: tools/gpu_benchmarks.sh OUT_DIR

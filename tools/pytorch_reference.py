@@ -14,7 +14,7 @@ in float32 or, when `config.model.dtype` is bfloat16, under bfloat16 autocast (o
 `cudnn.benchmark`, its counterpart of XLA's autotuning); JAX runs `steps.jit_steps`' train step
 (which also augments the batch on device). Each runs in its own process (their thread pools would
 compete in one) and the two take turns, a few steps each, so load from other processes slows both
-alike; the ratio of the medians is the figure to read (BENCHMARKS.md). JAX's process gets our
+alike; the ratio of the medians is the figure to read (docs/performance.md). JAX's process gets our
 glibc malloc settings (`emohrnet_jax.allocator`, `--malloc_tunables`), as in training;
 PyTorch's gets glibc's defaults, as its users have, unless `--torch_tunables`.
 """
