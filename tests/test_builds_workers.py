@@ -58,6 +58,7 @@ def test_killed_prepare_leaves_no_workers_and_the_rerun_no_temporary_folder(tmp_
         "--config.data.synthetic_utterances_per_speaker=40",
         "--config.data.n_mels=32",
         "--config.data.n_fft=512",
+        "--verbosity=1",  # tfds's progress bar (off a terminal only when verbose) shows the work
     ]
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as stderr:
