@@ -8,11 +8,9 @@ Speaker-independent folds are selected at load time (`splits`), so one build ser
 The feature parameters are the builder config (its name carries a digest of them, and for a
 labelled folder of the CSV's real path) and are stored in the dataset's metadata; loading with
 other parameters is an error, never a silent mismatch. Every file left out is counted by reason in
-`prepare_summary.json` beside the TFRecords.
-
-A build also records what it was made from (`sources`): preparing again after the files or labels
-changed rebuilds it. Builds are made in a temporary folder under the build's lock and replace the
-previous build only when complete, so a failed or killed build leaves the old one intact.
+`prepare_summary.json` beside the TFRecords. A build records what it was made from (`sources`), so
+preparing again after the files or labels changed rebuilds it; it is made in a temporary folder
+under its lock and replaces the previous one only when complete (a killed build keeps the old).
 """
 
 import concurrent.futures
@@ -51,10 +49,6 @@ class EmotionConfig(tfds.core.BuilderConfig):
     csv_path: str = ""  # labelled_folder only: the CSV's real path.
 
 
-def _digest(options: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
-
-
 def make_config(
     dataset: str, feature_params: features.FeatureParams | None = None, **options: Any
 ) -> EmotionConfig:
@@ -66,7 +60,8 @@ def make_config(
     if unknown:
         raise ValueError(f"unknown builder options for {dataset}: {sorted(unknown)}")
     identity = {"features": feature_params.as_dict(), **builder_cls.identity(options)}
-    name = f"mels{feature_params.n_mels}_sr{feature_params.sample_rate}_{_digest(identity)}"
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"mels{feature_params.n_mels}_sr{feature_params.sample_rate}_{digest}"
     for registered in builder_cls.BUILDER_CONFIGS:
         if registered.name == name:
             return registered
@@ -191,10 +186,9 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield from (self._extract(*job) for job in jobs)
             return
         # Spawn, not fork: the parent has TensorFlow's thread pools running.
-        context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
             self._num_workers,
-            mp_context=context,
+            mp_context=multiprocessing.get_context("spawn"),
             initializer=_exit_with_parent,
             initargs=(os.getpid(),),
         ) as pool:
@@ -298,9 +292,7 @@ class Emovo(_EmotionBuilder):
 class LabelledFolder(_EmotionBuilder):
     """Any corpus given as audio files plus a CSV of `path,label,speaker`.
 
-    The CSV's real path is part of the config (two CSVs are two builds); the class names are a
-    builder argument, not config: once built, the dataset is read with its class names restored
-    from the stored files.
+    The class names are a builder argument, not config: a built dataset restores them from disk.
     """
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -394,10 +386,8 @@ def prepare(
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
     builder_args: dict[str, Any] = {}
     if dataset == "labelled_folder":
-        options["csv_path"] = os.path.realpath(options["csv_path"])
-        names = (
-            options.pop("class_names", None) or csv_corpus.labelled_folder(options["csv_path"])[1]
-        )
+        csv_path = options["csv_path"] = os.path.realpath(options["csv_path"])
+        names = options.pop("class_names", None) or csv_corpus.labelled_folder(csv_path)[1]
         builder_args["class_names"] = tuple(names)
     config = make_config(dataset, feature_params, **options)
     builder = tfds.builder(dataset, data_dir=data_dir, config=config, **builder_args)

@@ -234,52 +234,49 @@ def _iemocap_label_lines(label_file: str) -> Iterator[tuple[str, str]]:
                 yield match.group(1), match.group(2)
 
 
-def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
-    """Lists the IEMOCAP utterances of `label_set` (5531 for "4class" on the full corpus).
+def _iemocap_label_files(session: str) -> list[str]:
+    """The consensus label files of one session folder, sorted; none if it has no label folder."""
+    label_dir = os.path.join(session, "dialog", "EmoEvaluation")
+    if not os.path.isdir(label_dir):
+        return []
+    # Only the top-level files: Categorical/, Attribute/ and Self-evaluation/ hold the single
+    # annotators' votes, not the consensus label.
+    return sorted(
+        os.path.join(label_dir, name)
+        for name in os.listdir(label_dir)
+        if name.endswith(".txt")
+        and not name.startswith(".")
+        and os.path.isfile(os.path.join(label_dir, name))
+    )
 
-    Args:
-      manual_dir: the folder that holds Session1..Session5 (IEMOCAP_full_release).
-      label_set: a key of `IEMOCAP_LABEL_SETS`; utterances with other codes are excluded, counted
-        per code.
+
+def _iemocap_labels(sessions: list[str]) -> tuple[dict[str, tuple[str, str]], set[str], list[str]]:
+    """Reads every session's label files.
 
     Returns:
-      The listing; speakers are the session plus the gender letter of the utterance suffix
-      (Ses01F_impro01_M012 -> Ses01M), not the dialog prefix.
+      utterance id -> (code, session folder) of the first label seen, the ids whose label files
+      disagree, and the label files read.
     """
-    if label_set not in IEMOCAP_LABEL_SETS:
-        raise ValueError(
-            f"unknown IEMOCAP label set {label_set!r}; choose one of {sorted(IEMOCAP_LABEL_SETS)}"
-        )
-    codes = IEMOCAP_LABEL_SETS[label_set]
-    _require_dir(manual_dir, _IEMOCAP_EXPECTED)
-    sessions = sorted(
-        os.path.join(manual_dir, name)
-        for name in os.listdir(manual_dir)
-        if _IEMOCAP_SESSION.match(name) and os.path.isdir(os.path.join(manual_dir, name))
-    )
-    excluded = collections.defaultdict(list)
-    labels = {}  # utterance id -> (code, session folder)
-    conflicting, inputs = set(), []
+    labels, conflicting, inputs = {}, set(), []
     for session in sessions:
-        label_dir = os.path.join(session, "dialog", "EmoEvaluation")
-        if not os.path.isdir(label_dir):
-            continue
-        # Only the top-level files: Categorical/, Attribute/ and Self-evaluation/ hold the single
-        # annotators' votes, not the consensus label.
-        label_files = sorted(
-            os.path.join(label_dir, name)
-            for name in os.listdir(label_dir)
-            if name.endswith(".txt")
-            and not name.startswith(".")
-            and os.path.isfile(os.path.join(label_dir, name))
-        )
+        label_files = _iemocap_label_files(session)
         inputs.extend(label_files)
         for label_file in label_files:
             for utterance_id, code in _iemocap_label_lines(label_file):
                 if utterance_id in labels and labels[utterance_id][0] != code:
                     conflicting.add(utterance_id)
                 labels.setdefault(utterance_id, (code, session))
+    return labels, conflicting, inputs
 
+
+def _iemocap_utterances(
+    labels: dict[str, tuple[str, str]],
+    conflicting: set[str],
+    label_set: str,
+    excluded: dict[str, list[str]],
+) -> list[Utterance]:
+    """The labelled utterances of `label_set` whose audio file exists; the rest go to `excluded`."""
+    codes = IEMOCAP_LABEL_SETS[label_set]
     utterances = []
     for utterance_id, (code, session) in labels.items():
         match = _IEMOCAP_ID.match(utterance_id)
@@ -302,7 +299,13 @@ def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
                 utterances.append(Utterance(path, codes[code], speaker, utterance_id))
             else:
                 excluded[MISSING_AUDIO_FILE].append(path)
+    return utterances
 
+
+def _count_unlabelled_audio(
+    sessions: list[str], labels: dict[str, tuple[str, str]], excluded: dict[str, list[str]]
+) -> None:
+    """Counts the sessions' audio files that no label line names (and hidden ones) in `excluded`."""
     for session in sessions:
         for path in _audio_files(os.path.join(session, "sentences", "wav")):
             name = os.path.basename(path)
@@ -312,4 +315,32 @@ def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
                 excluded[HIDDEN_FILE].append(path)
             elif os.path.splitext(name)[0] not in labels:
                 excluded[AUDIO_WITHOUT_LABEL].append(path)
+
+
+def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
+    """Lists the IEMOCAP utterances of `label_set` (5531 for "4class" on the full corpus).
+
+    Args:
+      manual_dir: the folder that holds Session1..Session5 (IEMOCAP_full_release).
+      label_set: a key of `IEMOCAP_LABEL_SETS`; utterances with other codes are excluded, counted
+        per code.
+
+    Returns:
+      The listing; speakers are the session plus the gender letter of the utterance suffix
+      (Ses01F_impro01_M012 -> Ses01M), not the dialog prefix.
+    """
+    if label_set not in IEMOCAP_LABEL_SETS:
+        raise ValueError(
+            f"unknown IEMOCAP label set {label_set!r}; choose one of {sorted(IEMOCAP_LABEL_SETS)}"
+        )
+    _require_dir(manual_dir, _IEMOCAP_EXPECTED)
+    sessions = sorted(
+        os.path.join(manual_dir, name)
+        for name in os.listdir(manual_dir)
+        if _IEMOCAP_SESSION.match(name) and os.path.isdir(os.path.join(manual_dir, name))
+    )
+    excluded = collections.defaultdict(list)
+    labels, conflicting, inputs = _iemocap_labels(sessions)
+    utterances = _iemocap_utterances(labels, conflicting, label_set, excluded)
+    _count_unlabelled_audio(sessions, labels, excluded)
     return finish(utterances, excluded, manual_dir, _IEMOCAP_EXPECTED, inputs)
