@@ -166,8 +166,8 @@ def synthesize(
     n = int(rng.uniform(spec.min_seconds, spec.max_seconds) * sr)
     n = max(min(n, int(np.floor(spec.max_seconds * sr))), int(np.ceil(spec.min_seconds * sr)))
 
-    # Weakly acted utterances are mostly neutral: with intensities from U(0.3, 1) the demo's HRNet
-    # scored 0.69 test UA, with U(0.6, 1) and milder accents 0.81 (builder version 1.0.0).
+    # Weakly acted utterances are mostly neutral, so intensities start well above 0
+    # (docs/training.md, "The demo in detail").
     intensity = rng.uniform(0.75, 1.0) if utterance.label != "neutral" else 0.0
     emotion = _blend(utterance.label, intensity)
     return speech_synth.speak(rng, n, sr, speaker, emotion)
