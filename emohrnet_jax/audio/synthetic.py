@@ -167,7 +167,7 @@ def synthesize(
     n = max(min(n, int(np.floor(spec.max_seconds * sr))), int(np.ceil(spec.min_seconds * sr)))
 
     # Weakly acted utterances are mostly neutral, so intensities start well above 0
-    # (docs/training.md, "The demo in detail").
+    # (docs/training.md, "The demo, in detail").
     intensity = rng.uniform(0.75, 1.0) if utterance.label != "neutral" else 0.0
     emotion = _blend(utterance.label, intensity)
     return speech_synth.speak(rng, n, sr, speaker, emotion)
