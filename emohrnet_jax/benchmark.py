@@ -109,6 +109,86 @@ def _batch(config: ml_collections.ConfigDict, batch_size: int, mesh) -> dict[str
     return jax.device_put(batch, sharding)
 
 
+def _time_train_step(
+    train,
+    state,
+    batch: dict[str, jax.Array],
+    key: jax.Array,
+    num_steps: int,
+    warmup: int,
+    profile_dir: str | None,
+) -> tuple[Any, dict[str, Any], float, float, list[str]]:
+    """Compiles and times the train step; (state after the steps, compile and step times,
+    FLOPs per step, convolution and matmul FLOPs per step, notes)."""
+    train_batch = {"mel": batch["mel"], "label": batch["label"]}
+    lowered = train.lower(state, train_batch, key)
+    model_flops = cost.matmul_flops(train, state, train_batch, key)
+    flops, notes = cost.lowered_flops(lowered), []
+    if flops is None:
+        flops = model_flops
+        notes.append("gflops_per_step: no XLA cost analysis here, convolutions and matmuls")
+    started = time.perf_counter()
+    train = lowered.compile()
+    results = {"compile_s": time.perf_counter() - started}
+
+    def train_once():
+        nonlocal state
+        state, step_metrics = train(state, train_batch, key)
+        return state, step_metrics
+
+    _time(train_once, warmup)
+    seconds = _time(train_once, num_steps)
+    results.update(_median_min_max(seconds, "train_step"))
+    if profile_dir:
+        with jax.profiler.trace(profile_dir):
+            _time(train_once, 3)
+    return state, results, flops, model_flops, notes
+
+
+def _train_step_rates(
+    results: dict[str, Any], batch_size: int, flops: float, model_flops: float, matmul_size: int
+) -> None:
+    """Adds the train step's throughput, GFLOP/s and MFU to `results` (which has its times)."""
+    median = results["train_step_median_s"]
+    results["examples_per_s"] = batch_size / median
+    results["gflops_per_step"] = flops / 1e9
+    results["achieved_gflops"] = flops / 1e9 / median
+    results["model_gflops_per_step"] = model_flops / 1e9
+    # Measured again after the steps and the best kept: the peak is a best case by definition.
+    again = matmul_peak_gflops(matmul_size, dtype=results["matmul_dtype"])
+    peak = max(results["matmul_peak_gflops"], again)
+    results["matmul_peak_gflops"] = peak
+    results["fraction_of_matmul_peak"] = results["achieved_gflops"] / peak
+    # MFU: the convolutions' and matmuls' FLOPs per second over the matmul peak.
+    results["model_flops_utilization"] = model_flops / 1e9 / median / peak
+
+
+def _time_eval_step(
+    evaluate, state, batch: dict[str, jax.Array], num_steps: int, warmup: int
+) -> dict[str, Any]:
+    """FLOPs, compile time, step times and throughput of the evaluation step."""
+    lowered = evaluate.lower(state, batch)
+    results = {"eval_gflops_per_step": cost.flops(lowered, evaluate, state, batch) / 1e9}
+    started = time.perf_counter()
+    evaluate = lowered.compile()
+    results["eval_compile_s"] = time.perf_counter() - started
+    _time(lambda: evaluate(state, batch), warmup)
+    eval_seconds = _time(lambda: evaluate(state, batch), num_steps)
+    results.update(_median_min_max(eval_seconds, "eval_step"))
+    results["eval_examples_per_s"] = len(batch["label"]) / results["eval_step_median_s"]
+    return results
+
+
+def _peak_memory() -> dict[str, float | None]:
+    """Peak host memory of this process and peak device memory, in MiB."""
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    scale = 1 if sys.platform == "darwin" else 1024
+    return {
+        "peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20,
+        "peak_device_memory_mib": peak_device_memory_mib(jax.local_devices()),
+    }
+
+
 def benchmark_model(
     config: ml_collections.ConfigDict,
     batch_size: int,
@@ -142,60 +222,17 @@ def benchmark_model(
     results["init_s"] = time.perf_counter() - started
     train, evaluate = steps.jit_steps(config, mesh, config.model.num_classes, 1000)
     batch = _batch(config, batch_size, mesh)
-    train_batch = {"mel": batch["mel"], "label": batch["label"]}
     key = jax.random.key(config.seed)
-
-    lowered = train.lower(state, train_batch, key)
-    model_flops = cost.matmul_flops(train, state, train_batch, key)
-    flops, notes = cost.lowered_flops(lowered), []
-    if flops is None:
-        flops = model_flops
-        notes.append("gflops_per_step: no XLA cost analysis here, convolutions and matmuls")
-    started = time.perf_counter()
-    train = lowered.compile()
-    results["compile_s"] = time.perf_counter() - started
-
-    def train_once():
-        nonlocal state
-        state, step_metrics = train(state, train_batch, key)
-        return state, step_metrics
-
-    _time(train_once, warmup)
-    seconds = _time(train_once, num_steps)
-    results.update(_median_min_max(seconds, "train_step"))
-    if profile_dir:
-        with jax.profiler.trace(profile_dir):
-            _time(train_once, 3)
-    median = results["train_step_median_s"]
-    results["examples_per_s"] = batch_size / median
-    results["gflops_per_step"] = flops / 1e9
-    results["achieved_gflops"] = flops / 1e9 / median
-    results["model_gflops_per_step"] = model_flops / 1e9
-    # Measured again after the steps and the best kept: the peak is a best case by definition.
-    peak = max(results["matmul_peak_gflops"], matmul_peak_gflops(matmul_size, dtype=dtype))
-    results["matmul_peak_gflops"] = peak
-    results["fraction_of_matmul_peak"] = results["achieved_gflops"] / peak
-    # MFU: the convolutions' and matmuls' FLOPs per second over the matmul peak.
-    results["model_flops_utilization"] = model_flops / 1e9 / median / peak
-
-    lowered = evaluate.lower(state, batch)
-    results["eval_gflops_per_step"] = cost.flops(lowered, evaluate, state, batch) / 1e9
-    started = time.perf_counter()
-    evaluate = lowered.compile()
-    results["eval_compile_s"] = time.perf_counter() - started
-    _time(lambda: evaluate(state, batch), warmup)
-    eval_seconds = _time(lambda: evaluate(state, batch), num_steps)
-    results.update(_median_min_max(eval_seconds, "eval_step"))
-    results["eval_examples_per_s"] = batch_size / results["eval_step_median_s"]
+    state, train_results, flops, model_flops, notes = _time_train_step(
+        train, state, batch, key, num_steps, warmup, profile_dir
+    )
+    results.update(train_results)
+    _train_step_rates(results, batch_size, flops, model_flops, matmul_size)
+    results.update(_time_eval_step(evaluate, state, batch, num_steps, warmup))
     clip = benchmark_clip(config, state, num_steps)
     results["notes"] = notes + clip.pop("notes", [])
     results.update(clip)
-    # ru_maxrss is in KiB on Linux (bytes on macOS).
-    scale = 1 if sys.platform == "darwin" else 1024
-    results["peak_host_memory_mib"] = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-    )
-    results["peak_device_memory_mib"] = peak_device_memory_mib(jax.local_devices())
+    results.update(_peak_memory())
     return results
 
 
