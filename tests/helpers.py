@@ -39,3 +39,24 @@ def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
         section, _, key = field.rpartition(".")
         (config[section] if section else config)[key] = value
     return config
+
+
+def tiny_flags(data_dir) -> list[str]:
+    """`tiny_config` as command-line overrides of configs/demo.py."""
+    return [
+        f"--config={CONFIGS / 'demo.py'}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.data.n_mels=32",
+        "--config.data.n_fft=512",
+        "--config.data.num_frames=32",
+        "--config.data.synthetic_speakers=8",
+        "--config.data.synthetic_utterances_per_speaker=8",
+        "--config.data.num_folds=4",
+        "--config.model.variant=tiny",
+        "--config.augment.freq_mask_width=4",
+        "--config.augment.time_mask_width=4",
+        "--config.batch_size=8",
+        "--config.num_epochs=2",
+        "--config.lr_schedule=constant",
+        "--config.warmup_epochs=0",
+    ]

@@ -108,27 +108,6 @@ def test_training_refuses_other_speakers(data_dir, tmp_path):
     assert json.loads((tmp_path / "splits.json").read_text()) == saved
 
 
-def _tiny_flags(data_dir):
-    """helpers.tiny_config as command-line overrides of configs/demo.py."""
-    return [
-        f"--config={helpers.CONFIGS / 'demo.py'}",
-        f"--config.data.data_dir={data_dir}",
-        "--config.data.n_mels=32",
-        "--config.data.n_fft=512",
-        "--config.data.num_frames=32",
-        "--config.data.synthetic_speakers=8",
-        "--config.data.synthetic_utterances_per_speaker=8",
-        "--config.data.num_folds=4",
-        "--config.model.variant=tiny",
-        "--config.augment.freq_mask_width=4",
-        "--config.augment.time_mask_width=4",
-        "--config.batch_size=8",
-        "--config.num_epochs=2",
-        "--config.lr_schedule=constant",
-        "--config.warmup_epochs=0",
-    ]
-
-
 def _main(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "emohrnet_jax.main", *args],
@@ -148,7 +127,7 @@ def last_line(stderr):
 @pytest.mark.slow
 def test_main_refuses_another_config_in_one_line(data_dir, tmp_path):
     before = _saved_run(tmp_path, helpers.tiny_config(data_dir))
-    result = _main(*_tiny_flags(data_dir), f"--workdir={tmp_path}", "--config.batch_size=16")
+    result = _main(*helpers.tiny_flags(data_dir), f"--workdir={tmp_path}", "--config.batch_size=16")
     assert result.returncode == 1, result.stderr[-3000:]
     assert last_line(result.stderr) == (
         f"error: {tmp_path} holds a run of another config (batch_size: 8 -> 16): give a new "

@@ -15,7 +15,7 @@ import pytest
 from emohrnet_jax import cross_validation, locks, run_config, train
 from emohrnet_jax.data import pipeline
 from tests import helpers
-from tests.test_runs_config import _tiny_flags, last_line
+from tests.test_runs_config import last_line
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,13 @@ def test_cross_validation_holds_its_workdir(data_dir, held):
 def test_main_names_the_process_holding_the_workdir(data_dir, held):
     workdir, holder = held
     result = subprocess.run(
-        [sys.executable, "-m", "emohrnet_jax.main", *_tiny_flags(data_dir), f"--workdir={workdir}"],
+        [
+            sys.executable,
+            "-m",
+            "emohrnet_jax.main",
+            *helpers.tiny_flags(data_dir),
+            f"--workdir={workdir}",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -96,7 +102,7 @@ def test_a_url_workdir_is_refused_before_anything_is_written(data_dir, tmp_path,
         command = [str(helpers.CONFIGS.parent / command[0])]
     env = {**os.environ, "PYTHONPATH": str(helpers.CONFIGS.parent)}
     result = subprocess.run(
-        [sys.executable, *command, *_tiny_flags(data_dir), "--workdir=gs://bucket/x"],
+        [sys.executable, *command, *helpers.tiny_flags(data_dir), "--workdir=gs://bucket/x"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -113,7 +119,7 @@ def test_a_url_workdir_is_refused_before_anything_is_written(data_dir, tmp_path,
 
 def test_a_preempted_run_exits_with_the_retry_status(data_dir, tmp_path):
     # Epochs of 4 steps: SIGTERM after the first epoch's checkpoint lands well before the 30th.
-    command = [*_tiny_flags(data_dir), f"--workdir={tmp_path}", "--config.num_epochs=30"]
+    command = [*helpers.tiny_flags(data_dir), f"--workdir={tmp_path}", "--config.num_epochs=30"]
     process = subprocess.Popen(
         [sys.executable, "-m", "emohrnet_jax.main", *command], stderr=subprocess.PIPE, text=True
     )

@@ -262,22 +262,8 @@ def test_killed_with_sigkill_and_rerun_equals_uninterrupted(uninterrupted, data_
         sys.executable,
         "-m",
         "emohrnet_jax.main",
-        f"--config={helpers.CONFIGS / 'demo.py'}",
+        *helpers.tiny_flags(data_dir),
         f"--workdir={tmp_path}",
-        f"--config.data.data_dir={data_dir}",
-        "--config.data.n_mels=32",
-        "--config.data.n_fft=512",
-        "--config.data.num_frames=32",
-        "--config.data.synthetic_speakers=8",
-        "--config.data.synthetic_utterances_per_speaker=8",
-        "--config.data.num_folds=4",
-        "--config.model.variant=tiny",
-        "--config.augment.freq_mask_width=4",
-        "--config.augment.time_mask_width=4",
-        "--config.batch_size=8",
-        "--config.num_epochs=2",
-        "--config.lr_schedule=constant",
-        "--config.warmup_epochs=0",
     ]
     # conftest's XLA flags and compilation cache: the same 8 devices and compiled steps.
     process = subprocess.Popen(command, env=os.environ, stderr=subprocess.PIPE, text=True)
