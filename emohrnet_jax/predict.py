@@ -47,7 +47,7 @@ from absl import app, flags, logging
 
 from emohrnet_jax import cli, compilation_cache, files, models, paths, runs
 from emohrnet_jax.audio import features, streaming
-from emohrnet_jax.predict_output import write_predictions
+from emohrnet_jax.predict_output import write_file, write_predictions, write_stdout
 
 # Exit status when some inputs failed and the others were scored.
 EXIT_SOME_FAILED = 3
@@ -370,40 +370,13 @@ def main(argv: list[str]) -> int:
         top_k=options.top_k,
         workers=options.workers,
     )
-    failed = _write_file(write, output) if output else _write_stdout(write)
+    failed = write_file(write, output) if output else write_stdout(write)
     if failed is None:
         return EXIT_BROKEN_PIPE
     if failed:
         print(f"predict: {failed} of {len(audio_files)} files could not be scored", file=sys.stderr)
         return EXIT_SOME_FAILED
     return 0
-
-
-def _write_file(write: Callable, output: str) -> int:
-    """`write` into `output` through a temporary file, never left behind; returns the failures."""
-    temporary = f"{output}.tmp"
-    try:
-        # UTF-8 whatever the locale: names are written as `predict_output.shown` makes them.
-        with open(temporary, "w", newline="", encoding="utf-8") as out:
-            failed = write(out)
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return failed
-
-
-def _write_stdout(write: Callable) -> int | None:
-    """`write` to standard output; returns the failures (None: the reader closed it early)."""
-    try:
-        failed = write(sys.stdout)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader stopped early (`| head`): end quietly, as command-line tools do. Standard
-        # output goes to /dev/null so that Python's final flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return None
-    return failed
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import tqdm
@@ -87,4 +88,31 @@ def write_predictions(
             writer.writerow(csv_row(path, result, width, top_k))
         bar.update()
     bar.close()
+    return failed
+
+
+def write_file(write: Callable, output: str) -> int:
+    """`write` into `output` through a temporary file, never left behind; returns the failures."""
+    temporary = f"{output}.tmp"
+    try:
+        # UTF-8 whatever the locale: names are written as `shown` makes them.
+        with open(temporary, "w", newline="", encoding="utf-8") as out:
+            failed = write(out)
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return failed
+
+
+def write_stdout(write: Callable) -> int | None:
+    """`write` to standard output; returns the failures (None: the reader closed it early)."""
+    try:
+        failed = write(sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): end quietly, as command-line tools do. Standard
+        # output goes to /dev/null so that Python's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return None
     return failed

@@ -60,3 +60,12 @@ def tiny_flags(data_dir) -> list[str]:
         "--config.lr_schedule=constant",
         "--config.warmup_epochs=0",
     ]
+
+
+def prepared_tiny_corpus(tmp_path_factory) -> pathlib.Path:
+    """A data_dir holding the synthetic corpus of `tiny_config`, prepared once per caller."""
+    from emohrnet_jax.data import pipeline  # TensorFlow: only for the tests that need it.
+
+    path = tmp_path_factory.mktemp("synthetic")
+    pipeline.load_builder(tiny_config(path).data)
+    return path

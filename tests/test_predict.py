@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from emohrnet_jax import predict, runs
+from emohrnet_jax import predict, predict_output, runs
 from emohrnet_jax.audio import features, streaming, synthetic
 from tests import saved_run as saved_run_module
 
@@ -395,5 +395,5 @@ def test_output_leaves_no_temporary_file_on_any_error(tmp_path):
         raise KeyboardInterrupt  # Not an error that predict handles: it must still clean up.
 
     with pytest.raises(KeyboardInterrupt):
-        predict._write_file(write, output)
+        predict_output.write_file(write, output)
     assert os.listdir(tmp_path) == []

@@ -16,9 +16,7 @@ from tests import helpers
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic")
-    pipeline.load_builder(helpers.tiny_config(path).data)  # prepared once for the module
-    return path
+    return helpers.prepared_tiny_corpus(tmp_path_factory)  # once for the module
 
 
 def _saved_run(workdir, config):

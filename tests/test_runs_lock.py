@@ -13,7 +13,6 @@ import time
 import pytest
 
 from emohrnet_jax import cross_validation, locks, run_config, train
-from emohrnet_jax.data import pipeline
 from tests import helpers
 from tests.test_runs_config import last_line
 
@@ -22,9 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic")
-    pipeline.load_builder(helpers.tiny_config(path).data)  # prepared once for the module
-    return path
+    return helpers.prepared_tiny_corpus(tmp_path_factory)  # once for the module
 
 
 @pytest.fixture
