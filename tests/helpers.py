@@ -1,9 +1,7 @@
 """Shared test helpers."""
 
-import importlib.util
 import pathlib
 import runpy
-import types
 
 import ml_collections
 
@@ -13,14 +11,6 @@ CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 def load_config(name: str) -> ml_collections.ConfigDict:
     """Loads `configs/<name>.py` the way the command-line flags do, from any working directory."""
     return runpy.run_path(str(CONFIGS / f"{name}.py"))["get_config"]()
-
-
-def load_tool(name: str) -> types.ModuleType:
-    """Imports `tools/<name>.py` (tools are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, CONFIGS.parent / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:

@@ -1,4 +1,5 @@
-"""Tests of tools/pytorch_reference.py, where PyTorch is installed (it is no dependency).
+"""Tests of tools/pytorch_reference.py (emohrnet_jax.pytorch_reference, torch_hrnet); those that
+run PyTorch only where it is installed (it is no dependency).
 
 PyTorch runs in a subprocess: loaded into the test process beside TensorFlow, it crashed later
 tests.
@@ -12,9 +13,10 @@ import sys
 
 import pytest
 
+from emohrnet_jax import pytorch_reference
 from tests import helpers
 
-pytestmark = pytest.mark.skipif(
+needs_torch = pytest.mark.skipif(
     importlib.util.find_spec("torch") is None, reason="PyTorch is not installed"
 )
 
@@ -23,13 +25,12 @@ pytestmark = pytest.mark.skipif(
 _CHECK = """
 import json, sys
 import jax, numpy as np
-from emohrnet_jax import steps
+from emohrnet_jax import models, steps, torch_hrnet
 from tests import helpers
 
-reference = helpers.load_tool("pytorch_reference")
 config = helpers.tiny_config("unused")
-model = reference.TorchHRNet(
-    reference.models.VARIANTS[sys.argv[1]], config.model.num_classes, config.model.stem_strides
+model = torch_hrnet.TorchHRNet(
+    models.VARIANTS[sys.argv[1]], config.model.num_classes, config.model.stem_strides
 )
 mel = np.zeros((2, config.data.n_mels, config.data.num_frames), np.float32)
 answers = {}
@@ -37,13 +38,22 @@ for variant in sys.argv[2:]:
     config.model.variant = variant
     state = jax.eval_shape(lambda: steps.create_train_state(config, steps_per_epoch=1))
     try:
-        answers[variant] = reference.check_same_model(model, config, state, mel)
+        answers[variant] = torch_hrnet.check_same_model(model, config, state, mel)
     except RuntimeError as error:
         answers[variant] = str(error)
 print(json.dumps(answers))
 """
 
 
+def test_the_jobs_are_pytorch_jax_and_jax_with_each_im2col(tmp_path):
+    config = helpers.tiny_config(tmp_path)
+    jobs = pytorch_reference._jobs(config, ("off", "on"))
+    assert [name for name, _, _ in jobs] == ["torch", "jax", "jax_im2col_off", "jax_im2col_on"]
+    assert [job_config.model.im2col for _, _, job_config in jobs[2:]] == ["off", "on"]
+    assert jobs[0][2] is jobs[1][2] is config and config.model.im2col not in ("off", "on")
+
+
+@needs_torch
 @pytest.mark.parametrize(("variant", "other"), [("tiny", "small"), ("w18_small_v2", "w18")])
 def test_the_pytorch_model_has_our_parameters_and_flops(variant, other):
     result = subprocess.run(
@@ -62,6 +72,7 @@ def test_the_pytorch_model_has_our_parameters_and_flops(variant, other):
     assert "differs" in answers[other]
 
 
+@needs_torch
 def test_the_tool_times_other_jax_settings_in_the_same_turns(tmp_path):
     out = tmp_path / "compare.json"
     tiny = [
