@@ -14,6 +14,8 @@ from absl import logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from emohrnet_jax import storage
+
 METRIC = "validation_ua"
 
 
@@ -34,7 +36,7 @@ def create_manager(workdir: str, keep_latest: int) -> ocp.CheckpointManager:
         ]
     )
     return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        storage.absolute(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True),
     )
 
@@ -192,11 +194,10 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
     source = os.path.join(manager.directory, str(step))
     target = os.path.join(f"{manager.directory}_damaged", str(step))
     suffix = 0
-    while os.path.exists(target):  # the same step damaged again after a resume
+    while storage.exists(target):  # the same step damaged again after a resume
         suffix += 1
         target = os.path.join(f"{manager.directory}_damaged", f"{step}.{suffix}")
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.rename(source, target)
+    storage.move(source, target)
     return target
 
 
@@ -251,8 +252,8 @@ def restore_best(workdir: str, like_state: Any) -> tuple[Any, dict[str, Any]]:
       DamagedError: the best state, or every step's history, cannot be read (the file is named).
       MismatchError: the checkpoint holds another model's or optimizer's arrays.
     """
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if not os.path.isdir(directory):
+    directory = storage.absolute(os.path.join(workdir, "checkpoints"))
+    if not storage.isdir(directory):
         raise FileNotFoundError(f"no checkpoint in {directory}: train this run first")
     # Read-only: a reader must never run the preservation policy (delete) on a run's folder.
     manager = ocp.CheckpointManager(

@@ -9,14 +9,13 @@ sample standard deviation, ddof=1, that papers usually report) and the summed te
 matrix. `tools/cross_validate.py` is its command line.
 """
 
-import json
 import os
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from emohrnet_jax import files, locks, metrics, plots, run_config, train
+from emohrnet_jax import locks, metrics, plots, run_config, storage, train
 from emohrnet_jax.data import splits
 
 METRICS = ("ua", "wa", "macro_f1")
@@ -61,10 +60,9 @@ def _fold_result(config, workdir: str, fold: int, total: int) -> dict[str, Any] 
     # Before reading results.json, so that a fold of an older config is never summarized.
     run_config.check_config(fold_workdir(workdir, fold), fold_config)
     path = os.path.join(fold_workdir(workdir, fold), "results.json")
-    if os.path.exists(path):
+    if storage.exists(path):
         print(f"fold {fold}: done, read from {path}")
-        with open(path) as file:
-            return json.load(file)
+        return storage.read_json(path)
     print(f"fold {fold} of {total}: training in {fold_workdir(workdir, fold)}")
     return train.train_and_evaluate(fold_config, fold_workdir(workdir, fold))
 
@@ -72,7 +70,7 @@ def _fold_result(config, workdir: str, fold: int, total: int) -> dict[str, Any] 
 def _write_summary(results: list[dict[str, Any]], total: int, workdir: str) -> dict[str, Any]:
     """Writes `summary.json` and the summed confusion matrix's PNG; returns the summary."""
     summary = summarize(results, total)
-    files.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
+    storage.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
     plots.plot_confusion_matrix(
         np.array(summary["confusion_matrix"]),
         summary["class_names"],

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from emohrnet_jax import cli, files, models, paths, runs
+from emohrnet_jax import cli, models, paths, runs, storage
 from emohrnet_jax.audio import features
 
 JAX_FILE = "model.jax_exported"
@@ -174,7 +174,7 @@ def export_run(
     if "saved_model" in formats:
         export_saved_model(serve, config, platforms, os.path.join(staging, SAVED_MODEL_DIR))
     info = metadata(config, best, platforms, formats)
-    files.write_json_atomically(os.path.join(staging, METADATA_FILE), info)
+    storage.write_json_atomically(os.path.join(staging, METADATA_FILE), info)
     if os.path.exists(output):
         shutil.rmtree(output)
     os.replace(staging, output)

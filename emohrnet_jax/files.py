@@ -1,17 +1,7 @@
-"""File-system helpers shared by the data tools, the training loop and prediction."""
+"""Finding the audio files under a local folder (for the data tools and prediction)."""
 
-import json
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
-
-
-def write_json_atomically(path: str, value: Any) -> None:
-    """Writes JSON to `path` through a temporary file and a rename."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as file:
-        json.dump(value, file, indent=2)
-    os.replace(temporary, path)
 
 
 def walk_files(root: str, extensions: Iterable[str]) -> Iterator[str]:

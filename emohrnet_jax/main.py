@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from emohrnet_jax import allocator, cli, config_check, paths
+from emohrnet_jax import allocator, cli, config_check, paths, storage
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -46,9 +46,13 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    storage.configure()
     try:
-        workdir = paths.local(_WORKDIR.value, "--workdir")
+        workdir = paths.location(_WORKDIR.value, "--workdir")
         config_check.check(config)
+        paths.location(config.data.data_dir, "config.data.data_dir")
+        if _MODE.value == "train":  # before the imports and the data: a bad bucket fails at once
+            storage.check_writable(workdir, "--workdir")
     except cli.USER_ERRORS as error:
         cli.exit_with(error)
     if _MALLOC_TUNABLES.value:

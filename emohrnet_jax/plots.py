@@ -1,24 +1,20 @@
 """The pictures a run leaves: the row-normalized confusion matrix and the training curves (PNG)."""
 
-import os
+import io
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from emohrnet_jax import metrics
+from emohrnet_jax import metrics, storage
 
 
 def _write_atomically(figure: Figure, path: str) -> None:
-    """Saves `figure` as PNG so readers never see a half-written file at `path`."""
-    tmp = path + ".tmp.png"
-    try:
-        figure.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Saves `figure` as PNG (a local path or gs://) so readers never see a half-written file."""
+    png = io.BytesIO()  # rendered in memory, then written in one piece
+    figure.savefig(png, format="png", dpi=100)
+    storage.write_bytes_atomically(path, png.getvalue())
 
 
 def plot_confusion_matrix(

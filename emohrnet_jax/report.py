@@ -6,14 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from emohrnet_jax import files, plots
+from emohrnet_jax import plots, storage
 
 
 def write_results(
     workdir: str, results: dict[str, Any], history: Sequence[dict[str, Any]], title: str
 ) -> None:
     """Writes a finished run's `results.json`, `confusion_matrix.png` (test) and `curves.png`."""
-    files.write_json_atomically(os.path.join(workdir, "results.json"), results)
+    storage.write_json_atomically(os.path.join(workdir, "results.json"), results)
     plots.plot_confusion_matrix(
         np.array(results["test"]["confusion_matrix"]),
         results["class_names"],
@@ -26,7 +26,7 @@ def write_results(
 def write_evaluation(workdir: str, name: str, result: dict[str, Any]) -> None:
     """Writes `evaluation_<name>.json` and its confusion matrix, `evaluation_<name>.png`."""
     path = os.path.join(workdir, f"evaluation_{name}")
-    files.write_json_atomically(path + ".json", result)
+    storage.write_json_atomically(path + ".json", result)
     classes = list(result["per_class_recall"])
     plots.plot_confusion_matrix(
         np.array(result["confusion_matrix"]), classes, path + ".png", title=name

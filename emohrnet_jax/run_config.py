@@ -14,6 +14,8 @@ from typing import Any
 
 import ml_collections
 
+from emohrnet_jax import storage
+
 # Fields that may differ from the saved config.json when a run resumes (a prefix covers its fields):
 SAFE_FIELDS = (
     "num_epochs",  # extends or shortens the run, only where the schedule ignores it (_is_safe)
@@ -73,8 +75,7 @@ def differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def _read_json(path: str) -> dict[str, Any]:
     try:
-        with open(path) as file:
-            return json.load(file)
+        return storage.read_json(path)
     except (OSError, ValueError) as error:
         raise RunConfigError(f"cannot read {path}: {error}; move the workdir aside") from error
 
@@ -85,7 +86,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     An empty or new workdir (no config.json) passes.
     """
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return
     found = differences(_read_json(path), as_json(config))
     if found:
@@ -100,7 +101,7 @@ def check_splits(workdir: str, speakers: dict[str, list[str]], build: str | None
     another build of the data (`build`: its source fingerprint; None for a corpus made by code).
     """
     path = os.path.join(workdir, "splits.json")
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return
     saved = _read_json(path)
     found = [

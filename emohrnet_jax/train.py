@@ -18,18 +18,18 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from emohrnet_jax import (
     checkpoints,
     config_check,
-    files,
     locks,
     metrics,
     report,
     run_config,
     steps,
+    storage,
+    summaries,
 )
 from emohrnet_jax.data import pipeline, sources, splits
 
@@ -110,7 +110,7 @@ def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.Fold
         run_config.check_splits(workdir, fold.speakers, build)
         path = os.path.join(workdir, "splits.json")
         splits.save_splits(path, config.data.dataset, config.data.fold, fold.speakers, build)
-        files.write_json_atomically(
+        storage.write_json_atomically(
             os.path.join(workdir, "config.json"), run_config.as_json(config)
         )
     return fold
@@ -145,7 +145,7 @@ class _Run:
     eval_step: Callable
     batch_sharding: jax.sharding.Sharding
     manager: Any  # orbax's CheckpointManager
-    writer: metric_writers.MetricWriter
+    writer: summaries.EventWriter
     key: jax.Array  # the root of the augmentation keys
 
     def evaluate(self, state: steps.TrainState, split: str) -> dict[str, Any]:
@@ -170,7 +170,7 @@ def _set_up(
     if resumed is not None:
         state, history = resumed
         logging.info("Resuming from step %d in %s", int(state.step), manager.directory)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
+    writer = summaries.EventWriter(workdir, just_logging=jax.process_index() != 0)
     run = _Run(
         config=config,
         workdir=workdir,
@@ -199,7 +199,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | 
             state, train_metrics = trained
             _end_epoch(run, state, epoch, train_metrics, history)
     run.manager.wait_until_finished()
-    run.writer.flush()
     return _final_results(run, state, history)
 
 
@@ -289,6 +288,7 @@ def _end_epoch(
     )
     record = history[-1]
     run.writer.write_scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
+    run.writer.flush()
     checkpoints.save(run.manager, step, state, history, validation["ua"])
     logging.info(
         "epoch %d/%d  loss %.4f  val UA %.4f WA %.4f F1 %.4f  %.1f ex/s",
@@ -340,7 +340,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) ->
       locks.LockedError: another process is using `workdir` (training it, say).
     """
     config_check.check(config)
-    if not os.path.isdir(workdir):  # holding the lock would create it
+    if not storage.isdir(workdir):  # holding the lock would create it
         raise FileNotFoundError(f"no run in {workdir}: train this run first")
     with _holding(workdir):
         return _evaluate_run(config, workdir, split)

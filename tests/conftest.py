@@ -41,3 +41,29 @@ def saved_run(tmp_path_factory):
     from tests import saved_run as module  # After the environment above is set.
 
     return module.make(str(tmp_path_factory.mktemp("saved_run")))
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A Cloud Storage emulator on 127.0.0.1 for the session; STORAGE_EMULATOR_HOST points at it.
+
+    Subprocesses inherit the variable; each test keeps to its own prefix (the `gcs` fixture).
+    """
+    from tests import gcs_emulator
+
+    with gcs_emulator.serve() as url:
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        try:
+            yield url
+        finally:
+            del os.environ["STORAGE_EMULATOR_HOST"]
+
+
+@pytest.fixture
+def gcs(gcs_server, tmp_path, monkeypatch, request):
+    """A gs:// prefix of the test's own in the emulator's bucket, and a local cache of its own."""
+    from tests import gcs_emulator
+
+    monkeypatch.setenv("EMOHRNET_JAX_CACHE", str(tmp_path / "cache"))
+    name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")
+    return f"gs://{gcs_emulator.BUCKET}/{name}"

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from emohrnet_jax import checkpoints, files, models, steps
+from emohrnet_jax import checkpoints, models, steps, storage
 from tests import helpers
 
 
@@ -64,7 +64,7 @@ def make(workdir: str) -> SavedRun:
     run_config = config()
     os.makedirs(workdir, exist_ok=True)
     # As train.train_and_evaluate writes it.
-    files.write_json_atomically(
+    storage.write_json_atomically(
         os.path.join(workdir, "config.json"), json.loads(run_config.to_json_best_effort())
     )
     best, latest = random_state(run_config, 0), random_state(run_config, 1)

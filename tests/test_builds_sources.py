@@ -229,7 +229,7 @@ def test_prepare_data_expands_home_and_refuses_urls_and_ignored_flags(tmp_path):
     assert (tmp_path / "tfds" / "labelled_folder").is_dir() and not any(cwd.iterdir())
     csv_flag = f"--csv={tmp_path / 'clips.csv'}"
     for args, message in [
-        (["--dataset=synthetic", "--data_dir=gs://b/tfds"], "--data_dir=gs://b/tfds: URLs"),
+        (["--dataset=synthetic", "--data_dir=s3://b/tfds"], "--data_dir=s3://b/tfds: s3://"),
         (
             ["--dataset=labelled_folder", csv_flag, f"--manual_dir={cwd}", "--data_dir=out"],
             "--manual_dir is not used by --dataset=labelled_folder",

@@ -51,8 +51,8 @@ def test_the_lock_is_released_on_exit_and_on_error(tmp_path):
 
 @pytest.mark.parametrize("url", ["gs://bucket/run", "s3://b/x", "https://host/x", "GS://b"])
 def test_urls_are_refused(url):
-    with pytest.raises(paths.PathError, match=r"--workdir=.*not supported yet"):
-        paths.local(url, "--workdir")
+    with pytest.raises(paths.PathError, match=r"--manual_dir=.*: give a local path here"):
+        paths.local(url, "--manual_dir")
 
 
 def test_home_is_expanded_and_local_paths_kept():

@@ -1,6 +1,7 @@
 """Tests of what a run does with a workdir in use, a URL workdir and a preemption (issue 21).
 
-Case 4 (two runs on one workdir), case 5 (a gs:// workdir) and the exit status of a preempted run.
+Case 4 (two runs on one workdir), case 5 (a URL workdir of a scheme other than gs://) and the
+exit status of a preempted run.
 """
 
 import json
@@ -94,12 +95,14 @@ def test_main_names_the_process_holding_the_workdir(data_dir, held):
 
 
 @pytest.mark.parametrize("command", [["-m", "emohrnet_jax.main"], ["tools/cross_validate.py"]])
-def test_a_url_workdir_is_refused_before_anything_is_written(data_dir, tmp_path, command):
+def test_a_workdir_url_of_another_scheme_is_refused_before_anything_is_written(
+    data_dir, tmp_path, command
+):
     if command[0].startswith("tools/"):
         command = [str(helpers.CONFIGS.parent / command[0])]
     env = {**os.environ, "PYTHONPATH": str(helpers.CONFIGS.parent)}
     result = subprocess.run(
-        [sys.executable, *command, *helpers.tiny_flags(data_dir), "--workdir=gs://bucket/x"],
+        [sys.executable, *command, *helpers.tiny_flags(data_dir), "--workdir=s3://bucket/x"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -108,8 +111,7 @@ def test_a_url_workdir_is_refused_before_anything_is_written(data_dir, tmp_path,
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert last_line(result.stderr) == (
-        "error: --workdir=gs://bucket/x: URLs (gs://) are not supported yet; give a local path "
-        "(or a mounted bucket, e.g. with gcsfuse)"
+        "error: --workdir=s3://bucket/x: s3:// is not supported; give a local path or a gs:// URL"
     )
     assert os.listdir(tmp_path) == []
 

@@ -16,7 +16,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import allocator, benchmark, cli, files
+from emohrnet_jax import allocator, benchmark, cli, storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
     results["command"] = " ".join(sys.argv)
     _print(results)
     if _JSON.value:
-        files.write_json_atomically(_JSON.value, results)
+        storage.write_json_atomically(_JSON.value, results)
 
 
 if __name__ == "__main__":

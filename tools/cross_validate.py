@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import allocator, cli, config_check, paths
+from emohrnet_jax import allocator, cli, config_check, paths, storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the folds (fold_K) and the summary.")
@@ -31,9 +31,11 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     folds = [int(f) for f in _FOLDS.value] if _FOLDS.value else None
+    storage.configure()
     try:
-        workdir = paths.local(_WORKDIR.value, "--workdir")
+        workdir = paths.location(_WORKDIR.value, "--workdir")
         config_check.check(_CONFIG.value)
+        storage.check_writable(workdir, "--workdir")
         if _MALLOC_TUNABLES.value:
             allocator.restart_with_tunables()
         cli.quiet_console()

@@ -21,7 +21,7 @@ import pathlib
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import cli, locks, paths
+from emohrnet_jax import cli, locks, paths, storage
 from emohrnet_jax.data import corpora
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
@@ -92,18 +92,19 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     dataset = _DATASET.value
     cli.quiet_console()
+    storage.configure()
     try:
         _check_flags(dataset)
         with cli.quiet_imports():
             from emohrnet_jax.audio import features
-            from emohrnet_jax.data import builders
+            from emohrnet_jax.data import remote
 
             options = _options(dataset)  # The input pipeline's import loads TensorFlow.
 
-        data_dir = paths.local(_DATA_DIR.value, "--data_dir") or paths.local(
+        data_dir = paths.location(_DATA_DIR.value, "--data_dir") or paths.location(
             _CONFIG.value.data.data_dir, "config.data.data_dir"
         )
-        summary = builders.prepare(
+        summary = remote.prepare(
             dataset,
             data_dir=data_dir,
             manual_dir=paths.local(_MANUAL_DIR.value, "--manual_dir"),

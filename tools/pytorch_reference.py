@@ -17,7 +17,7 @@ PyTorch's gets glibc's defaults, as its users have, unless `--torch_tunables`.
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import allocator, cli, files, pytorch_reference
+from emohrnet_jax import allocator, cli, pytorch_reference, storage
 
 _MALLOC_TUNABLES = cli.define_malloc_tunables_flag()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     tunables = results["jax_glibc_tunables"], results["torch_glibc_tunables"]
     print("GLIBC_TUNABLES: JAX {}, PyTorch {}".format(*tunables))
     if _JSON.value:
-        files.write_json_atomically(_JSON.value, results)
+        storage.write_json_atomically(_JSON.value, results)
 
 
 if __name__ == "__main__":

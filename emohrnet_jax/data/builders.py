@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from emohrnet_jax import files
+from emohrnet_jax import storage
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import corpora, csv_corpus, sources
 
@@ -208,7 +208,7 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if self._fingerprint is not None:
             self.info.metadata[sources.METADATA_KEY] = self._fingerprint["digest"]
             sources.save(self.data_dir, self._fingerprint)
-        files.write_json_atomically(os.path.join(self.data_dir, SUMMARY_FILE), self._summary)
+        storage.write_json_atomically(os.path.join(self.data_dir, SUMMARY_FILE), self._summary)
 
 
 def _exit_with_parent(parent: int) -> None:

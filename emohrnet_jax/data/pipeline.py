@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import paths
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import builders, csv_corpus, sources, splits
+from emohrnet_jax.data import builders, csv_corpus, remote, sources, splits
 
 NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
 
@@ -77,18 +77,20 @@ def load_builder(
         raise ValueError(
             f"unknown config.data.dataset={dataset!r}; choose one of {sorted(builders.BUILDERS)}"
         )
-    data_dir = paths.local(data_config.data_dir, "config.data.data_dir")
+    data_dir = paths.location(data_config.data_dir, "config.data.data_dir")
     options = builder_options(data_config)
     config = builders.make_config(dataset, params, **options)
-    builder = tfds.builder(dataset, data_dir=data_dir, config=config)
+    local = remote.local_data_dir(data_dir, dataset, config)
+    builder = tfds.builder(dataset, data_dir=local, config=config)
     if not builder.is_prepared():
         if not (dataset == "synthetic" and prepare_synthetic):
+            where = data_dir if local != data_dir else builder.data_dir
             raise FileNotFoundError(
-                f"{dataset} with these features is not prepared in {builder.data_dir}; run "
+                f"{dataset} with these features is not prepared in {where}; run "
                 f"`{_prepare_command(data_config)}` with the same feature parameters ({params})"
             )
-        builders.prepare(dataset, data_dir, feature_params=params, **options)
-        builder = tfds.builder(dataset, data_dir=data_dir, config=config)
+        remote.prepare(dataset, data_dir, feature_params=params, **options)
+        builder = tfds.builder(dataset, data_dir=local, config=config)
     if dataset == "labelled_folder":
         _check_sources(builder, data_config)
     stored = builder.info.metadata

@@ -23,7 +23,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 from absl import logging
 
-from emohrnet_jax import files, locks
+from emohrnet_jax import locks, storage
 from emohrnet_jax.data import corpora
 
 SOURCES_FILE = "sources.json"
@@ -60,7 +60,7 @@ def record(listing: corpora.Listing, class_names: Sequence[str]) -> dict[str, An
 
 def save(folder: str, fingerprint: dict[str, Any]) -> None:
     """Writes the fingerprint's record into a build folder."""
-    files.write_json_atomically(os.path.join(folder, SOURCES_FILE), fingerprint["entries"])
+    storage.write_json_atomically(os.path.join(folder, SOURCES_FILE), fingerprint["entries"])
 
 
 def load(folder: str) -> dict[str, Any] | None:

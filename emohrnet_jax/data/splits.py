@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from emohrnet_jax import files
+from emohrnet_jax import storage
 
 DEFAULT_NUM_FOLDS = {"iemocap": 5, "ravdess": 6, "emovo": 6}
 GENERIC_NUM_FOLDS = 5
@@ -72,4 +72,6 @@ def save_splits(
     path: str, dataset: str, fold: int, splits: dict[str, list[str]], build: str | None = None
 ) -> None:
     """Writes the fold's speakers (and the build's source fingerprint) as JSON, atomically."""
-    files.write_json_atomically(path, {"dataset": dataset, "fold": fold, "build": build, **splits})
+    storage.write_json_atomically(
+        path, {"dataset": dataset, "fold": fold, "build": build, **splits}
+    )
