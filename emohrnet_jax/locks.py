@@ -84,6 +84,13 @@ def hold(folder: str, what: str, name: str = ".lock") -> Iterator[None]:
         os.close(descriptor)  # Closing releases the flock.
 
 
+def _holder_of(lease: str) -> str:
+    try:
+        return _describe(storage.read_json(lease))
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
 def _read_lease(path: str) -> dict | None:
     try:
         return storage.read_json(path)
@@ -107,10 +114,12 @@ def _lease(folder: str, what: str, name: str) -> Iterator[None]:
             )
         if "pid" in held:
             logging.warning("Taking over %s: %s stopped renewing it", path, _describe(held))
+        storage.path(path).unlink(missing_ok=True)
     mine = {**_about_me(), "token": uuid.uuid4().hex, "renewed": time.time()}
-    storage.write_json_atomically(path, mine)
-    if (_read_lease(path) or {}).get("token") != mine["token"]:  # another run wrote at once
-        raise LockedError(f"{what} {folder} is in use by another process, which started with it")
+    try:
+        storage.create_exclusively(path, json.dumps(mine).encode())
+    except FileExistsError:  # another run took it between our read and our write
+        raise LockedError(f"{what} {folder} is in use by {_holder_of(path)}") from None
     stop = threading.Event()
 
     def renew() -> None:

@@ -92,6 +92,19 @@ def write_bytes_atomically(location: str, data: bytes) -> None:
     os.replace(temporary, location)
 
 
+def create_exclusively(location: str, data: bytes) -> None:
+    """Writes `data` to `location` unless something is there already.
+
+    Raises:
+      FileExistsError: `location` exists (in a bucket: the upload's ifGenerationMatch=0 failed).
+    """
+    if is_url(location):
+        _gcs().pipe_file(location, data, mode="create")
+        return
+    with open(location, "xb") as file:
+        file.write(data)
+
+
 def write_json_atomically(location: str, value: Any) -> None:
     """Writes `value` as indented JSON, atomically."""
     write_bytes_atomically(location, json.dumps(value, indent=2).encode())

@@ -76,10 +76,12 @@ def _add_cloud_storage_behaviours() -> None:
 
     def insert_if_generation_matches(request, response, storage, *args, **kwargs):
         wanted = request.query.get("ifGenerationMatch")
-        name = request.query.get("name")
+        name = request.query.get("name", [None])[0]
+        if name is None and isinstance(request.data, dict):  # multipart: named in the metadata
+            name = request.data.get("meta", {}).get("name")
         if wanted and name:
             try:
-                found = storage.get_file_obj(request.params["bucket_name"], name[0])["generation"]
+                found = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
             except NotFound:
                 found = "0"
             if found != wanted[0]:

@@ -155,3 +155,12 @@ def test_a_lease_is_renewed_while_held_and_taken_over_once_stale(gcs, monkeypatc
     storage.write_json_atomically(f"{gcs}/run/.lock", stale)
     with locks.hold(f"{gcs}/run", "the workdir"):
         assert storage.read_json(f"{gcs}/run/.lock")["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("where", ["bucket", "local"])
+def test_an_exclusive_create_fails_where_something_is(gcs, tmp_path, where):
+    path = f"{gcs}/run/.lock" if where == "bucket" else str(tmp_path / ".lock")
+    storage.create_exclusively(path, b"first")
+    with pytest.raises(FileExistsError):
+        storage.create_exclusively(path, b"second")
+    assert storage.path(path).read_bytes() == b"first"
