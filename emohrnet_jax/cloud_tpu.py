@@ -313,6 +313,8 @@ def run_command(step: Step) -> str:
         raise LaunchError(
             f"{shlex.join(step.argv)} failed (exit status {error.returncode})"
         ) from None
+    except OSError as error:  # e.g. git not installed
+        raise LaunchError(f"{step.argv[0]}: {error.strerror}") from None
     return result.stdout or ""
 
 
