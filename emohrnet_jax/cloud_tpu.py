@@ -31,7 +31,7 @@ INSTALL = (
     "python3 -m pip install --user --upgrade uv && ~/.local/bin/uv venv --python=3.11 .venv && "
     "~/.local/bin/uv pip install --python=.venv/bin/python -e '.[tpu]'"
 )
-PYTHON = ".venv/bin/python"  # In REMOTE_DIR, where every remote command starts.
+PYTHON = ".venv/bin/python"  # In REMOTE_DIR, where the install and the training run.
 # Seconds between two looks at a queued resource's state.
 POLL_SECONDS = 30.0
 
@@ -255,7 +255,7 @@ def train_steps(job: Job) -> list[Step]:
     # The exit status ends the log, so `logs` shows how the run ended (75: preempted, re-run).
     script = f'{shlex.join(training_command(job))}; echo "emohrnet_jax exit status: $?"'
     start = (
-        f"cd {REMOTE_DIR} || exit 1; "
+        f"cd {REMOTE_DIR} || exit 1; : > {LOG_FILE}; "  # Made now: `logs` may start at once.
         f"nohup sh -c {shlex.quote(script)} > {LOG_FILE} 2>&1 < /dev/null & echo $! > {PID_FILE}"
     )
     return [_ssh(job, "all", start)]

@@ -191,3 +191,25 @@ def test_the_tool_dry_run_needs_no_gcloud(tmp_path):
         "tpu train: --workdir=/tmp/run: a TPU job's workdir must be gs://BUCKET/..., which every "
         "worker sees and which outlives the TPU VM"
     ]
+
+
+@pytest.mark.slow  # tail --pid looks at the process once a second.
+def test_the_worker_commands_train_in_the_background_and_follow_the_log_to_its_end(tmp_path):
+    """The remote shell of `train` and `logs`, run here in a home folder with a stand-in Python."""
+    python = tmp_path / "emohrnet_jax" / cloud_tpu.PYTHON
+    python.parent.mkdir(parents=True)
+    python.write_text('#!/bin/sh\necho "main $*"\nsleep 1\nexit 3\n')
+    python.chmod(0o755)
+    job = _job("v4-32")
+    env = {**os.environ, "HOME": str(tmp_path)}
+    (train,) = cloud_tpu.train_steps(job)
+    started = subprocess.run(["bash", "-c", _remote(train.argv)], env=env, timeout=10)
+    assert started.returncode == 0
+    (logs,) = cloud_tpu.logs_steps(job)
+    log = subprocess.run(
+        ["bash", "-c", _remote(logs.argv)], env=env, capture_output=True, text=True, timeout=10
+    )
+    assert log.stdout.splitlines() == [
+        f"main -m emohrnet_jax.main {' '.join(TRAIN)} --distributed",
+        "emohrnet_jax exit status: 3",
+    ]
