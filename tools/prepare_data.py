@@ -95,15 +95,17 @@ def main(argv: list[str]) -> None:
     storage.configure()
     try:
         _check_flags(dataset)
+        data_dir = paths.location(_DATA_DIR.value, "--data_dir") or paths.location(
+            _CONFIG.value.data.data_dir, "config.data.data_dir"
+        )
+        if data_dir and storage.is_url(data_dir):  # before TensorFlow's import: fail at once
+            storage.check_writable(data_dir, "--data_dir")
         with cli.quiet_imports():
             from emohrnet_jax.audio import features
             from emohrnet_jax.data import remote
 
             options = _options(dataset)  # The input pipeline's import loads TensorFlow.
 
-        data_dir = paths.location(_DATA_DIR.value, "--data_dir") or paths.location(
-            _CONFIG.value.data.data_dir, "config.data.data_dir"
-        )
         summary = remote.prepare(
             dataset,
             data_dir=data_dir,
