@@ -1,5 +1,6 @@
 """A build on Apache Beam (DirectRunner, 2 worker processes) equals the default build."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from emohrnet_jax.audio import features
 from emohrnet_jax.data import beam_build, builders, sources
 from tests import helpers
 
-beam = pytest.importorskip(
-    "apache_beam", reason="apache-beam is not installed (pip install -e '.[beam]')"
+HAS_BEAM = importlib.util.find_spec("apache_beam") is not None
+needs_beam = pytest.mark.skipif(
+    not HAS_BEAM, reason="apache-beam is not installed (pip install -e '.[beam]')"
 )
 
 PARAMS = features.FeatureParams(n_mels=32, n_fft=512, hop_length=256)
@@ -58,6 +60,7 @@ def _comparable(value):
     return value
 
 
+@needs_beam
 @pytest.mark.slow
 def test_a_directrunner_build_holds_the_default_builds_examples_and_summary(tmp_path):
     raw = tmp_path / "raw"
@@ -95,6 +98,7 @@ def test_a_directrunner_build_holds_the_default_builds_examples_and_summary(tmp_
     assert "rebuilt" not in again and again["kept"] == 9
 
 
+@needs_beam
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -111,6 +115,7 @@ def test_unknown_or_malformed_pipeline_options_are_refused(text, message):
     assert message in str(error.value)
 
 
+@needs_beam
 def test_switches_and_values_are_read_in_tfds_builds_format():
     options = beam_build.pipeline_options(DIRECT + ",save_main_session")
     assert options.get_all_options(drop_default=True) == {
@@ -121,6 +126,7 @@ def test_switches_and_values_are_read_in_tfds_builds_format():
     }
 
 
+@needs_beam
 @pytest.mark.slow
 def test_the_tool_refuses_unknown_options_in_one_line(tmp_path):
     tool = str(helpers.CONFIGS.parent / "tools" / "prepare_data.py")
@@ -140,3 +146,24 @@ def test_the_tool_refuses_unknown_options_in_one_line(tmp_path):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown Beam pipeline option(s) ['direct_workers']" in lines[0]
     assert not os.listdir(tmp_path)  # refused before any build
+
+
+@needs_beam
+def test_a_beam_build_that_keeps_nothing_says_why(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"RIFF\x00\x00garbage-not-a-wav")
+    (tmp_path / "b.wav").write_bytes(b"")
+    (tmp_path / "clips.csv").write_text("path,label,speaker\na.wav,calm,s1\nb.wav,calm,s2\n")
+    with pytest.raises(ValueError, match=r"no usable audio in labelled_folder: \{'cannot decode"):
+        builders.prepare(
+            "labelled_folder",
+            str(tmp_path / "tfds"),
+            feature_params=PARAMS,
+            beam_options=beam_build.pipeline_options("runner=DirectRunner"),
+            csv_path=str(tmp_path / "clips.csv"),
+        )
+
+
+@pytest.mark.skipif(HAS_BEAM, reason="apache-beam is installed")
+def test_without_apache_beam_the_options_say_which_extra_to_install():
+    with pytest.raises(ImportError, match=r"pip install 'emohrnet-jax\[beam\]'"):
+        beam_build.pipeline_options("runner=DirectRunner")

@@ -44,7 +44,8 @@ _BEAM_OPTIONS = flags.DEFINE_string(
     "beam_pipeline_options",
     None,
     "Extract on Apache Beam (the [beam] extra) with these pipeline options, in tfds build's "
-    "format, e.g. runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing.",
+    "format, e.g. runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing. "
+    "The workers log at ERROR unless --verbosity=1 or default_sdk_harness_log_level= is given.",
 )
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Config whose data fields set the features.", lock_config=True
@@ -75,11 +76,15 @@ def _check_flags(dataset: str) -> None:
 
 def _beam_options():
     """The parsed `--beam_pipeline_options`; None for the default build."""
-    if not _BEAM_OPTIONS.value:
+    text = _BEAM_OPTIONS.value
+    if not text:
         return None
     from emohrnet_jax.data import beam_build
 
-    return beam_build.pipeline_options(_BEAM_OPTIONS.value)
+    if not cli.verbose() and "default_sdk_harness_log_level=" not in text:
+        # Beam's workers log each step at INFO (on this console for a local runner).
+        text += ",default_sdk_harness_log_level=ERROR"
+    return beam_build.pipeline_options(text)
 
 
 def _options(dataset: str) -> dict:

@@ -74,6 +74,7 @@ def examples(
     extract: Callable[..., dict[str, Any]],
     to_example: Callable[[corpora.Utterance, dict[str, Any]], dict[str, Any]],
     folder: str,
+    dataset: str,
 ) -> Any:
     """The `PTransform` yielding `(id, example)` of each utterance whose features were extracted.
 
@@ -82,6 +83,7 @@ def examples(
       extract: `features.extract` or the like: a result dict, with "error" for bad audio.
       to_example: the stored example of an utterance and its result.
       folder: where the tally of the outcomes is written (`read_tally`).
+      dataset: the dataset's name, for the error of a build that kept nothing.
     """
     beam = _beam()
     tally_path = os.path.join(folder, TALLY_FILE)
@@ -94,7 +96,7 @@ def examples(
             results
             | "Outcomes" >> beam.MapTuple(build_summary.outcome)
             | "Tally" >> beam.CombineGlobally(build_summary.merge)
-            | "WriteTally" >> beam.Map(_write_json, tally_path)
+            | "WriteTally" >> beam.Map(_write_tally, tally_path, dataset)
         )
         return results | "Examples" >> beam.FlatMap(_kept, to_example)
 
@@ -121,5 +123,7 @@ def _kept(utterance_result: tuple[corpora.Utterance, dict[str, Any]], to_example
         yield utterance.id, to_example(utterance, result)
 
 
-def _write_json(value: dict[str, Any], path: str) -> None:
-    epath.Path(path).write_text(json.dumps(value))
+def _write_tally(merged: dict[str, Any], path: str, dataset: str) -> None:
+    if not merged["speakers"]:  # Nothing kept: said here, tfds's own error names no reason.
+        raise build_summary.nothing_kept(dataset, merged)
+    epath.Path(path).write_text(json.dumps(merged))

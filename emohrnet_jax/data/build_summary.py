@@ -53,5 +53,11 @@ def summarize(
         "excluded_files": {r: sorted(p) for r, p in sorted(listing.excluded.items())},
     }
     if not kept:
-        raise ValueError(f"no usable audio in {dataset}: {summary['skipped']}")
+        raise nothing_kept(dataset, merged)
     return summary
+
+
+def nothing_kept(dataset: str, merged: dict[str, Any]) -> ValueError:
+    """The error of a build that kept no utterance, with the reasons counted."""
+    counts = {reason: len(paths) for reason, paths in sorted(merged["skipped"].items())}
+    return ValueError(f"no usable audio in {dataset}: {counts}")

@@ -135,9 +135,9 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             return {SPLIT: self._generate_examples(self._listing)}
         from emohrnet_jax.data import beam_build  # apache-beam: the [beam] extra
 
-        jobs = zip(self._listing.utterances, self._jobs(self._listing), strict=True)
-        # The outcomes' tally is written in tfds's temporary folder: read back, then removed.
-        return {SPLIT: beam_build.examples(list(jobs), self._extract, example, self.data_dir)}
+        jobs = list(zip(self._listing.utterances, self._jobs(self._listing), strict=True))
+        # The outcomes' tally goes to tfds's temporary folder (read back, then removed).
+        return {SPLIT: beam_build.examples(jobs, self._extract, example, self.data_dir, self.name)}
 
     def _process_pipeline_result(self, pipeline_result) -> None:
         from emohrnet_jax.data import beam_build
