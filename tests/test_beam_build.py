@@ -126,26 +126,29 @@ def test_switches_and_values_are_read_in_tfds_builds_format():
     }
 
 
+def _tool_error(data_dir, *flags) -> str:
+    """The one line of stderr of a prepare_data that fails, having built nothing."""
+    tool = str(helpers.CONFIGS.parent / "tools" / "prepare_data.py")
+    args = [sys.executable, tool, "--dataset=synthetic", f"--data_dir={data_dir}", *flags]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert not os.listdir(data_dir)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    return lines[0]
+
+
 @needs_beam
 @pytest.mark.slow
 def test_the_tool_refuses_unknown_options_in_one_line(tmp_path):
-    tool = str(helpers.CONFIGS.parent / "tools" / "prepare_data.py")
-    run = subprocess.run(
-        [
-            sys.executable,
-            tool,
-            "--dataset=synthetic",
-            f"--data_dir={tmp_path}",
-            "--beam_pipeline_options=runner=DirectRunner,direct_workers=2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 1
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "unknown Beam pipeline option(s) ['direct_workers']" in lines[0]
-    assert not os.listdir(tmp_path)  # refused before any build
+    line = _tool_error(tmp_path, "--beam_pipeline_options=runner=DirectRunner,direct_workers=2")
+    assert "unknown Beam pipeline option(s) ['direct_workers']" in line
+
+
+@pytest.mark.slow
+def test_the_tool_refuses_num_workers_for_a_beam_build(tmp_path):
+    line = _tool_error(tmp_path, "--beam_pipeline_options=runner=DirectRunner", "--num_workers=2")
+    assert "--num_workers is for the default build" in line
 
 
 @needs_beam

@@ -76,15 +76,14 @@ def _check_flags(dataset: str) -> None:
 
 def _beam_options():
     """The parsed `--beam_pipeline_options`; None for the default build."""
-    text = _BEAM_OPTIONS.value
-    if not text:
+    if not _BEAM_OPTIONS.value:
         return None
     from emohrnet_jax.data import beam_build
 
-    if not cli.verbose() and "default_sdk_harness_log_level=" not in text:
-        # Beam's workers log each step at INFO (on this console for a local runner).
-        text += ",default_sdk_harness_log_level=ERROR"
-    return beam_build.pipeline_options(text)
+    options = beam_build.pipeline_options(_BEAM_OPTIONS.value)
+    if not cli.verbose():
+        beam_build.quiet_workers(options)
+    return options
 
 
 def _options(dataset: str) -> dict:

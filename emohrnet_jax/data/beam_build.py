@@ -69,6 +69,14 @@ def pipeline_options(text: str) -> Any:
     return options
 
 
+def quiet_workers(options: Any) -> None:
+    """Keeps the log of Beam's workers to errors (each step at INFO otherwise), unless `options`
+    set its level."""
+    workers = options.view_as(_beam().options.pipeline_options.WorkerOptions)
+    if workers.default_sdk_harness_log_level is None:
+        workers.default_sdk_harness_log_level = "ERROR"
+
+
 def examples(
     jobs: list[tuple[corpora.Utterance, tuple[Any, ...]]],
     extract: Callable[..., dict[str, Any]],
