@@ -140,6 +140,7 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {SPLIT: beam_build.examples(jobs, self._extract, example, self.data_dir, self.name)}
 
     def _process_pipeline_result(self, pipeline_result) -> None:
+        """tfds's hook once its Beam pipeline is done: the summary, from the tally it wrote."""
         from emohrnet_jax.data import beam_build
 
         self._summarize(self._listing, beam_build.read_tally(self.data_dir))
