@@ -14,6 +14,9 @@ made in a temporary folder under a lock (a second prepare of the same build is r
 replaces the old one only when complete, so a killed build is simply re-run. Exits 0 when the
 dataset was built (files skipped included, see the printed summary and `prepare_summary.json`),
 1 with the reason otherwise. `--verbosity=1` adds the libraries' log lines and the traceback.
+`--beam_pipeline_options=runner=...,...` extracts the features on Apache Beam instead (the [beam]
+extra; DirectRunner here, Dataflow, Spark or Flink for corpora that outgrow one machine): the same
+examples and summary as the default build.
 """
 
 import pathlib
@@ -37,11 +40,20 @@ _SKIP_UNKNOWN = flags.DEFINE_bool(
     "skip_unknown_labels", False, "Skip (and count) clips with unknown labels instead of failing."
 )
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Extraction processes (default: cores).")
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options",
+    None,
+    "Extract on Apache Beam (the [beam] extra) with these pipeline options, in tfds build's "
+    "format, e.g. runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing. "
+    "The workers log at ERROR unless --verbosity=1 or default_sdk_harness_log_level= is given.",
+)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Config whose data fields set the features.", lock_config=True
 )
 
 _WITHOUT_MANUAL_DIR = ("labelled_folder", "synthetic")
+# ImportError: --beam_pipeline_options without apache-beam installed.
+_ERRORS = (ValueError, OSError, ImportError, corpora.UnknownLabelError, locks.LockedError)
 
 
 def _check_flags(dataset: str) -> None:
@@ -55,6 +67,23 @@ def _check_flags(dataset: str) -> None:
         raise ValueError(f"--dataset={dataset} needs --manual_dir=RAW (the unpacked corpus)")
     if dataset == "labelled_folder" and not _CSV.value:
         raise ValueError("--dataset=labelled_folder needs --csv=PATH")
+    if _BEAM_OPTIONS.value and _NUM_WORKERS.value is not None:
+        raise ValueError(
+            "--num_workers is for the default build; on Beam the runner sets the workers "
+            "(e.g. direct_num_workers=2 in --beam_pipeline_options)"
+        )
+
+
+def _beam_options():
+    """The parsed `--beam_pipeline_options`; None for the default build."""
+    if not _BEAM_OPTIONS.value:
+        return None
+    from emohrnet_jax.data import beam_build
+
+    options = beam_build.pipeline_options(_BEAM_OPTIONS.value)
+    if not cli.verbose():
+        beam_build.quiet_workers(options)
+    return options
 
 
 def _options(dataset: str) -> dict:
@@ -101,6 +130,7 @@ def main(argv: list[str]) -> None:
         if data_dir and storage.is_url(data_dir):  # before TensorFlow's import: fail at once
             storage.check_writable(data_dir, "--data_dir")
         with cli.quiet_imports():
+            beam_options = _beam_options()  # Before TensorFlow's import: a typo fails at once.
             from emohrnet_jax.audio import features
             from emohrnet_jax.data import remote
 
@@ -112,9 +142,10 @@ def main(argv: list[str]) -> None:
             manual_dir=paths.local(_MANUAL_DIR.value, "--manual_dir"),
             feature_params=features.FeatureParams.from_config(_CONFIG.value.data),
             num_workers=_NUM_WORKERS.value,
+            beam_options=beam_options,
             **options,
         )
-    except (ValueError, OSError, corpora.UnknownLabelError, locks.LockedError) as error:
+    except _ERRORS as error:
         cli.exit_with(error, f"prepare_data: {dataset}")
     _print_summary(summary)
 

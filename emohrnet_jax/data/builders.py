@@ -1,8 +1,9 @@
 """tensorflow-datasets builders: raw corpora to log-Mel TFRecords, one builder per corpus.
 
 Each builder lists its corpus with `corpora` (or plans the synthetic one), extracts log-Mel features
-in worker processes (every core), and writes one split, `utterances`, of variable-length examples:
-`mel` (float16, `(n_mels, n_frames)`), `num_frames`, `label`, `speaker`, `id`, `file`, `duration`.
+in worker processes (every core) or on Apache Beam (`beam_build`), and writes one split,
+`utterances`, of variable-length examples: `mel` (float16, `(n_mels, n_frames)`), `num_frames`,
+`label`, `speaker`, `id`, `file`, `duration`.
 Speaker-independent folds are selected at load time (`splits`), so one build serves every fold.
 
 The feature parameters are the builder config (its name carries a digest of them, and for a
@@ -21,7 +22,6 @@ import multiprocessing
 import os
 import threading
 import time
-from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import storage
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import corpora, csv_corpus, sources
+from emohrnet_jax.data import build_summary, corpora, csv_corpus, sources
 
 SPLIT = "utterances"
 SUMMARY_FILE = "prepare_summary.json"
@@ -90,11 +90,14 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         num_workers: int | None = None,
         listing: corpora.Listing | None = None,
         fingerprint: dict[str, Any] | None = None,
+        beam_options: Any = None,
         **kwargs: Any,
     ):
-        """`num_workers`: extraction processes (None: every core; 0: in this process); to build,
+        """`num_workers`: extraction processes (None: every core; 0: in this process); or
+        `beam_options` (`beam_build.pipeline_options`): extraction on Apache Beam. To build:
         `listing` (from `listing`) and its `fingerprint` (`sources.record`, stored with it)."""
         self._num_workers = os.cpu_count() if num_workers is None else num_workers
+        self._beam_options = beam_options
         self._listing, self._fingerprint = listing, fingerprint
         self._summary: dict[str, Any] = {}
         super().__init__(**kwargs)
@@ -128,7 +131,19 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        return {SPLIT: self._generate_examples(self._listing)}
+        if self._beam_options is None:
+            return {SPLIT: self._generate_examples(self._listing)}
+        from emohrnet_jax.data import beam_build  # apache-beam: the [beam] extra
+
+        jobs = list(zip(self._listing.utterances, self._jobs(self._listing), strict=True))
+        # The outcomes' tally goes to tfds's temporary folder (read back, then removed).
+        return {SPLIT: beam_build.examples(jobs, self._extract, example, self.data_dir, self.name)}
+
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        """tfds's hook once its Beam pipeline is done: the summary, from the tally it wrote."""
+        from emohrnet_jax.data import beam_build
+
+        self._summarize(self._listing, beam_build.read_tally(self.data_dir))
 
     def listing(self, manual_dir: str | None) -> corpora.Listing:
         """The corpus's utterances, listed from the raw files in `manual_dir`."""
@@ -142,42 +157,16 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     _extract = staticmethod(features.extract)
 
     def _generate_examples(self, listing: corpora.Listing):
-        skipped: dict[str, list[str]] = defaultdict(list)
-        conversions: Counter[str] = Counter()
-        speakers: set[str] = set()
+        outcomes = []
         for utterance, result in zip(listing.utterances, self._map(listing), strict=True):
-            if "error" in result:
-                skipped[result["error"]].append(utterance.path)
-                continue
-            conversions.update(result["conversions"])
-            speakers.add(utterance.speaker)
-            mel = result["mel"]
-            yield (
-                utterance.id,
-                {
-                    "mel": mel.astype(features.STORED_DTYPE),
-                    "num_frames": mel.shape[1],
-                    "label": utterance.label,
-                    "speaker": utterance.speaker,
-                    "id": utterance.id,
-                    "file": utterance.path,
-                    "duration": result["duration"],
-                },
-            )
-        kept = len(listing.utterances) - sum(len(paths) for paths in skipped.values())
-        self._summary = {
-            "dataset": self.name,
-            "config": self.builder_config.name,
-            "kept": kept,
-            "skipped": {reason: len(paths) for reason, paths in sorted(skipped.items())},
-            "excluded": {r: len(p) for r, p in sorted(listing.excluded.items())},
-            "conversions": dict(sorted(conversions.items())),
-            "speakers": sorted(speakers),
-            "skipped_files": {reason: sorted(paths) for reason, paths in sorted(skipped.items())},
-            "excluded_files": {r: sorted(p) for r, p in sorted(listing.excluded.items())},
-        }
-        if not kept:  # Said here: tfds's own error for an empty split names no reason.
-            raise ValueError(f"no usable audio in {self.name}: {self._summary['skipped']}")
+            outcomes.append(build_summary.outcome(utterance, result))
+            if "error" not in result:
+                yield utterance.id, example(utterance, result)
+        self._summarize(listing, build_summary.merge(outcomes))
+
+    def _summarize(self, listing: corpora.Listing, merged: dict[str, Any]) -> None:
+        name, config = self.name, self.builder_config.name
+        self._summary = build_summary.summarize(name, config, listing, merged)
 
     def _map(self, listing: corpora.Listing) -> Iterator[dict[str, Any]]:
         """Feature extraction in order, in worker processes when `num_workers` > 0."""
@@ -196,6 +185,8 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield from pool.map(self._extract, *zip(*jobs, strict=True), chunksize=chunk)
 
     def _download_and_prepare(self, dl_manager, download_config=None):
+        if self._beam_options is not None:  # tfds runs a PTransform split on Beam with these.
+            download_config = dataclasses.replace(download_config, beam_options=self._beam_options)
         super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
         # Inside tfds's temporary folder: the summary and metadata move with the TFRecords.
         self.info.metadata.update(
@@ -209,6 +200,20 @@ class _EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             self.info.metadata[sources.METADATA_KEY] = self._fingerprint["digest"]
             sources.save(self.data_dir, self._fingerprint)
         storage.write_json_atomically(os.path.join(self.data_dir, SUMMARY_FILE), self._summary)
+
+
+def example(utterance: corpora.Utterance, result: dict[str, Any]) -> dict[str, Any]:
+    """The stored example of an utterance whose features were extracted (`result`)."""
+    mel = result["mel"]
+    return {
+        "mel": mel.astype(features.STORED_DTYPE),
+        "num_frames": mel.shape[1],
+        "label": utterance.label,
+        "speaker": utterance.speaker,
+        "id": utterance.id,
+        "file": utterance.path,
+        "duration": result["duration"],
+    }
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -369,9 +374,11 @@ def prepare(
     manual_dir: str | None = None,
     feature_params: features.FeatureParams | None = None,
     num_workers: int | None = None,
+    beam_options: Any = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Builds `dataset`'s TFRecords and returns the build summary.
+    """Builds `dataset`'s TFRecords and returns the build summary; with `beam_options`
+    (`beam_build.pipeline_options`), the features are extracted on Apache Beam.
 
     A build whose sources are unchanged is kept; one whose sources changed (or that predates
     source fingerprints) is rebuilt, and the summary's `rebuilt` says why. A build is kept as it
@@ -384,7 +391,7 @@ def prepare(
     """
     if dataset not in BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
-    builder_args: dict[str, Any] = {}
+    builder_args: dict[str, Any] = {"beam_options": beam_options}
     if dataset == "labelled_folder":
         csv_path = options["csv_path"] = os.path.realpath(options["csv_path"])
         names = options.pop("class_names", None) or csv_corpus.labelled_folder(csv_path)[1]
