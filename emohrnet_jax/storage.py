@@ -42,7 +42,10 @@ def configure(environ: dict[str, str] | None = None) -> None:
     60 s against an emulator. Values already set are kept. Safe to call more than once.
     """
     environ = os.environ if environ is None else environ
-    environ.setdefault("EPATH_USE_TF", "false")  # gs:// through gcsfs, see the module docstring
+    if "EPATH_USE_TF" not in environ:
+        environ["EPATH_USE_TF"] = "false"  # gs:// through gcsfs, see the module docstring
+        if environ is os.environ:
+            _forget_backend_choice()
     emulator = environ.get("STORAGE_EMULATOR_HOST")
     if emulator:
         if "://" not in emulator:
@@ -50,6 +53,15 @@ def configure(environ: dict[str, str] | None = None) -> None:
         environ.setdefault("TENSORSTORE_GCS_HTTP_URL", emulator)
         environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
         environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def _forget_backend_choice() -> None:
+    """Makes etils read EPATH_USE_TF again: it caches its first answer, even for a local path."""
+    from etils.epath import gpath
+
+    cached = getattr(gpath, "_is_tf_installed", None)
+    if hasattr(cached, "cache_clear"):
+        cached.cache_clear()
 
 
 def path(location: str | os.PathLike) -> epath.Path:

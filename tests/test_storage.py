@@ -164,3 +164,14 @@ def test_an_exclusive_create_fails_where_something_is(gcs, tmp_path, where):
     with pytest.raises(FileExistsError):
         storage.create_exclusively(path, b"second")
     assert storage.path(path).read_bytes() == b"first"
+
+
+def test_gs_paths_bypass_tensorflow_even_after_a_local_path(gcs, tmp_path, monkeypatch):
+    from etils import epath
+    from etils.epath import gpath
+
+    monkeypatch.delenv("EPATH_USE_TF", raising=False)
+    gpath._is_tf_installed.cache_clear()
+    assert epath.Path(tmp_path).exists()  # etils now caches "use TensorFlow's GCS client"
+    storage.write_json_atomically(f"{gcs}/run/a.json", {"a": 1})  # would fail: no googleapis.com
+    assert storage.read_json(f"{gcs}/run/a.json") == {"a": 1}
