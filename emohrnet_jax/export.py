@@ -295,8 +295,10 @@ def _is_export(folder: str) -> bool:
 
 def _define_flags() -> None:
     # Defined only when run as a script, so that tests can import this module beside others.
-    flags.DEFINE_string("workdir", None, "Training run folder (config.json, checkpoints/).")
-    flags.DEFINE_string("output", None, "Folder to write the exported model into.")
+    flags.DEFINE_string(
+        "workdir", None, "Training run folder or gs:// URL (config.json, checkpoints/)."
+    )
+    flags.DEFINE_string("output", None, "Folder or gs:// prefix to write the exported model into.")
     flags.DEFINE_list("formats", list(FORMATS), f"Some of {', '.join(FORMATS)}.")
     flags.DEFINE_list(
         "platforms",

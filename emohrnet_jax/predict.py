@@ -93,7 +93,7 @@ class Predictor:
         """Loads `workdir/config.json` and the best-validation checkpoint.
 
         Args:
-          workdir: a training run's folder.
+          workdir: a training run's folder, or its gs:// URL.
           batch_size: windows per model call.
           hop_frames: frames between window starts of a long clip (None: half a window).
           block_seconds: of a file's audio decoded at a time (bounds memory, not the result).
@@ -306,9 +306,14 @@ def audio_paths(arguments: Iterable[str]) -> list[str]:
 
 def _define_flags() -> None:
     # Defined only when run as a script, so that tests can import this module beside others.
-    flags.DEFINE_string("workdir", None, "Training run folder (config.json, checkpoints/).")
     flags.DEFINE_string(
-        "output", None, "Write here (atomically, once every file is done) instead of to stdout."
+        "workdir", None, "Training run folder or gs:// URL (config.json, checkpoints/)."
+    )
+    flags.DEFINE_string(
+        "output",
+        None,
+        "Write here (a file or gs:// object; atomically, once every file is done) instead of to "
+        "stdout.",
     )
     flags.DEFINE_enum("format", "jsonl", ["jsonl", "csv"], "JSON lines, or CSV with a header row.")
     flags.DEFINE_integer(
