@@ -1,6 +1,7 @@
 r"""Exports a run's best-validation classifier for serving without the training code.
 
   python -m emohrnet_jax.export --workdir=runs/demo --output=exported/demo
+  python -m emohrnet_jax.export --workdir=gs://bucket/runs/demo --output=gs://bucket/exported/demo
 
 writes to `--output`:
 
@@ -17,6 +18,10 @@ writes to `--output`:
 A non-empty `--output` is refused; with `--overwrite` it may be a previous export (its
 `metadata.json` names it so, and it holds nothing else), which is replaced. A folder that is or
 holds a training run (config.json beside checkpoints/), or holds other files, is never deleted.
+A gs:// `--output` is a prefix, under the same rules; it is staged in a local temporary folder and
+uploaded with `metadata.json` removed first and written last, so a reader never finds it beside a
+partial export (and a prefix holding export files without it is an upload cut short, which
+`--overwrite` replaces).
 
 Both models take `mel`, a float32 batch `(batch, n_mels, num_frames)` of normalized log-Mel
 windows (the batch size is symbolic: any size works), made as `emohrnet_jax.predict` makes them,
@@ -25,10 +30,11 @@ the logits, classes in the order of `class_names`). A clip longer than one windo
 windows' logits, then take the softmax.
 """
 
-import json
 import os
+import posixpath
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -143,13 +149,15 @@ def export_run(
 ) -> dict[str, Any]:
     """Exports the best-validation classifier of `workdir` to the folder `output`.
 
-    The folder appears complete or not at all (written beside it, then renamed).
+    The folder appears complete or not at all (written beside it, then renamed). A gs:// `output`
+    is staged in a local temporary folder, then uploaded with its metadata.json last.
 
     Returns:
       The metadata written to `output/metadata.json`.
 
     Raises:
       runs.RunError: the run cannot be served.
+      storage.StorageError: a gs:// `output` whose bucket is missing or refuses writes.
       FileExistsError: `output` holds files and is not a previous export that `overwrite` may
         replace (see `check_replaceable`).
       ValueError: an unknown format.
@@ -157,10 +165,19 @@ def export_run(
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"formats must be some of {FORMATS}, got {list(formats)}")
+    if storage.is_url(output):  # before the run is loaded: a missing bucket fails in seconds
+        storage.check_writable(output, "--output")
     check_replaceable(output, workdir, overwrite)
     config = runs.load_config(workdir)
     variables, best = runs.load_best_variables(workdir, config)
     serve = serving_function(config, variables)
+    info = metadata(config, best, platforms, formats)
+    if storage.is_url(output):
+        with tempfile.TemporaryDirectory(prefix="emohrnet_jax_export_") as staging:
+            _write_files(staging, serve, config, platforms, formats, info)
+            # metadata.json is removed first and uploaded last: never beside a partial export.
+            storage.upload_tree(staging, output, last=[METADATA_FILE])
+        return info
     staging = f"{output.rstrip(os.sep)}.partial"
     if os.path.lexists(staging):
         # Left by a killed export; anything else of that name is the user's and stays.
@@ -168,17 +185,21 @@ def export_run(
             raise FileExistsError(f"{staging} exists and is not an unfinished export: move it")
         shutil.rmtree(staging)
     os.makedirs(staging)
-    if "jax" in formats:
-        with open(os.path.join(staging, JAX_FILE), "wb") as file:
-            file.write(export_jax(serve, config, platforms))
-    if "saved_model" in formats:
-        export_saved_model(serve, config, platforms, os.path.join(staging, SAVED_MODEL_DIR))
-    info = metadata(config, best, platforms, formats)
-    storage.write_json_atomically(os.path.join(staging, METADATA_FILE), info)
+    _write_files(staging, serve, config, platforms, formats, info)
     if os.path.exists(output):
         shutil.rmtree(output)
     os.replace(staging, output)
     return info
+
+
+def _write_files(folder: str, serve, config, platforms, formats, info: dict[str, Any]) -> None:
+    """Writes the export's files into the local `folder`, metadata.json last."""
+    if "jax" in formats:
+        with open(os.path.join(folder, JAX_FILE), "wb") as file:
+            file.write(export_jax(serve, config, platforms))
+    if "saved_model" in formats:
+        export_saved_model(serve, config, platforms, os.path.join(folder, SAVED_MODEL_DIR))
+    storage.write_json_atomically(os.path.join(folder, METADATA_FILE), info)
 
 
 def check_replaceable(output: str, workdir: str, overwrite: bool) -> None:
@@ -188,15 +209,23 @@ def check_replaceable(output: str, workdir: str, overwrite: bool) -> None:
     has the `EXPORT_KEYS`, and it holds nothing else than an export writes), may be written;
     never a folder that is, or holds, the run being exported or any other run.
 
+    A gs:// `output` is a prefix: its objects are what it holds.
+
     Raises:
       FileExistsError: with the reason, in one line.
     """
-    if not os.path.lexists(output):
-        return
-    if not os.path.isdir(output) or os.path.islink(output):
-        raise FileExistsError(f"{output} is a file or a link: give a folder for the export")
-    if not os.listdir(output):
-        return
+    if storage.is_url(output):
+        if storage.path(output).is_file():
+            raise FileExistsError(f"{output} is an object: give a prefix (folder) for the export")
+        if not storage.list_files(output):
+            return
+    else:
+        if not os.path.lexists(output):
+            return
+        if not os.path.isdir(output) or os.path.islink(output):
+            raise FileExistsError(f"{output} is a file or a link: give a folder for the export")
+        if not os.listdir(output):
+            return
     if not overwrite:
         raise FileExistsError(f"{output} is not empty (pass --overwrite to replace an export)")
     run = _run_inside(output, workdir)
@@ -214,6 +243,8 @@ def check_replaceable(output: str, workdir: str, overwrite: bool) -> None:
 def _run_inside(folder: str, workdir: str) -> str | None:
     """The run that `folder` is or holds (`workdir`, or any folder with a config.json and a
     checkpoints/ folder), or None."""
+    if storage.is_url(folder):
+        return _run_under_prefix(folder, workdir)
     real, run = os.path.realpath(folder), os.path.realpath(workdir)
     if run == real or run.startswith(real.rstrip(os.sep) + os.sep):
         return workdir
@@ -223,13 +254,40 @@ def _run_inside(folder: str, workdir: str) -> str | None:
     return None
 
 
+def _run_under_prefix(url: str, workdir: str) -> str | None:
+    """`_run_inside` for a gs:// prefix: a run is a config.json beside objects in checkpoints/."""
+    base = url.rstrip("/")
+    if workdir.rstrip("/") == base or workdir.startswith(base + "/"):
+        return workdir
+    names = storage.list_files(url)
+    folders = {posixpath.dirname(name) for name in names}
+    for name in names:
+        below = posixpath.dirname(name)
+        checkpoints = posixpath.join(below, "checkpoints")
+        if posixpath.basename(name) == "config.json" and any(
+            folder == checkpoints or folder.startswith(checkpoints + "/") for folder in folders
+        ):
+            return posixpath.join(base, below) if below else base
+    return None
+
+
 def _is_export(folder: str) -> bool:
-    """Whether `folder` holds only what `export_run` writes, with an export's metadata."""
-    if not set(os.listdir(folder)) <= _EXPORT_FILES - {METADATA_FILE + ".tmp"}:
+    """Whether `folder` holds only what `export_run` writes, with an export's metadata.
+
+    A gs:// prefix holding export files without metadata.json is an upload cut short (which
+    removes metadata.json first and writes it last), so it counts as an export too.
+    """
+    url = storage.is_url(folder)
+    if url:
+        names = {name.split("/")[0] for name in storage.list_files(folder)}
+        if METADATA_FILE not in names:
+            return names <= {JAX_FILE, SAVED_MODEL_DIR}
+    else:
+        names = set(os.listdir(folder))
+    if not names <= _EXPORT_FILES - {METADATA_FILE + ".tmp"}:
         return False
     try:
-        with open(os.path.join(folder, METADATA_FILE)) as file:
-            info = json.load(file)
+        info = storage.read_json(os.path.join(folder, METADATA_FILE))
     except (OSError, ValueError):
         return False
     return isinstance(info, dict) and all(key in info for key in EXPORT_KEYS)
@@ -237,8 +295,10 @@ def _is_export(folder: str) -> bool:
 
 def _define_flags() -> None:
     # Defined only when run as a script, so that tests can import this module beside others.
-    flags.DEFINE_string("workdir", None, "Training run folder (config.json, checkpoints/).")
-    flags.DEFINE_string("output", None, "Folder to write the exported model into.")
+    flags.DEFINE_string(
+        "workdir", None, "Training run folder or gs:// URL (config.json, checkpoints/)."
+    )
+    flags.DEFINE_string("output", None, "Folder or gs:// prefix to write the exported model into.")
     flags.DEFINE_list("formats", list(FORMATS), f"Some of {', '.join(FORMATS)}.")
     flags.DEFINE_list(
         "platforms",
@@ -259,14 +319,16 @@ def main(argv: list[str]) -> None:
     if not options["verbosity"].present:  # orbax's INFO lines would bury what this prints.
         logging.set_verbosity(logging.WARNING)
     cli.quiet_console()
+    storage.configure()
     try:
-        output = paths.local(options.output, "--output")
-        workdir = paths.local(options.workdir, "--workdir")
+        output = paths.location(options.output, "--output")
+        workdir = paths.location(options.workdir, "--workdir")
         with cli.quiet_imports():  # TensorFlow's start-up lines (jax2tf)
             info = export_run(
                 workdir, output, options.formats, options.platforms, options.overwrite
             )
-    except (runs.RunError, FileExistsError, ValueError) as error:  # PathError is a ValueError.
+    # PathError is a ValueError; StorageError (a bucket) and FileExistsError are OSErrors.
+    except (runs.RunError, ValueError, OSError) as error:
         sys.exit(f"export: {error}")
     checkpoint = info["checkpoint"]
     print(

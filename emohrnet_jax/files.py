@@ -1,7 +1,10 @@
-"""Finding the audio files under a local folder (for the data tools and prediction)."""
+"""Finding the audio files under a folder or a gs:// prefix (for the data tools and prediction)."""
 
 import os
+import posixpath
 from collections.abc import Iterable, Iterator
+
+from emohrnet_jax import storage
 
 
 def walk_files(root: str, extensions: Iterable[str]) -> Iterator[str]:
@@ -9,13 +12,17 @@ def walk_files(root: str, extensions: Iterable[str]) -> Iterator[str]:
 
     Each folder's files come before its subfolders, both sorted by name. Linked folders are
     followed, each real folder walked once (so a link back to an ancestor ends the walk there).
-    Paths are `root` joined with the names below it, as given (not made absolute).
+    Paths are `root` joined with the names below it, as given (not made absolute). A gs:// `root`
+    is a prefix: its objects are listed in the same order, as URLs.
 
     Args:
-      root: a folder.
+      root: a folder, or a gs:// URL.
       extensions: lowercase extensions with their dot (".wav"); names match case-insensitively.
     """
     extensions = tuple(extensions)
+    if storage.is_url(root):
+        yield from _walk_objects(root, extensions)
+        return
     seen = set()
     # Links are followed because audio is often linked in from a shared disk; `seen` keeps a link
     # cycle (or the same folder reached twice) from being walked again.
@@ -29,3 +36,20 @@ def walk_files(root: str, extensions: Iterable[str]) -> Iterator[str]:
         for name in sorted(names):
             if os.path.splitext(name)[1].lower() in extensions:
                 yield os.path.join(folder, name)
+
+
+def _walk_order(name: str) -> list[tuple[int, str]]:
+    """A sort key that puts a folder's files (0) before its subfolders (1), as the walk does."""
+    *folders, file = name.split("/")
+    return [(1, folder) for folder in folders] + [(0, file)]
+
+
+def _walk_objects(root: str, extensions: tuple[str, ...]) -> Iterator[str]:
+    """The objects under the gs:// prefix `root` with one of `extensions`, in `walk_files` order."""
+    names = [
+        name
+        for name in storage.list_files(root)
+        if posixpath.splitext(name)[1].lower() in extensions
+    ]
+    for name in sorted(names, key=_walk_order):
+        yield posixpath.join(root, name)

@@ -2,6 +2,7 @@ r"""Emotion predictions for audio files with a trained run's best-validation sta
 
   python -m emohrnet_jax.predict --workdir=runs/demo clip.wav more_clips/ > predictions.jsonl
   python -m emohrnet_jax.predict --workdir=runs/demo --format=csv --top_k=2 --output=out.csv clips/
+  python -m emohrnet_jax.predict --workdir=gs://b/runs/demo --output=gs://b/p.jsonl gs://b/clips/
 
 Any file that soundfile decodes (WAV, FLAC, OGG, ...), at any sample rate, mono or multichannel,
 of any length. Features are made exactly as for the run's prepared training data: downmix,
@@ -16,7 +17,9 @@ Folders are walked recursively in sorted order, following linked folders (each r
 once), picking up audio extensions only (.wav .flac .ogg .oga .opus .mp3 .aif .aiff); a file
 named on the command line is always tried. Windows of consecutive files fill the same batches,
 so a folder of many short clips runs at full speed. A progress bar goes to stderr when it is a
-terminal. `~` is expanded in paths; URLs (gs://) are refused before anything is written.
+terminal. `~` is expanded in paths. The run, the inputs (objects or prefixes, listed as folders
+are walked) and `--output` may be gs:// URLs; another scheme (s3://) is refused before anything is
+written, and so is an `--output` whose bucket is missing or refuses writes.
 
 Output, one line per file in walk order, to stdout or `--output`:
 - JSON lines (default): `path` (as walked from the arguments; bytes of a name that are not
@@ -45,9 +48,9 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from emohrnet_jax import cli, compilation_cache, files, models, paths, runs
+from emohrnet_jax import cli, compilation_cache, files, models, paths, runs, storage
 from emohrnet_jax.audio import features, streaming
-from emohrnet_jax.predict_output import write_file, write_predictions, write_stdout
+from emohrnet_jax.predict_output import check_output, write_file, write_predictions, write_stdout
 
 # Exit status when some inputs failed and the others were scored.
 EXIT_SOME_FAILED = 3
@@ -90,7 +93,7 @@ class Predictor:
         """Loads `workdir/config.json` and the best-validation checkpoint.
 
         Args:
-          workdir: a training run's folder.
+          workdir: a training run's folder, or its gs:// URL.
           batch_size: windows per model call.
           hop_frames: frames between window starts of a long clip (None: half a window).
           block_seconds: of a file's audio decoded at a time (bounds memory, not the result).
@@ -289,11 +292,12 @@ def audio_paths(arguments: Iterable[str]) -> list[str]:
     """Files named in `arguments`, folders walked recursively in sorted order (audio only).
 
     Paths are joined onto the argument as given (not made absolute), so that the output names
-    files the way the user did. A missing path is kept: it becomes an error line.
+    files the way the user did; a gs:// argument is an object or a prefix, its files URLs. A
+    missing path is kept: it becomes an error line.
     """
     found = []
     for argument in arguments:
-        if os.path.isdir(argument):
+        if storage.isdir(argument):
             found += files.walk_files(argument, AUDIO_EXTENSIONS)
         else:
             found.append(argument)
@@ -302,9 +306,14 @@ def audio_paths(arguments: Iterable[str]) -> list[str]:
 
 def _define_flags() -> None:
     # Defined only when run as a script, so that tests can import this module beside others.
-    flags.DEFINE_string("workdir", None, "Training run folder (config.json, checkpoints/).")
     flags.DEFINE_string(
-        "output", None, "Write here (atomically, once every file is done) instead of to stdout."
+        "workdir", None, "Training run folder or gs:// URL (config.json, checkpoints/)."
+    )
+    flags.DEFINE_string(
+        "output",
+        None,
+        "Write here (a file or gs:// object; atomically, once every file is done) instead of to "
+        "stdout.",
     )
     flags.DEFINE_enum("format", "jsonl", ["jsonl", "csv"], "JSON lines, or CSV with a header row.")
     flags.DEFINE_integer(
@@ -342,16 +351,15 @@ def main(argv: list[str]) -> int:
     cli.quiet_console()
     if len(argv) < 2:
         raise app.UsageError("name at least one audio file or folder")
+    storage.configure()
     try:
-        workdir, output = (
-            paths.local(options.workdir, "--workdir"),
-            paths.local(options.output, "--output"),
-        )
-        inputs = [paths.local(argument, "input") for argument in argv[1:]]
-    except paths.PathError as error:
+        workdir = paths.location(options.workdir, "--workdir")
+        output = paths.location(options.output, "--output")
+        inputs = [paths.location(argument, "input") for argument in argv[1:]]
+        if output:  # before the run is loaded: a missing bucket fails in seconds
+            check_output(output)
+    except (ValueError, OSError) as error:  # PathError is a ValueError, StorageError an OSError.
         sys.exit(f"predict: {error}")
-    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        sys.exit(f"predict: the folder of --output={output} does not exist")
     compilation_cache.enable(options.compilation_cache)
     try:
         predictor = Predictor(
@@ -370,7 +378,10 @@ def main(argv: list[str]) -> int:
         top_k=options.top_k,
         workers=options.workers,
     )
-    failed = write_file(write, output) if output else write_stdout(write)
+    try:
+        failed = write_file(write, output) if output else write_stdout(write)
+    except OSError as error:  # the upload of a gs:// --output
+        sys.exit(f"predict: cannot write --output={output}: {error}")
     if failed is None:
         return EXIT_BROKEN_PIPE
     if failed:

@@ -4,12 +4,15 @@ import csv
 import io
 import json
 import os
+import posixpath
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import tqdm
 
+from emohrnet_jax import storage
 from emohrnet_jax.audio import features
 
 if TYPE_CHECKING:  # For the type hints only: predict imports this module.
@@ -91,7 +94,39 @@ def write_predictions(
     return failed
 
 
+def check_output(output: str) -> None:
+    """Fails in one line, before any work, when `output` cannot be written.
+
+    Raises:
+      OSError: the local folder of `output` is missing; storage.StorageError: its bucket is
+        missing, refuses writes or does not answer.
+      ValueError: a gs:// `output` that names a folder (ends in "/"), not an object.
+    """
+    if not storage.is_url(output):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+            raise FileNotFoundError(f"the folder of --output={output} does not exist")
+        return
+    if output.endswith("/"):
+        raise ValueError(f"--output={output}: name an object (gs://BUCKET/PATH/FILE), not a folder")
+    storage.check_writable(posixpath.dirname(output), "the folder of --output")
+
+
 def write_file(write: Callable, output: str) -> int:
+    """`write` into `output` (a file or a gs:// object) atomically; returns the failures.
+
+    A gs:// object is written locally, then uploaded in one object write: it appears complete
+    or not at all.
+    """
+    if not storage.is_url(output):
+        return _write_local(write, output)
+    with tempfile.TemporaryDirectory(prefix="emohrnet_jax_predict_") as folder:
+        name = posixpath.basename(output)
+        failed = _write_local(write, os.path.join(folder, name))
+        storage.upload_files(folder, posixpath.dirname(output), [name])
+    return failed
+
+
+def _write_local(write: Callable, output: str) -> int:
     """`write` into `output` through a temporary file, never left behind; returns the failures."""
     temporary = f"{output}.tmp"
     try:

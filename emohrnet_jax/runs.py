@@ -4,14 +4,13 @@ Shared by prediction and export, so both serve the state that the run reports (b
 UA). No TensorFlow here.
 """
 
-import json
 import os
 from typing import Any
 
 import jax
 import ml_collections
 
-from emohrnet_jax import checkpoints, models, steps
+from emohrnet_jax import checkpoints, models, steps, storage
 from emohrnet_jax.audio import features
 
 
@@ -21,22 +20,21 @@ class RunError(Exception):
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The full config that trained the run in `workdir` (`workdir/config.json`).
+    """The full config that trained the run in `workdir` (`workdir/config.json`), a folder or gs://.
 
     Raises:
       RunError: `workdir` or its config.json is missing or unreadable.
     """
-    if not os.path.isdir(workdir):
+    if not storage.isdir(workdir):
         raise RunError(f"--workdir={workdir} is not a folder")
     path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    if not storage.exists(path):
         raise RunError(
             f"{path} is missing: --workdir must be the folder of a training run "
             "(python -m emohrnet_jax.main --workdir=...)"
         )
     try:
-        with open(path) as file:
-            return ml_collections.ConfigDict(json.load(file))
+        return ml_collections.ConfigDict(storage.read_json(path))
     except (OSError, ValueError) as error:
         raise RunError(f"cannot read {path}: {error}") from error
 

@@ -220,6 +220,21 @@ def _relative_files(url: str) -> dict[str, str]:
     }
 
 
+def list_files(url: str) -> list[str]:
+    """The names of every object under the gs:// prefix `url`, relative to it, sorted.
+
+    Needs no MD5 (composite objects have none); folder placeholders (names ending in "/", which
+    some tools make) are left out.
+    """
+    prefix = url.rstrip("/")[len(URL_PREFIX) :] + "/"
+    found = _gcs().find(url.rstrip("/"), detail=True)
+    return sorted(
+        name[len(prefix) :]
+        for name, info in found.items()
+        if name.startswith(prefix) and not name.endswith("/") and info.get("type") != "directory"
+    )
+
+
 def _md5(file_path: str) -> str:
     digest = hashlib.md5()
     with open(file_path, "rb") as file:

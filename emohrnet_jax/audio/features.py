@@ -11,6 +11,7 @@ import librosa
 import numpy as np
 import soundfile
 
+from emohrnet_jax import storage
 from emohrnet_jax.audio import synthetic
 
 # A clip whose peak absolute amplitude is below this is digital silence (or a mute channel).
@@ -76,12 +77,41 @@ class Clip:
     conversions: tuple[str, ...]
 
 
+class _ObjectSoundFile(soundfile.SoundFile):
+    """A SoundFile decoding an open file object (a gs:// object's), which it closes with itself."""
+
+    def __init__(self, file: Any):
+        self._object = file
+        super().__init__(file, mode="r")
+
+    def close(self) -> None:
+        super().close()
+        self._object.close()
+
+
+def _open_object(url: str) -> soundfile.SoundFile:
+    """Opens the gs:// object `url` for decoding; gcsfs reads it in ranges (5 MiB blocks)."""
+    try:
+        file = storage.path(url).open("rb")
+    except FileNotFoundError:
+        raise AudioError("file not found", url) from None
+    except OSError as error:
+        raise AudioError("cannot read file", f"{url}: {error}") from error
+    try:
+        return _ObjectSoundFile(file)
+    except DECODE_ERRORS as error:
+        file.close()
+        raise AudioError("cannot decode audio", str(error)) from error
+
+
 def open_audio(path: str) -> soundfile.SoundFile:
-    """Opens `path` for decoding, whatever bytes its name holds.
+    """Opens `path` (a file, or a gs:// object) for decoding, whatever bytes its name holds.
 
     Raises:
-      AudioError: "file not found", or "cannot decode audio".
+      AudioError: "file not found", "cannot read file" (gs://), or "cannot decode audio".
     """
+    if storage.is_url(path):
+        return _open_object(path)
     if not os.path.exists(path):
         raise AudioError("file not found", path)
     try:
