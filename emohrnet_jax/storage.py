@@ -210,11 +210,12 @@ def _reason(error: BaseException) -> str:
 
 
 def _relative_files(url: str) -> dict[str, str]:
-    """Every object under the gs:// prefix `url`: relative name -> MD5 (hex)."""
+    """Every object under the gs:// prefix `url`: relative name -> MD5 (hex; "" for a composite
+    object, which has none, so it never counts as unchanged)."""
     prefix = url.rstrip("/")[len(URL_PREFIX) :] + "/"
     found = _gcs().find(url.rstrip("/"), detail=True)
     return {
-        name[len(prefix) :]: base64.b64decode(info["md5Hash"]).hex()
+        name[len(prefix) :]: base64.b64decode(info.get("md5Hash") or "").hex()
         for name, info in found.items()
         if name.startswith(prefix) and info.get("type") != "directory"
     }

@@ -19,19 +19,6 @@ from emohrnet_jax.audio import synthetic
 _QUICK_FAILURE_S = 30
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _gs_through_gcsfs():
-    """gs:// through gcsfs in this process too, as in the commands (storage.configure first).
-
-    etils caches whether to use TensorFlow's client at its first path, local ones included: the
-    session's `saved_run`, made before any gs:// path, would have fixed it to TensorFlow's.
-    """
-    from etils.epath import gpath
-
-    storage.configure()
-    gpath._is_tf_installed.cache_clear()
-
-
 def _run(module, *args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", f"emohrnet_jax.{module}", *map(str, args)],
