@@ -1,8 +1,8 @@
 """A whole job in a Cloud Storage bucket, against a real GCS API server on 127.0.0.1 (issue 17).
 
 Prepare the tiny synthetic corpus into gs://.../tfds, train with --workdir=gs://.../run, stop it
-with SIGTERM, resume it to the end: the results equal an uninterrupted local run's on the same
-data.
+with SIGTERM, resume it to the end (the results equal an uninterrupted local run's on the same
+data), then predict with and export the run in the bucket.
 """
 
 import signal
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from emohrnet_jax import storage, train
+from emohrnet_jax import export, predict, storage, train
 from tests import helpers
 
 pytestmark = pytest.mark.slow
@@ -75,6 +75,12 @@ def test_prepare_train_preempt_resume_in_a_bucket(gcs, tmp_path):
     for name in ("config.json", "splits.json", "confusion_matrix.png", "curves.png"):
         assert storage.exists(f"{workdir}/{name}"), name
     assert any(storage.path(workdir).glob("events.out.tfevents.*"))
+
+    # Served from the bucket: the best state of the run that was trained there.
+    predictor = predict.Predictor(workdir)
+    assert predictor.best["epoch"] == results["best_epoch"]
+    info = export.export_run(workdir, f"{gcs}/export", ["jax"], ["cpu"])
+    assert storage.read_json(f"{gcs}/export/metadata.json") == info
 
     # In this process, from the same bucket: its steps are compiled already (the shared cache).
     expected = train.train_and_evaluate(helpers.tiny_config(data_dir), str(tmp_path))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from emohrnet_jax import checkpoints, cross_validation, steps, train
+from emohrnet_jax import checkpoints, cross_validation, steps, storage, train
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import builders, pipeline
 from tests import helpers
@@ -364,7 +364,9 @@ def test_all_speakers_of_the_training_corpus_is_refused(uninterrupted, data_dir)
         train.evaluate_run(helpers.tiny_config(data_dir), str(uninterrupted[1]), "all")
 
 
-def test_cross_validation_summarizes_folds_and_skips_finished_ones(data_dir, tmp_path, monkeypatch):
+def test_cross_validation_summarizes_folds_and_skips_finished_ones(
+    data_dir, tmp_path, monkeypatch, gcs
+):
     config = helpers.tiny_config(data_dir, num_epochs=1)
     summary = cross_validation.run_folds(config, str(tmp_path), folds=[0, 1])
     folds = []
@@ -387,5 +389,12 @@ def test_cross_validation_summarizes_folds_and_skips_finished_ones(data_dir, tmp
 
     monkeypatch.setattr(train, "train_and_evaluate", no_training)
     assert cross_validation.run_folds(config, str(tmp_path), folds=[0, 1]) == summary
+    # The same folds in a bucket: read back from there, the summary and its PNG written there.
+    for k in (0, 1):
+        storage.upload_tree(str(tmp_path / f"fold_{k}"), f"{gcs}/cv/fold_{k}")
+    assert cross_validation.run_folds(config, f"{gcs}/cv", folds=[0, 1]) == summary
+    assert storage.read_json(f"{gcs}/cv/summary.json") == summary
+    assert storage.exists(f"{gcs}/cv/confusion_matrix.png")
+    assert not storage.exists(f"{gcs}/cv/.lock")
     with pytest.raises(ValueError, match="out of range"):
         cross_validation.run_folds(config, str(tmp_path), folds=[4])
