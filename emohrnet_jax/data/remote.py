@@ -64,8 +64,8 @@ def prepare(dataset: str, data_dir: str | None, **options: Any) -> dict[str, Any
 
 
 def _config_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The options of `builders.prepare` that name the build (not how it is run)."""
-    run_only = ("manual_dir", "feature_params", "num_workers", "class_names")
+    """The options of `builders.prepare` that name the build (its **options, not how it is run)."""
+    run_only = ("manual_dir", "feature_params", "num_workers", "beam_options", "class_names")
     config_options = {k: v for k, v in options.items() if k not in run_only}
     if "csv_path" in config_options:
         config_options["csv_path"] = os.path.realpath(config_options["csv_path"])
