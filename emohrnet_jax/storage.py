@@ -99,9 +99,13 @@ def write_bytes_atomically(location: str, data: bytes) -> None:
         path(location).write_bytes(data)  # An object appears when its upload completes.
         return
     temporary = f"{location}.tmp"
-    with open(temporary, "wb") as file:
-        file.write(data)
-    os.replace(temporary, location)
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+        os.replace(temporary, location)
+    finally:
+        if os.path.exists(temporary):  # a failed write (disk full) leaves nothing behind
+            os.remove(temporary)
 
 
 def create_exclusively(location: str, data: bytes) -> None:

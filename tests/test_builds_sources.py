@@ -123,8 +123,8 @@ def test_training_on_a_labelled_folder_needs_its_csv(tmp_path):
     data.csv = str(tmp_path / "never_prepared.csv")
     with pytest.raises(FileNotFoundError, match=r"--csv=.*never_prepared.csv --data_dir="):
         pipeline.load_builder(data)
-    data.data_dir = "gs://bucket/tfds"
-    with pytest.raises(paths.PathError, match=r"config.data.data_dir=gs://"):
+    data.data_dir = "s3://bucket/tfds"
+    with pytest.raises(paths.PathError, match=r"config.data.data_dir=s3://"):
         pipeline.load_builder(data)
 
 

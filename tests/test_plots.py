@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emohrnet_jax import plots
+from emohrnet_jax import plots, storage
 
 NAMES3 = ["angry", "happy", "sad"]
 
@@ -42,7 +42,7 @@ def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     def fail(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(plots.os, "replace", fail)
+    monkeypatch.setattr(storage.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         plots.plot_curves([{"epoch": 1, "train_loss": 1.0}], str(tmp_path / "curves.png"))
     assert os.listdir(tmp_path) == []
