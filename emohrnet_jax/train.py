@@ -108,7 +108,11 @@ def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.Fold
     is_main = jax.process_index() == 0
     if is_main:
         run_config.check_config(workdir, config)
-    fold = pipeline.create_fold_input(config)
+        fold = pipeline.create_fold_input(config)  # builds the synthetic corpus on first use
+    if jax.process_count() > 1:  # the other hosts must not build it at the same time
+        multihost_utils.sync_global_devices("emohrnet_jax: the corpus is prepared")
+    if not is_main:
+        fold = pipeline.create_fold_input(config)
     if is_main:
         build = fold.builder.info.metadata.get(sources.METADATA_KEY)
         run_config.check_splits(workdir, fold.speakers, build)

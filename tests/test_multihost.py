@@ -5,6 +5,7 @@ of 4 devices and the same global batch (12, so that the 16 validation and test e
 padded last batch); one of them is preempted with SIGTERM and both resume.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -124,10 +125,8 @@ def _state(workdir, data_dir, step=None):
 
 
 def _assert_same_params(a, b):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOLERANCE), a.params, b.params)
-    jax.tree.map(
-        lambda x, y: np.testing.assert_allclose(x, y, **TOLERANCE), a.batch_stats, b.batch_stats
-    )
+    for tree_a, tree_b in ((a.params, b.params), (a.batch_stats, b.batch_stats)):
+        jax.tree.map(functools.partial(np.testing.assert_allclose, **TOLERANCE), tree_a, tree_b)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +134,8 @@ def runs(data_dir, tmp_path_factory):
     """A run of one process with 4 devices and one of 2 processes with 2 each, side by side."""
     root = tmp_path_factory.mktemp("multihost")
     one, two = root / "one_host", root / "two_hosts"
-    started = _start(data_dir, one, 1, 4), _start(data_dir, two, 2, 2)
+    # The two hosts' corpus is not prepared yet: process 0 builds it while process 1 waits.
+    started = _start(data_dir, one, 1, 4), _start(root / "synthetic", two, 2, 2)
     outcomes = [_wait(s) for s in started]
     for outcome in outcomes:
         for status, output in outcome:
@@ -143,7 +143,6 @@ def runs(data_dir, tmp_path_factory):
     return {
         "one": one,
         "two": two,
-        "outputs": outcomes[1],
         "writes": [s["writes"] for s in started[1]],
     }
 
@@ -209,6 +208,7 @@ def test_the_rows_of_the_hosts_stack_to_the_one_host_batch(data_dir):
     hosts = [list(fold.train_batches(BATCH_SIZE, 0, 1, p, 2)) for p in (0, 1)]
     assert len(one) == len(hosts[0]) == len(hosts[1]) == 2
     for step, batch in enumerate(one):
+        assert not set(hosts[0][step]["id"]) & set(hosts[1][step]["id"])
         for key in ("id", "mel", "label"):
             stacked = np.concatenate([host[step][key] for host in hosts])
             np.testing.assert_array_equal(stacked, batch[key])
