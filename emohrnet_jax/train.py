@@ -45,6 +45,7 @@ class _Preemption:
 
     def __init__(self):
         self._requested = False
+        # With several processes, jax.distributed's preemption notifier catches SIGTERM.
         if jax.process_count() == 1:
             signal.signal(signal.SIGTERM, self._request)
 
