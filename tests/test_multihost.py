@@ -78,7 +78,7 @@ def _start(data_dir, workdir: pathlib.Path, processes: int, devices: int) -> lis
         command.append(f"--num_processes={processes}")
     started = []
     for i in range(processes):
-        attempt = len(list(logs.glob(f"stderr.{i}.*")))
+        attempt = len(list(logs.glob(f"output.{i}.*")))
         env = {
             **os.environ,  # conftest's compilation cache and XLA settings
             "XLA_FLAGS": " ".join(
@@ -89,10 +89,10 @@ def _start(data_dir, workdir: pathlib.Path, processes: int, devices: int) -> lis
             "EMOHRNET_TEST_WRITES": str(logs / f"writes.{i}"),
         }
         args = [*command, f"--process_id={i}"] if processes > 1 else command
-        stderr = logs / f"stderr.{i}.{attempt}"
-        with open(stderr, "w") as file:
+        output = logs / f"output.{i}.{attempt}"
+        with open(output, "w") as file:
             process = subprocess.Popen(args, env=env, stdout=file, stderr=subprocess.STDOUT)
-        started.append({"process": process, "stderr": stderr, "writes": logs / f"writes.{i}"})
+        started.append({"process": process, "output": output, "writes": logs / f"writes.{i}"})
     return started
 
 
@@ -107,21 +107,19 @@ def _wait(started: list[dict]) -> list[tuple[int, str]]:
             if run["process"].poll() is None:
                 run["process"].kill()
                 run["process"].wait()
-    return [(run["process"].returncode, run["stderr"].read_text()) for run in started]
+    return [(run["process"].returncode, run["output"].read_text()) for run in started]
 
 
-def _run(data_dir, workdir, processes, devices) -> list[tuple[int, str]]:
-    outcome = _wait(_start(data_dir, workdir, processes, devices))
+def _assert_done(outcome: list[tuple[int, str]]) -> None:
     for status, output in outcome:
         assert status == 0, output[-3000:]
-    return outcome
 
 
-def _state(workdir, data_dir, step=None):
-    """The train state saved in `workdir` at `step` (the latest by default), read here."""
+def _state(workdir, data_dir):
+    """The latest train state saved in `workdir`, read here."""
     like = steps.create_train_state(helpers.tiny_config(data_dir, batch_size=BATCH_SIZE), 2)
     manager = checkpoints.create_manager(str(workdir), keep_latest=2)
-    return checkpoints.restore_state(manager, step or manager.latest_step(), like)
+    return checkpoints.restore_state(manager, manager.latest_step(), like)
 
 
 def _assert_same_params(a, b):
@@ -136,15 +134,9 @@ def runs(data_dir, tmp_path_factory):
     one, two = root / "one_host", root / "two_hosts"
     # The two hosts' corpus is not prepared yet: process 0 builds it while process 1 waits.
     started = _start(data_dir, one, 1, 4), _start(root / "synthetic", two, 2, 2)
-    outcomes = [_wait(s) for s in started]
-    for outcome in outcomes:
-        for status, output in outcome:
-            assert status == 0, output[-3000:]
-    return {
-        "one": one,
-        "two": two,
-        "writes": [s["writes"] for s in started[1]],
-    }
+    for run in started:
+        _assert_done(_wait(run))
+    return {"one": one, "two": two, "writes": [run["writes"] for run in started[1]]}
 
 
 def test_two_hosts_train_as_one_host_with_as_many_devices(runs, data_dir):
@@ -181,11 +173,11 @@ def test_sigterm_to_one_host_stops_all_at_one_step_and_both_resume(runs, data_di
     workdir = tmp_path / "run"
     started = _start(data_dir, workdir, 2, 2)
     deadline = time.time() + TIMEOUT
-    # config.json: process 0 is past jax.distributed.initialize, so both listen for SIGTERM.
+    # Process 0 writes config.json once both met past jax.distributed.initialize: from then on
+    # JAX's preemption notifier, not the default action, handles their SIGTERM.
     while not (workdir / "config.json").exists() and time.time() < deadline:
         assert all(run["process"].poll() is None for run in started), _wait(started)
         time.sleep(0.05)
-    time.sleep(1)
     started[1]["process"].send_signal(signal.SIGTERM)
     outcome = _wait(started)
     assert [status for status, _ in outcome] == [75, 75], outcome
@@ -195,7 +187,9 @@ def test_sigterm_to_one_host_stops_all_at_one_step_and_both_resume(runs, data_di
     assert 0 < step < 4
     assert checkpoints.create_manager(str(workdir), 2).latest_step() == step
     assert not (workdir / "results.json").exists()
-    for _, output in _run(data_dir, workdir, 2, 2):
+    resumed = _wait(_start(data_dir, workdir, 2, 2))
+    _assert_done(resumed)
+    for _, output in resumed:
         assert f"Resuming from step {step}" in output
     _assert_same_params(_state(workdir, data_dir), _state(runs["two"], data_dir))
 
