@@ -10,11 +10,15 @@ if the workdir's config.json matches the config (see emohrnet_jax.run_config.SAF
 The console shows the run's progress and results; `--verbosity=1` adds the libraries' log lines
 and the traceback of an error. On a Linux CPU the command restarts once with glibc malloc settings
 that make train steps faster (emohrnet_jax/allocator.py); `--nomalloc_tunables` keeps glibc's.
+Several processes (hosts), JAX finding the cluster where it can (a TPU VM):
+  python -m emohrnet_jax.main --config=... --workdir=... --distributed \\
+      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 Exit status: 0 done, 1 an error (one line), 75 preempted (SIGTERM) after saving: run it again.
 """
 
 import os
 import sys
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -37,6 +41,16 @@ _SPLIT = flags.DEFINE_enum(
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (Cloud TPU pods, multi-node GPU)."
 )
+# Where JAX cannot detect the cluster (a TPU VM it can): several processes on one machine, say.
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "--distributed: process 0's HOST:PORT (default: detected)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "--distributed: the number of processes (default: detected)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "--distributed: this process's index, 0 to N-1 (default: detected)."
+)
 _COMPILATION_CACHE = cli.define_compilation_cache_flag()
 _MALLOC_TUNABLES = cli.define_malloc_tunables_flag()
 flags.mark_flags_as_required(["config", "workdir"])
@@ -50,6 +64,7 @@ def main(argv: list[str]) -> None:
     try:
         workdir = paths.location(_WORKDIR.value, "--workdir")
         config_check.check(config)
+        cluster = _cluster()
         paths.location(config.data.data_dir, "config.data.data_dir")
         if _MODE.value == "train":  # before the imports and the data: a bad bucket fails at once
             storage.check_writable(workdir, "--workdir")
@@ -65,7 +80,7 @@ def main(argv: list[str]) -> None:
         from emohrnet_jax import compilation_cache, train
 
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**cluster)
     compilation_cache.enable(_COMPILATION_CACHE.value)
     logging.info(
         "JAX %s: process %d of %d, %d devices %s; GLIBC_TUNABLES=%s",
@@ -83,6 +98,23 @@ def main(argv: list[str]) -> None:
             sys.exit(train.EXIT_PREEMPTED)
     except cli.USER_ERRORS as error:
         cli.exit_with(error)
+
+
+def _cluster() -> dict[str, Any]:
+    """`jax.distributed.initialize`'s arguments from the flags (None: JAX detects it).
+
+    Raises:
+      ValueError: one of them is given without --distributed.
+    """
+    cluster = {
+        "coordinator_address": _COORDINATOR_ADDRESS.value,
+        "num_processes": _NUM_PROCESSES.value,
+        "process_id": _PROCESS_ID.value,
+    }
+    given = [f"--{name}" for name, value in cluster.items() if value is not None]
+    if given and not _DISTRIBUTED.value:
+        raise ValueError(f"{', '.join(given)} only apply with --distributed")
+    return cluster
 
 
 def run() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -38,6 +39,8 @@ EVAL_KEYS = ("mel", "label", "mask")
 # The exit status of a run stopped by SIGTERM after saving: sysexits.h's EX_TEMPFAIL, which
 # schedulers and wrapper scripts treat as "try again" (re-running resumes), unlike 0 or 1.
 EXIT_PREEMPTED = 75
+# How long the other hosts wait for process 0 to build the synthetic corpus.
+_PREPARE_TIMEOUT_MS = 30 * 60 * 1000
 
 
 class _Preemption:
@@ -45,6 +48,7 @@ class _Preemption:
 
     def __init__(self):
         self._requested = False
+        # With several processes, jax.distributed's preemption notifier catches SIGTERM.
         if jax.process_count() == 1:
             signal.signal(signal.SIGTERM, self._request)
 
@@ -58,7 +62,11 @@ class _Preemption:
 
 
 def _global_batch(batch: dict[str, np.ndarray], keys, sharding) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys}
+    """The global arrays of the hosts' batches: this host's rows go to its devices."""
+    # The training loop's one explicit copy; with several processes JAX makes it through
+    # make_array_from_callback, which the transfer guard counts as implicit.
+    with jax.transfer_guard_host_to_device("allow"):
+        return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys}
 
 
 def evaluate(
@@ -101,18 +109,20 @@ def _holding(workdir: str) -> contextlib.AbstractContextManager:
 def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.FoldInput:
     """The fold's input, once the workdir's saved run (if any) is known to match; writes
     config.json and splits.json."""
-    is_main = jax.process_index() == 0
-    if is_main:
+    if jax.process_index() == 0:
         run_config.check_config(workdir, config)
-    fold = pipeline.create_fold_input(config)
-    if is_main:
-        build = fold.builder.info.metadata.get(sources.METADATA_KEY)
-        run_config.check_splits(workdir, fold.speakers, build)
-        path = os.path.join(workdir, "splits.json")
-        splits.save_splits(path, config.data.dataset, config.data.fold, fold.speakers, build)
-        storage.write_json_atomically(
-            os.path.join(workdir, "config.json"), run_config.as_json(config)
-        )
+        fold = pipeline.create_fold_input(config)  # builds the synthetic corpus on first use
+    # The other hosts wait, not to build it too. A barrier of JAX's coordination service: on CPU
+    # a collective (sync_global_devices) fails a host that is 30 s late (gloo's connect timeout).
+    wait_for_all = ocp.multihost.get_barrier_sync_fn()  # a no-op with one process
+    wait_for_all(key=f"emohrnet_jax: the input of {workdir}", timeout_ms=_PREPARE_TIMEOUT_MS)
+    if jax.process_index() != 0:
+        return pipeline.create_fold_input(config)
+    build = fold.builder.info.metadata.get(sources.METADATA_KEY)
+    run_config.check_splits(workdir, fold.speakers, build)
+    path = os.path.join(workdir, "splits.json")
+    splits.save_splits(path, config.data.dataset, config.data.fold, fold.speakers, build)
+    storage.write_json_atomically(os.path.join(workdir, "config.json"), run_config.as_json(config))
     return fold
 
 

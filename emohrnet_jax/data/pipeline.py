@@ -6,9 +6,10 @@
 - Training takes a random `num_frames` crop of each utterance; evaluation takes the centre crop.
   Shorter utterances are padded at the end with zeros (the utterance mean after normalization).
 - Training order and crops are a pure function of (seed, epoch): a resumed run sees the same data.
-- Several hosts: every host reads the same shuffled order and keeps its share (`shard`), so the
-  hosts' batches together form the global batch. Evaluation covers every example exactly once:
-  the last batch is padded and `mask` marks the real examples.
+- Several hosts: every host reads the same shuffled order and keeps its rows of each global batch,
+  so the hosts' batches together form the one-host batch. Evaluation covers every example exactly
+  once: each host reads its share (`shard`), padded to the same number of batches, and `mask`
+  marks the real examples.
 """
 
 import dataclasses
@@ -184,14 +185,19 @@ class FoldInput:
         if batch_size % process_count:
             raise ValueError(f"batch size {batch_size} does not divide over {process_count} hosts")
         epoch_seed = _epoch_seed(seed, epoch)
+        host_batch = batch_size // process_count
+        steps = self.count("train") // batch_size
         dataset = self.split("train").shuffle(self.count("train"), seed=epoch_seed)
-        dataset = dataset.enumerate().map(
+        # Host p keeps rows p * host_batch... of each global batch: the hosts' rows, stacked in
+        # process order, are the one-host batch row for row (hence the same augmentation).
+        dataset = dataset.take(steps * batch_size).enumerate()
+        dataset = dataset.filter(lambda i, _: i // host_batch % process_count == process_index)
+        dataset = dataset.map(
             lambda i, x: _crop(x, self.num_frames, tf.stack([epoch_seed, tf.cast(i, tf.int64)])),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-        dataset = dataset.shard(process_count, process_index)
-        dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
+        dataset = dataset.batch(host_batch, drop_remainder=True)
         yield from tfds.as_numpy(dataset.prefetch(tf.data.AUTOTUNE))
 
     def eval_batches(
