@@ -64,7 +64,8 @@ def test_prepare_train_preempt_resume_in_a_bucket(gcs, tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     stderr = process.communicate(timeout=_TIMEOUT_S)[1]
-    assert process.returncode == 75, stderr[-3000:]
+    assert process.returncode == train.EXIT_PREEMPTED == 75, stderr[-3000:]  # EX_TEMPFAIL
+    assert "Preempted: saved step" in stderr
     assert not storage.exists(f"{workdir}/results.json")
     assert not storage.exists(f"{workdir}/.lock")  # the lease is released on the way out
 

@@ -1,8 +1,8 @@
 """Several hosts on this machine: processes joined by `jax.distributed` on 127.0.0.1 (gloo).
 
-Two processes of 2 fake CPU devices each train the tiny config and are compared with one process
-of 4 devices and the same global batch (12, so that the 16 validation and test examples leave a
-padded last batch); one of them is preempted with SIGTERM and both resume.
+Two processes of 2 fake CPU devices each train the tiny config, one of them is preempted with
+SIGTERM, both resume to the end, and the run is compared with one process of 4 devices and the
+same global batch (12, so that the 16 validation and test examples leave a padded last batch).
 """
 
 import functools
@@ -127,19 +127,62 @@ def _assert_same_params(a, b):
         jax.tree.map(functools.partial(np.testing.assert_allclose, **TOLERANCE), tree_a, tree_b)
 
 
+def _preempted_step(output: str) -> int:
+    found = re.findall(r"Preempted: saved step (\d+)", output)
+    assert len(found) == 1, output[-3000:]
+    return int(found[0])
+
+
+def _stop_one_host(started: list[dict], workdir: pathlib.Path) -> list[tuple[int, str]]:
+    """SIGTERM to process 1 once the run is under way; every process's status and output."""
+    deadline = time.time() + TIMEOUT
+    # Process 0 writes config.json once both met past jax.distributed.initialize: from then on
+    # JAX's preemption notifier, not the default action, handles their SIGTERM.
+    while not (workdir / "config.json").exists() and time.time() < deadline:
+        assert all(run["process"].poll() is None for run in started), _wait(started)
+        time.sleep(0.05)
+    started[1]["process"].send_signal(signal.SIGTERM)
+    return _wait(started)
+
+
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory):
-    """A run of one process with 4 devices and one of 2 processes with 2 each, side by side."""
+    """One process with 4 devices, and beside it 2 processes with 2 each, stopped by SIGTERM to
+    one of them and re-run to the end."""
     root = tmp_path_factory.mktemp("multihost")
     one, two = root / "one_host", root / "two_hosts"
+    reference = _start(data_dir, one, 1, 4)
     # The two hosts' corpus is not prepared yet: process 0 builds it while process 1 waits.
-    started = _start(data_dir, one, 1, 4), _start(root / "synthetic", two, 2, 2)
-    for run in started:
-        _assert_done(_wait(run))
-    return {"one": one, "two": two, "writes": [run["writes"] for run in started[1]]}
+    preempted = _stop_one_host(_start(root / "synthetic", two, 2, 2), two)
+    latest = checkpoints.create_manager(str(two), 2).latest_step()
+    stopped_with_results = (two / "results.json").exists()
+    resumed = _wait(_start(root / "synthetic", two, 2, 2))
+    _assert_done(resumed)
+    _assert_done(_wait(reference))
+    return {
+        "one": one,
+        "two": two,
+        "writes": [two.parent / "two_hosts_logs" / f"writes.{i}" for i in range(2)],
+        "preempted": preempted,
+        "latest_when_stopped": latest,
+        "stopped_with_results": stopped_with_results,
+        "resumed": resumed,
+    }
+
+
+def test_sigterm_to_one_host_stops_all_at_one_step_and_both_resume(runs):
+    assert [status for status, _ in runs["preempted"]] == [75, 75], runs["preempted"]
+    stopped = {_preempted_step(output) for _, output in runs["preempted"]}
+    assert len(stopped) == 1, stopped  # the same step on both hosts
+    step = stopped.pop()
+    assert 0 < step < 4
+    assert runs["latest_when_stopped"] == step and not runs["stopped_with_results"]
+    for _, output in runs["resumed"]:
+        assert f"Resuming from step {step}" in output
 
 
 def test_two_hosts_train_as_one_host_with_as_many_devices(runs, data_dir):
+    # The two hosts' run was stopped and resumed: it also ends where an uninterrupted one would.
     one, two = _state(runs["one"], data_dir), _state(runs["two"], data_dir)
     assert int(one.step) == int(two.step) == 4
     _assert_same_params(one, two)
@@ -160,38 +203,6 @@ def test_only_process_0_writes_the_run_files(runs):
     assert {".lock", "config.json", "splits.json", "results.json"} <= outside[0]
     assert any(w.endswith(".png") for w in outside[0])
     assert outside[1] == set(), outside[1]
-    assert (runs["two"] / "results.json").is_file()
-
-
-def _preempted_step(output: str) -> int:
-    found = re.findall(r"Preempted: saved step (\d+)", output)
-    assert len(found) == 1, output[-3000:]
-    return int(found[0])
-
-
-def test_sigterm_to_one_host_stops_all_at_one_step_and_both_resume(runs, data_dir, tmp_path):
-    workdir = tmp_path / "run"
-    started = _start(data_dir, workdir, 2, 2)
-    deadline = time.time() + TIMEOUT
-    # Process 0 writes config.json once both met past jax.distributed.initialize: from then on
-    # JAX's preemption notifier, not the default action, handles their SIGTERM.
-    while not (workdir / "config.json").exists() and time.time() < deadline:
-        assert all(run["process"].poll() is None for run in started), _wait(started)
-        time.sleep(0.05)
-    started[1]["process"].send_signal(signal.SIGTERM)
-    outcome = _wait(started)
-    assert [status for status, _ in outcome] == [75, 75], outcome
-    stopped = {_preempted_step(output) for _, output in outcome}
-    assert len(stopped) == 1, stopped  # the same step on both hosts
-    step = stopped.pop()
-    assert 0 < step < 4
-    assert checkpoints.create_manager(str(workdir), 2).latest_step() == step
-    assert not (workdir / "results.json").exists()
-    resumed = _wait(_start(data_dir, workdir, 2, 2))
-    _assert_done(resumed)
-    for _, output in resumed:
-        assert f"Resuming from step {step}" in output
-    _assert_same_params(_state(workdir, data_dir), _state(runs["two"], data_dir))
 
 
 def test_the_rows_of_the_hosts_stack_to_the_one_host_batch(data_dir):

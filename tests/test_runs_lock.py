@@ -1,7 +1,7 @@
 """Tests of what a run does with a workdir in use, a URL workdir and a preemption (issue 21).
 
-Case 4 (two runs on one workdir), case 5 (a URL workdir of a scheme other than gs://) and the
-exit status of a preempted run.
+Case 4 (two runs on one workdir) and case 5 (a URL workdir of a scheme other than gs://); the exit
+status of a preempted run is tested in a bucket (tests/test_gcs_run.py) and with several hosts.
 """
 
 import json
@@ -114,24 +114,6 @@ def test_a_workdir_url_of_another_scheme_is_refused_before_anything_is_written(
         "error: --workdir=s3://bucket/x: s3:// is not supported; give a local path or a gs:// URL"
     )
     assert os.listdir(tmp_path) == []
-
-
-def test_a_preempted_run_exits_with_the_retry_status(data_dir, tmp_path):
-    # Epochs of 4 steps: SIGTERM after the first epoch's checkpoint lands well before the 30th.
-    command = [*helpers.tiny_flags(data_dir), f"--workdir={tmp_path}", "--config.num_epochs=30"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "emohrnet_jax.main", *command], stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 300
-    while not (tmp_path / "checkpoints" / "4").is_dir() and time.time() < deadline:
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    stderr = process.communicate(timeout=300)[1]
-    assert process.returncode == 75, stderr[-3000:]  # sysexits.h EX_TEMPFAIL
-    assert train.EXIT_PREEMPTED == 75
-    assert "Preempted: saved step" in stderr
-    assert not (tmp_path / "results.json").exists()
 
 
 def test_cross_validation_stops_at_a_preempted_fold(data_dir, tmp_path, monkeypatch):
