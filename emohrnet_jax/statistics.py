@@ -131,6 +131,14 @@ def speaker_bootstrap(
     return {name: _interval(values) for name, values in scores.items()}
 
 
+def scores(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> dict[str, float]:
+    """UA, WA and macro-F1 of all the utterances, as `metrics.summarize` computes them."""
+    labels, predictions, _ = _check(labels, predictions, np.zeros(len(labels)), num_classes)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    return {name: float(value) for name, value in _scores(confusion).items()}
+
+
 def per_speaker_ua(
     labels: Sequence[int], predictions: Sequence[int], speakers: Sequence, num_classes: int
 ) -> dict[str, float]:

@@ -136,3 +136,11 @@ def test_paired_comparison_is_deterministic_for_a_seed():
 def test_bad_input_raises_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_scores_equal_metrics_summarize():
+    labels, predictions, _ = _random_case(9)
+    summary = _summary(labels, predictions, 4)
+    result = statistics.scores(labels, predictions, 4)
+    for name in ("ua", "wa", "macro_f1"):
+        assert result[name] == pytest.approx(summary[name])
