@@ -124,7 +124,8 @@ def _aligned(a: TestPredictions, b: TestPredictions) -> TestPredictions:
             f"the test utterances differ: {len(differing)} ids are in one run only{example} "
             f"({len(a.ids)} and {len(b.ids)} utterances)"
         )
-    order = np.array([{id_: i for i, id_ in enumerate(b.ids)}[id_] for id_ in a.ids])
+    position = {id_: i for i, id_ in enumerate(b.ids)}
+    order = np.array([position[id_] for id_ in a.ids])
     aligned = TestPredictions(
         b.class_names,
         a.ids,
@@ -171,6 +172,9 @@ def compare(run_a: str, run_b: str, resamples: int = 1000, seed: int = 0) -> dic
 def table(result: dict) -> str:
     """The console summary of `compare`'s result."""
     low, high = result["ua_difference_ci95"]
+    # The unswapped and the all-swapped resamples are always as extreme as the observed one.
+    floor = 2.0 ** (1 - result["num_speakers"])
+    note = f"; with so few speakers p cannot fall below ~{floor:.2g}" if floor > 0.01 else ""
     return "\n".join(
         [
             f"A  {result['ua_a']:.4f}  UA  {result['run_a']}",
@@ -178,7 +182,7 @@ def table(result: dict) -> str:
             f"A - B  {result['ua_difference']:+.4f}  95% CI [{low:+.4f}, {high:+.4f}]  "
             f"p = {result['p_value']:.4g}",
             f"({result['num_utterances']} test utterances of {result['num_speakers']} speakers; "
-            f"{result['resamples']} resamples, seed {result['seed']})",
+            f"{result['resamples']} resamples, seed {result['seed']}{note})",
         ]
     )
 

@@ -55,10 +55,10 @@ def _speaker_confusions(
     predictions: np.ndarray,
     speaker_index: np.ndarray,
     num_speakers: int,
-    C: int,
+    num_classes: int,
 ) -> np.ndarray:
-    """`(num_speakers, C, C)` confusion counts of each speaker (rows = true class)."""
-    confusions = np.zeros((num_speakers, C, C), np.int64)
+    """`(num_speakers, classes, classes)` confusion counts of each speaker (rows = true class)."""
+    confusions = np.zeros((num_speakers, num_classes, num_classes), np.int64)
     np.add.at(confusions, (speaker_index, labels, predictions), 1)
     return confusions
 

@@ -80,6 +80,8 @@ def test_a_run_right_where_the_other_is_wrong(tmp_path):
     assert result["ua_difference"] == 1.0 and result["ua_difference_ci95"] == [1.0, 1.0]
     assert result["p_value"] < 0.01
     assert "A - B  +1.0000" in compare.table(result)
+    assert "cannot fall below" not in compare.table(result)
+    assert "cannot fall below ~0.5" in compare.table({**result, "num_speakers": 2})
 
 
 def test_cross_validation_folders_are_pooled(tmp_path):
@@ -162,3 +164,18 @@ def test_linear_baseline_output_compared_with_itself(tmp_path, tmp_path_factory)
     result = json.loads(out.read_text())
     assert result["ua_a"] == pytest.approx(results["test"]["ua"])
     assert (result["ua_difference"], result["p_value"]) == (0.0, 1.0)
+
+
+def test_runs_in_a_bucket(gcs, tmp_path):
+    from emohrnet_jax import storage
+
+    _write_run(tmp_path / "a", LABELS)
+    for k, rows in enumerate((range(0, 20), range(20, 48))):
+        _write_run(tmp_path / "cv" / f"fold_{k}", (LABELS + 1) % 4, rows=rows)
+    storage.upload_tree(str(tmp_path / "a"), f"{gcs}/a")
+    storage.upload_tree(str(tmp_path / "cv"), f"{gcs}/cv")
+    result = compare.compare(f"{gcs}/a", f"{gcs}/cv", resamples=100)
+    assert (result["ua_difference"], result["num_utterances"]) == (1.0, 48)
+    storage.path(f"{gcs}/a/predictions_test.jsonl").unlink()
+    with pytest.raises(ValueError, match=r"a/predictions_test\.jsonl is missing"):
+        compare.compare(f"{gcs}/a", f"{gcs}/cv")
