@@ -5,7 +5,7 @@ and macro-F1, 95% intervals from a bootstrap that resamples speakers (the indepe
 each speaker's UA, and the calibration of the probabilities (ECE, Brier). The predictions of every
 utterance go to `predictions_<split>.jsonl`, one JSON object a line, in the split's stored order:
 `{"id": str, "speaker": str, "label": int, "probabilities": [float, ...]}` (label and
-probabilities index the run's `class_names`).
+probabilities index the run's `class_names`). `target` is what `--mode=evaluate` scores.
 """
 
 import dataclasses
@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -85,9 +86,10 @@ def _scan(eval_step, state, fold, split, batch_size, sharding, keep: bool):
     return summary, stored
 
 
-def uncertainty(predictions: Predictions, resamples: int, seed: int) -> dict[str, Any]:
-    """Speaker-bootstrap `ci95` of UA, WA and macro-F1, `per_speaker_ua`, `worst_speaker`,
-    `ece` and `brier` of a split's predictions."""
+def uncertainty(predictions: Predictions, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Speaker-bootstrap `ci95` of UA, WA and macro-F1 (`config.bootstrap_resamples` resamples
+    drawn from `config.seed`), `per_speaker_ua`, `worst_speaker`, `ece` and `brier` of a split's
+    predictions."""
     labels, speakers = predictions.labels, predictions.speakers
     num_classes = predictions.probabilities.shape[1]
     predicted = predictions.probabilities.argmax(axis=1)
@@ -95,7 +97,12 @@ def uncertainty(predictions: Predictions, resamples: int, seed: int) -> dict[str
     worst = min(per_speaker, key=lambda speaker: (per_speaker[speaker], speaker))
     return {
         "ci95": statistics.speaker_bootstrap(
-            labels, predicted, speakers, num_classes, resamples=resamples, seed=seed
+            labels,
+            predicted,
+            speakers,
+            num_classes,
+            resamples=config.bootstrap_resamples,
+            seed=config.seed,
         ),
         "per_speaker_ua": per_speaker,
         "worst_speaker": {"speaker": worst, "ua": per_speaker[worst]},
@@ -134,3 +141,31 @@ def read_predictions(workdir: str, split: str) -> Predictions:
         [{k: row[k] for k in pipeline.UTTERANCE_KEYS} for row in rows],
         np.array([row["probabilities"] for row in rows], np.float32),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What `--mode=evaluate` scores: a split of `fold`, under `name`."""
+
+    fold: pipeline.FoldInput
+    name: str
+    # Another corpus's: the run's classes its labels map to, and the result's extra fields
+    # (dataset, label_map, left_out).
+    classes: tuple[int, ...] | None = None
+    corpus: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def target(config: ml_collections.ConfigDict, split: str) -> Target:
+    """The training corpus's fold, or with `config.cross_corpus.dataset` that corpus's."""
+    corpus = config.cross_corpus.dataset
+    if corpus:
+        fold, mapping, left_out = pipeline.create_cross_corpus_input(config, split)
+        classes = tuple(sorted({fold.class_names.index(ours) for ours in mapping.values()}))
+        about = {"dataset": corpus, "label_map": mapping, "left_out": left_out}
+        return Target(fold, f"{corpus}_{split}", classes, about)
+    if split == "all":
+        raise ValueError(
+            "--split=all scores every speaker, training speakers included: it is only meaningful "
+            "for another corpus (set config.cross_corpus.dataset)"
+        )
+    return Target(pipeline.create_fold_input(config), split)

@@ -152,7 +152,7 @@ class _Run:
         summary, predictions = evaluation.evaluate_with_predictions(
             self.eval_step, state, self.fold, split, self.config.batch_size, self.batch_sharding
         )
-        return summary | _uncertainty(self.config, predictions), predictions
+        return summary | evaluation.uncertainty(predictions, self.config), predictions
 
 
 def _set_up(
@@ -335,13 +335,6 @@ def _final_results(
     return results
 
 
-def _uncertainty(
-    config: ml_collections.ConfigDict, predictions: evaluation.Predictions
-) -> dict[str, Any]:
-    """`evaluation.uncertainty` with the config's resamples and seed."""
-    return evaluation.uncertainty(predictions, config.bootstrap_resamples, config.seed)
-
-
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
     """Scores a run's best-validation state on `split`; writes `evaluation_<name>.json` and `.png`.
 
@@ -360,36 +353,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) ->
         return _evaluate_run(config, workdir, split)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Evaluation:
-    """What `evaluate_run` scores: a split of `fold`, under `name`."""
-
-    fold: pipeline.FoldInput
-    name: str
-    # Another corpus's: the run's classes its labels map to, and the result's extra fields
-    # (dataset, label_map, left_out).
-    classes: tuple[int, ...] | None = None
-    corpus: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def _evaluation_input(config: ml_collections.ConfigDict, split: str) -> _Evaluation:
-    """The training corpus's fold, or with `config.cross_corpus.dataset` that corpus's."""
-    corpus = config.cross_corpus.dataset
-    if corpus:
-        fold, mapping, left_out = pipeline.create_cross_corpus_input(config, split)
-        classes = tuple(sorted({fold.class_names.index(ours) for ours in mapping.values()}))
-        about = {"dataset": corpus, "label_map": mapping, "left_out": left_out}
-        return _Evaluation(fold, f"{corpus}_{split}", classes, about)
-    if split == "all":
-        raise ValueError(
-            "--split=all scores every speaker, training speakers included: it is only meaningful "
-            "for another corpus (set config.cross_corpus.dataset)"
-        )
-    return _Evaluation(pipeline.create_fold_input(config), split)
-
-
 def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
-    target = _evaluation_input(config, split)
+    target = evaluation.target(config, split)
     fold = target.fold
     mesh, replicated, batch_sharding = _shardings()
     # The optimizer state's structure, not its schedule's length, must match the checkpoint.
@@ -404,7 +369,7 @@ def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -
         confusion = np.array(result["confusion_matrix"])[kept]
         names = [fold.class_names[i] for i in target.classes]
         result.update(metrics.summarize(confusion, names), **target.corpus)
-    result.update(_uncertainty(config, predictions))
+    result.update(evaluation.uncertainty(predictions, config))
     result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
     if jax.process_index() == 0:
         report.write_evaluation(workdir, target.name, result)

@@ -229,6 +229,12 @@ def test_evaluation_covers_every_example_exactly_once(fold, process_count):
         assert all(b["mel"].shape == (6 // process_count, 32, 64) for b in batches)
         assert not batches[-1]["mask"].all()  # 16 examples: the last batch is padded
         assert (batches[-1]["mel"][~batches[-1]["mask"]] == 0).all()
+    # Each example's index points to its row of `utterances`, the split's stored order.
+    stored = [utterance["id"] for utterance in fold.utterances("test")]
+    for b in (b for batches in per_host for b in batches):
+        real = b["mask"]
+        assert [stored[i] for i in b["index"][real]] == [i.decode() for i in b["id"][real]]
+        assert (b["index"][~real] == -1).all()
 
 
 def test_normalization_is_per_utterance_and_keeps_the_spectral_shape(fold):
