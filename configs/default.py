@@ -25,6 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.warmup_epochs = 0.0  # Linear warm-up from 0 (0: none, the paper).
     config.grad_clip_norm = 0.0  # Clip gradients to this global norm (0: off, the paper).
     config.keep_checkpoints = 2  # Latest checkpoints kept for resuming (the best is kept too).
+    # Speaker-bootstrap resamples of the results' 95% intervals (drawn from `seed`).
+    config.bootstrap_resamples = 1000
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "synthetic"  # tfds name: synthetic, ravdess, iemocap, emovo, ...

@@ -32,6 +32,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     _positive("batch_size", config.batch_size)
     _positive("num_epochs", config.num_epochs)
     _positive("keep_checkpoints", config.keep_checkpoints)
+    _positive("bootstrap_resamples", config.bootstrap_resamples)
     _one_of("lr_schedule", config.lr_schedule, LR_SCHEDULES)
     if config.warmup_epochs < 0:
         raise ConfigError(f"config.warmup_epochs={config.warmup_epochs} must be >= 0")

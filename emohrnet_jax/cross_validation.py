@@ -6,7 +6,8 @@ its latest checkpoint. A fold folder saved under another config (beyond the fiel
 on a resume, emohrnet_jax.run_config.SAFE_FIELDS) is refused, so a summary never mixes configs.
 The summary holds per-fold and mean +- std UA, WA and macro-F1 on each fold's test speakers (the
 sample standard deviation, ddof=1, that papers usually report) and the summed test confusion
-matrix. `tools/cross_validate.py` is its command line.
+matrix, with the speaker-bootstrap 95% intervals of the pooled test predictions (`ci95`).
+`tools/cross_validate.py` is its command line.
 """
 
 import os
@@ -15,7 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from emohrnet_jax import locks, metrics, plots, run_config, storage, train
+from emohrnet_jax import evaluation, locks, metrics, plots, run_config, statistics, storage, train
 from emohrnet_jax.data import splits
 
 METRICS = ("ua", "wa", "macro_f1")
@@ -69,7 +70,8 @@ def _fold_result(config, workdir: str, fold: int, total: int) -> dict[str, Any] 
 
 def _write_summary(results: list[dict[str, Any]], total: int, workdir: str) -> dict[str, Any]:
     """Writes `summary.json` and the summed confusion matrix's PNG; returns the summary."""
-    summary = summarize(results, total)
+    predictions = [_test_predictions(workdir, r) for r in results]
+    summary = summarize(results, total, None if None in predictions else predictions)
     storage.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
     plots.plot_confusion_matrix(
         np.array(summary["confusion_matrix"]),
@@ -80,8 +82,36 @@ def _write_summary(results: list[dict[str, Any]], total: int, workdir: str) -> d
     return summary
 
 
-def summarize(results: list[dict[str, Any]], num_folds: int) -> dict[str, Any]:
-    """Per-fold and mean +- std test metrics, and the summed test confusion matrix."""
+def _test_predictions(workdir: str, result: dict[str, Any]) -> evaluation.Predictions | None:
+    """A fold's test predictions; None for a fold trained before runs kept them."""
+    folder = fold_workdir(workdir, result["fold"])
+    if "bootstrap" not in result or not storage.exists(evaluation.predictions_path(folder, "test")):
+        return None
+    return evaluation.read_predictions(folder, "test")
+
+
+def pooled_interval(
+    test_predictions: list[evaluation.Predictions], resamples: int, seed: int
+) -> dict[str, list[float]]:
+    """The speaker-bootstrap 95% intervals of UA, WA and macro-F1 over the folds' test
+    utterances pooled (each speaker is tested in one fold, so all speakers are resampled)."""
+    labels = np.concatenate([p.labels for p in test_predictions])
+    predicted = np.concatenate([p.probabilities.argmax(axis=1) for p in test_predictions])
+    speakers = [s for p in test_predictions for s in p.speakers]
+    num_classes = test_predictions[0].probabilities.shape[1]
+    return statistics.speaker_bootstrap(
+        labels, predicted, speakers, num_classes, resamples=resamples, seed=seed
+    )
+
+
+def summarize(
+    results: list[dict[str, Any]],
+    num_folds: int,
+    test_predictions: list[evaluation.Predictions] | None = None,
+) -> dict[str, Any]:
+    """Per-fold and mean +- std test metrics, the summed test confusion matrix, and the pooled
+    test predictions' `ci95` (`pooled_interval`, with the first fold's bootstrap settings; None
+    without `test_predictions`)."""
     names = results[0]["class_names"]
     per_fold = [
         {
@@ -95,6 +125,10 @@ def summarize(results: list[dict[str, Any]], num_folds: int) -> dict[str, Any]:
     ]
     values = {m: np.array([f[m] for f in per_fold]) for m in METRICS}
     confusion = np.sum([r["test"]["confusion_matrix"] for r in results], axis=0)
+    bootstrap = results[0].get("bootstrap")
+    ci95 = None
+    if test_predictions is not None:
+        ci95 = pooled_interval(test_predictions, bootstrap["resamples"], bootstrap["seed"])
     return {
         "dataset": results[0]["dataset"],
         "class_names": names,
@@ -103,6 +137,8 @@ def summarize(results: list[dict[str, Any]], num_folds: int) -> dict[str, Any]:
         "folds": per_fold,
         "mean": {m: float(v.mean()) for m, v in values.items()},
         "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
+        "ci95": ci95,
+        "bootstrap": bootstrap if ci95 is not None else None,
         "confusion_matrix": confusion.tolist(),
         "pooled": metrics.summarize(confusion, names),
     }
@@ -117,6 +153,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(row.format(fold["fold"], *cells, fold["num_examples"]))
     cells = [f"{100 * summary['mean'][m]:.2f} +- {100 * summary['std'][m]:.2f}" for m in METRICS]
     lines.append(row.format("mean", *cells, summary["pooled"]["num_examples"]))
+    if summary.get("ci95"):
+        low, high = summary["ci95"]["ua"]
+        lines.append(
+            f"pooled UA {100 * summary['pooled']['ua']:.2f}  95% CI [{100 * low:.2f}, "
+            f"{100 * high:.2f}] (speakers resampled)"
+        )
     if summary["folds_done"] < summary["num_folds"]:
         lines.append(f"({summary['folds_done']} of {summary['num_folds']} folds)")
     return "\n".join(lines)

@@ -39,6 +39,8 @@ def format_evaluation(name: str, result: dict[str, Any]) -> str:
         f"{name}: UA {result['ua']:.4f}  WA {result['wa']:.4f}  "
         f"macro-F1 {result['macro_f1']:.4f}  N {result['num_examples']}"
     ]
+    if "ci95" in result:
+        lines.append(_uncertainty_line(result))
     for class_name, recall in result["per_class_recall"].items():
         lines.append(f"  {class_name:<12} recall {'n/a' if recall is None else f'{recall:.4f}'}")
     left_out = result.get("left_out") or {}
@@ -47,12 +49,30 @@ def format_evaluation(name: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _uncertainty_line(result: dict[str, Any]) -> str:
+    """The UA interval, the worst speaker and the calibration of a scored split."""
+    worst = result["worst_speaker"]
+    return (
+        f"  UA 95% CI {_interval(result)}  worst speaker {worst['speaker']} UA "
+        f"{worst['ua']:.4f}  ECE {result['ece']:.4f}  Brier {result['brier']:.4f}"
+    )
+
+
+def _interval(summary: dict[str, Any]) -> str:
+    """The UA's speaker-bootstrap interval in percent, or nothing for a summary without one."""
+    if "ci95" not in summary:
+        return ""
+    low, high = summary["ci95"]["ua"]
+    return f"[{_percent(low)}, {_percent(high)}]"
+
+
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100.0 * value:.2f}"
 
 
 def format_table(results: dict) -> str:
-    """A plain-text console table: UA, WA, macro-F1 (all %) and N per split, then test recalls.
+    """A plain-text console table: UA, WA, macro-F1 (all %), N and the UA's 95% interval (when
+    the split has one) per split, then test recalls.
 
     Args:
       results: optional "validation" and "test" entries shaped like `summarize`'s output.
@@ -60,8 +80,8 @@ def format_table(results: dict) -> str:
     splits = [split for split in ("validation", "test") if results.get(split) is not None]
     if not splits:
         return "no results"
-    row = "{:<10}  {:>7}  {:>7}  {:>10}  {:>7}"
-    lines = [row.format("split", "UA %", "WA %", "macro-F1 %", "N")]
+    row = "{:<10}  {:>7}  {:>7}  {:>10}  {:>7}  {}"
+    lines = [row.format("split", "UA %", "WA %", "macro-F1 %", "N", "UA 95% CI")]
     for split in splits:
         summary = results[split]
         lines.append(
@@ -71,7 +91,8 @@ def format_table(results: dict) -> str:
                 _percent(summary["wa"]),
                 _percent(summary["macro_f1"]),
                 summary["num_examples"],
-            )
+                _interval(summary),
+            ).rstrip()
         )
 
     recall = (results.get("test") or {}).get("per_class_recall")

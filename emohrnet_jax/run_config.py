@@ -23,6 +23,7 @@ SAFE_FIELDS = (
     "data.data_dir",  # where the same build lives (the fold's speakers are compared apart)
     "cross_corpus",  # evaluation on another corpus only
     "model.im2col",  # the same parameters and outputs, only speed and memory
+    "bootstrap_resamples",  # the results' intervals, not what is trained
 )
 # Fields missing from an older config.json had these values then (the code's defaults).
 _DEFAULTS = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"

@@ -158,7 +158,8 @@ def eval_step(
     num_classes: int,
     classes: tuple[int, ...] | None = None,
 ) -> dict[str, jax.Array]:
-    """Sums over the real (`mask`) examples of a batch: loss, count and the confusion matrix.
+    """Sums over the real (`mask`) examples of a batch (loss, count, confusion matrix), and every
+    row's class probabilities (the softmax of its logits).
 
     `classes` restricts the prediction to those classes (cross-corpus: the mapped ones).
     """
@@ -172,7 +173,17 @@ def eval_step(
         "loss_sum": jnp.sum(jnp.where(mask, losses, 0.0)),
         "count": jnp.sum(mask),
         "confusion": metrics.confusion_counts(logits, batch["label"], mask, num_classes),
+        "probabilities": jax.nn.softmax(logits, axis=-1),
     }
+
+
+def global_batch(batch: dict[str, Any], keys, sharding) -> dict[str, jax.Array]:
+    """The global arrays of the hosts' batches (`keys` of them): this host's rows go to its
+    devices."""
+    # The training loop's one explicit copy; with several processes JAX makes it through
+    # make_array_from_callback, which the transfer guard counts as implicit.
+    with jax.transfer_guard_host_to_device("allow"):
+        return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys}
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -209,7 +220,8 @@ def jit_eval_step(
     num_classes: int,
     classes: tuple[int, ...] | None = None,
 ) -> Callable:
-    """`jit_steps`' eval step alone, `(state, batch) -> sums`: it needs no optimizer."""
+    """`jit_steps`' eval step alone, `(state, batch) -> sums and probabilities`: it needs no
+    optimizer."""
     return _jit_eval_step(models.create_model(config), mesh, num_classes, classes)
 
 
@@ -254,7 +266,8 @@ def _jit_eval_step(
     num_classes: int,
     classes: tuple[int, ...] | None = None,
 ) -> Callable:
-    """`eval_step` jitted for these (hashable) settings: `(state, batch) -> sums`."""
+    """`eval_step` jitted for these (hashable) settings: `(state, batch) -> sums and
+    probabilities`, all replicated (every host holds every row's probabilities)."""
     replicated, batch_sharding = _shardings(mesh)
     step = functools.partial(eval_step, model=model, num_classes=num_classes, classes=classes)
     return jax.jit(step, in_shardings=(replicated, batch_sharding), out_shardings=replicated)

@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from emohrnet_jax import (
     checkpoints,
     config_check,
+    evaluation,
     locks,
     metrics,
     report,
@@ -35,7 +36,6 @@ from emohrnet_jax import (
 from emohrnet_jax.data import pipeline, sources, splits
 
 TRAIN_KEYS = ("mel", "label")
-EVAL_KEYS = ("mel", "label", "mask")
 # The exit status of a run stopped by SIGTERM after saving: sysexits.h's EX_TEMPFAIL, which
 # schedulers and wrapper scripts treat as "try again" (re-running resumes), unlike 0 or 1.
 EXIT_PREEMPTED = 75
@@ -59,28 +59,6 @@ class _Preemption:
         if jax.process_count() > 1:  # All hosts must agree on the step to stop at.
             return multihost_utils.reached_preemption_sync_point(step)
         return self._requested
-
-
-def _global_batch(batch: dict[str, np.ndarray], keys, sharding) -> dict[str, jax.Array]:
-    """The global arrays of the hosts' batches: this host's rows go to its devices."""
-    # The training loop's one explicit copy; with several processes JAX makes it through
-    # make_array_from_callback, which the transfer guard counts as implicit.
-    with jax.transfer_guard_host_to_device("allow"):
-        return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys}
-
-
-def evaluate(
-    eval_step, state, fold: pipeline.FoldInput, split: str, batch_size: int, sharding
-) -> dict[str, Any]:
-    """UA, WA, macro-F1, loss and confusion matrix over every example of `split`, once."""
-    totals = None
-    for batch in fold.eval_batches(split, batch_size, jax.process_index(), jax.process_count()):
-        out = eval_step(state, _global_batch(batch, EVAL_KEYS, sharding))
-        totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
-    totals = jax.device_get(totals)
-    summary = metrics.summarize(np.asarray(totals["confusion"]), fold.class_names)
-    summary["loss"] = float(totals["loss_sum"] / max(int(totals["count"]), 1))
-    return summary
 
 
 def _shardings():
@@ -121,7 +99,10 @@ def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.Fold
     build = fold.builder.info.metadata.get(sources.METADATA_KEY)
     run_config.check_splits(workdir, fold.speakers, build)
     path = os.path.join(workdir, "splits.json")
-    splits.save_splits(path, config.data.dataset, config.data.fold, fold.speakers, build)
+    fingerprint = evaluation.fingerprint(fold)
+    splits.save_splits(
+        path, config.data.dataset, config.data.fold, fold.speakers, build, fingerprint
+    )
     storage.write_json_atomically(os.path.join(workdir, "config.json"), run_config.as_json(config))
     return fold
 
@@ -159,10 +140,19 @@ class _Run:
     key: jax.Array  # the root of the augmentation keys
 
     def evaluate(self, state: steps.TrainState, split: str) -> dict[str, Any]:
-        """`evaluate` of `state` on `split` of this run's fold."""
-        return evaluate(
+        """`evaluation.evaluate` of `state` on `split` of this run's fold."""
+        return evaluation.evaluate(
             self.eval_step, state, self.fold, split, self.config.batch_size, self.batch_sharding
         )
+
+    def score(
+        self, state: steps.TrainState, split: str
+    ) -> tuple[dict[str, Any], evaluation.Predictions]:
+        """`evaluate`, with the predictions and their `evaluation.uncertainty`."""
+        summary, predictions = evaluation.evaluate_with_predictions(
+            self.eval_step, state, self.fold, split, self.config.batch_size, self.batch_sharding
+        )
+        return summary | evaluation.uncertainty(predictions, self.config), predictions
 
 
 def _set_up(
@@ -199,7 +189,7 @@ def _set_up(
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
     run, state, history = _set_up(config, workdir)
     preemption = _Preemption()
-    # Inputs reach the devices only through the explicit `_global_batch`: an implicit host to
+    # Inputs reach the devices only through the explicit `steps.global_batch`: an implicit host to
     # device copy inside the loop (a numpy array handed to a jitted step) is an error.
     with jax.transfer_guard_host_to_device("disallow"):
         for epoch in range(int(state.step) // run.steps_per_epoch, config.num_epochs):
@@ -232,7 +222,7 @@ def _train_epoch(
     pending = []
     for batch in batches:
         state, step_metrics = run.train_step(
-            state, _global_batch(batch, TRAIN_KEYS, run.batch_sharding), run.key
+            state, steps.global_batch(batch, TRAIN_KEYS, run.batch_sharding), run.key
         )
         step += 1
         pending.append({k: step_metrics[k] for k in ("loss", "accuracy")})
@@ -315,10 +305,12 @@ def _end_epoch(
 def _final_results(
     run: _Run, state: steps.TrainState, history: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Restores the best-validation state, tests it once, writes results and pictures."""
+    """Restores the best-validation state, tests it once, writes results, predictions and
+    pictures."""
     config, fold = run.config, run.fold
     best = checkpoints.best_record(history)
     best_state = checkpoints.restore_state(run.manager, best["step"], state)
+    scored = {split: run.score(best_state, split) for split in ("validation", "test")}
     results = {
         "dataset": config.data.dataset,
         "fold": config.data.fold,
@@ -328,10 +320,15 @@ def _final_results(
         "train_seconds": history[-1]["train_seconds"],
         "examples_per_second": float(np.median([r["examples_per_second"] for r in history])),
         "speakers": fold.speakers,
-        "validation": run.evaluate(best_state, "validation"),
-        "test": run.evaluate(best_state, "test"),
+        "evaluation": evaluation.EVALUATION,
+        "split_fingerprint": evaluation.fingerprint(fold),
+        "speaker_independent": True,
+        "bootstrap": {"resamples": config.bootstrap_resamples, "seed": config.seed},
+        **{split: summary for split, (summary, _) in scored.items()},
     }
     if jax.process_index() == 0:
+        for split, (_, predictions) in scored.items():
+            evaluation.write_predictions(run.workdir, split, predictions)
         title = f"{config.data.dataset} fold {config.data.fold}, test"
         report.write_results(run.workdir, results, history, title)
         print(report.format_table(results))
@@ -356,50 +353,25 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) ->
         return _evaluate_run(config, workdir, split)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Evaluation:
-    """What `evaluate_run` scores: a split of `fold`, under `name`."""
-
-    fold: pipeline.FoldInput
-    name: str
-    # Another corpus's: the run's classes its labels map to, and the result's extra fields
-    # (dataset, label_map, left_out).
-    classes: tuple[int, ...] | None = None
-    corpus: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def _evaluation_input(config: ml_collections.ConfigDict, split: str) -> _Evaluation:
-    """The training corpus's fold, or with `config.cross_corpus.dataset` that corpus's."""
-    corpus = config.cross_corpus.dataset
-    if corpus:
-        fold, mapping, left_out = pipeline.create_cross_corpus_input(config, split)
-        classes = tuple(sorted({fold.class_names.index(ours) for ours in mapping.values()}))
-        about = {"dataset": corpus, "label_map": mapping, "left_out": left_out}
-        return _Evaluation(fold, f"{corpus}_{split}", classes, about)
-    if split == "all":
-        raise ValueError(
-            "--split=all scores every speaker, training speakers included: it is only meaningful "
-            "for another corpus (set config.cross_corpus.dataset)"
-        )
-    return _Evaluation(pipeline.create_fold_input(config), split)
-
-
 def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
-    evaluation = _evaluation_input(config, split)
-    fold = evaluation.fold
+    target = evaluation.target(config, split)
+    fold = target.fold
     mesh, replicated, batch_sharding = _shardings()
     # The optimizer state's structure, not its schedule's length, must match the checkpoint.
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1), replicated)
     state, best = checkpoints.restore_best(workdir, state)
-    eval_step = steps.jit_eval_step(config, mesh, len(fold.class_names), evaluation.classes)
-    result = evaluate(eval_step, state, fold, split, config.batch_size, batch_sharding)
-    if evaluation.classes is not None:
-        kept = np.ix_(evaluation.classes, evaluation.classes)
+    eval_step = steps.jit_eval_step(config, mesh, len(fold.class_names), target.classes)
+    result, predictions = evaluation.evaluate_with_predictions(
+        eval_step, state, fold, split, config.batch_size, batch_sharding
+    )
+    if target.classes is not None:
+        kept = np.ix_(target.classes, target.classes)
         confusion = np.array(result["confusion_matrix"])[kept]
-        names = [fold.class_names[i] for i in evaluation.classes]
-        result.update(metrics.summarize(confusion, names), **evaluation.corpus)
+        names = [fold.class_names[i] for i in target.classes]
+        result.update(metrics.summarize(confusion, names), **target.corpus)
+    result.update(evaluation.uncertainty(predictions, config))
     result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
     if jax.process_index() == 0:
-        report.write_evaluation(workdir, evaluation.name, result)
-        print(report.format_evaluation(evaluation.name, result))
+        report.write_evaluation(workdir, target.name, result)
+        print(report.format_evaluation(target.name, result))
     return result

@@ -178,14 +178,22 @@ def test_fold_speakers_are_disjoint_and_saved_with_the_build(fold, tmp_path):
     assert sorted(s for group in fold.speakers.values() for s in group) == [
         f"spk{i:02d}" for i in range(6)
     ]
-    splits.save_splits(str(tmp_path / "splits.json"), "synthetic", 0, fold.speakers, "ab12")
+    ids = {name: [u["id"] for u in fold.utterances(name)] for name in splits.SPLITS}
+    fingerprint = splits.split_fingerprint(ids)
+    path = str(tmp_path / "splits.json")
+    splits.save_splits(path, "synthetic", 0, fold.speakers, "ab12", fingerprint)
     with open(tmp_path / "splits.json") as file:
         assert json.load(file) == {
             "dataset": "synthetic",
             "fold": 0,
             "build": "ab12",
+            "split_fingerprint": fingerprint,
             **fold.speakers,
         }
+    # The ids' order within a split does not count; which split an id is in does.
+    assert splits.split_fingerprint({k: v[::-1] for k, v in ids.items()}) == fingerprint
+    moved = {**ids, "train": ids["train"][1:], "test": ids["test"] + ids["train"][:1]}
+    assert splits.split_fingerprint(moved) != fingerprint
     counts = {name: fold.count(name) for name in ("train", "validation", "test")}
     assert counts == {"train": 16, "validation": 16, "test": 16}
 
@@ -229,6 +237,12 @@ def test_evaluation_covers_every_example_exactly_once(fold, process_count):
         assert all(b["mel"].shape == (6 // process_count, 32, 64) for b in batches)
         assert not batches[-1]["mask"].all()  # 16 examples: the last batch is padded
         assert (batches[-1]["mel"][~batches[-1]["mask"]] == 0).all()
+    # Each example's index points to its row of `utterances`, the split's stored order.
+    stored = [utterance["id"] for utterance in fold.utterances("test")]
+    for b in (b for batches in per_host for b in batches):
+        real = b["mask"]
+        assert [stored[i] for i in b["index"][real]] == [i.decode() for i in b["id"][real]]
+        assert (b["index"][~real] == -1).all()
 
 
 def test_normalization_is_per_utterance_and_keeps_the_spectral_shape(fold):

@@ -195,6 +195,16 @@ def test_evaluation_counts_every_example_once_across_hosts(runs):
         assert two[split]["confusion_matrix"] == one[split]["confusion_matrix"]
         assert two[split]["ua"] == one[split]["ua"]
         assert two[split]["loss"] == pytest.approx(one[split]["loss"], rel=1e-5)
+        assert two[split]["per_speaker_ua"] == one[split]["per_speaker_ua"]
+        # The hosts' probabilities, gathered on process 0, in the split's stored order.
+        rows = [
+            [json.loads(line) for line in (runs[k] / f"predictions_{split}.jsonl").open()]
+            for k in ("one", "two")
+        ]
+        assert [r["id"] for r in rows[1]] == [r["id"] for r in rows[0]] and len(rows[0]) == 16
+        np.testing.assert_allclose(
+            [r["probabilities"] for r in rows[1]], [r["probabilities"] for r in rows[0]], atol=1e-4
+        )
 
 
 def test_only_process_0_writes_the_run_files(runs):

@@ -23,6 +23,22 @@ def test_format_table_contains_the_numbers():
     assert any("sad" in line and "n/a" in line for line in lines)
 
 
+def test_format_table_and_evaluation_show_the_ua_interval():
+    test = metrics.summarize(np.array([[3, 0, 1], [2, 0, 0], [0, 0, 0]]), NAMES3)
+    test |= {
+        "ci95": {"ua": [0.25, 0.5], "wa": [0.3, 0.6], "macro_f1": [0.2, 0.4]},
+        "worst_speaker": {"speaker": "spk03", "ua": 0.125},
+        "ece": 0.1,
+        "brier": 0.75,
+    }
+    row = next(line for line in report.format_table({"test": test}).splitlines() if "test " in line)
+    assert row.split()[1:] == ["37.50", "50.00", "33.33", "6", "[25.00,", "50.00]"]
+    lines = report.format_evaluation("test", test).splitlines()
+    assert lines[1] == (
+        "  UA 95% CI [25.00, 50.00]  worst speaker spk03 UA 0.1250  ECE 0.1000  Brier 0.7500"
+    )
+
+
 def test_format_table_with_a_split_missing():
     test = metrics.summarize(np.array([[1, 0], [0, 1]]), ["a", "b"])
     table = report.format_table({"test": test})

@@ -130,7 +130,7 @@ def test_main_refuses_another_config_in_one_line(data_dir, tmp_path):
     assert last_line(result.stderr) == (
         f"error: {tmp_path} holds a run of another config (batch_size: 8 -> 16): give a new "
         "--workdir, or the saved values (only num_epochs, keep_checkpoints, data.data_dir, "
-        "cross_corpus, model.im2col may change on a resume)"
+        "cross_corpus, model.im2col, bootstrap_resamples may change on a resume)"
     )
     assert (tmp_path / "config.json").read_bytes() == before["config.json"]
 

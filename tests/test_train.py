@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from emohrnet_jax import checkpoints, cross_validation, steps, storage, train
+from emohrnet_jax import checkpoints, cross_validation, report, steps, storage, train
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import builders, pipeline
 from tests import helpers
@@ -81,6 +81,8 @@ def test_a_train_step_updates_parameters_statistics_and_the_step(data_dir):
     batch = {**_batch(), "mask": np.array([True] * 5 + [False] * 3)}
     out = eval_step(state, batch)
     assert int(out["count"]) == 5 and int(out["confusion"].sum()) == 5
+    chex.assert_shape(out["probabilities"], (8, 4))
+    np.testing.assert_allclose(np.sum(out["probabilities"], axis=1), 1.0, rtol=1e-5)
 
 
 def test_the_state_is_drawn_on_the_host_cpu_and_left_uncommitted(data_dir):
@@ -208,10 +210,50 @@ def test_training_writes_results_chosen_on_validation(uninterrupted):
     assert saved["validation"]["ua"] == pytest.approx(best["validation_ua"])
 
 
+def _check_scored(summary, speakers):
+    """A scored split's intervals, per-speaker UA and calibration are the contract's, and sane."""
+    for metric in ("ua", "wa", "macro_f1"):
+        low, high = summary["ci95"][metric]
+        assert 0.0 <= low <= summary[metric] <= high <= 1.0, (metric, low, high)
+    per_speaker = summary["per_speaker_ua"]
+    assert sorted(per_speaker) == sorted(speakers)
+    worst = min(per_speaker, key=per_speaker.get)
+    assert summary["worst_speaker"] == {"speaker": worst, "ua": per_speaker[worst]}
+    assert 0.0 <= summary["ece"] <= 1.0 and 0.0 <= summary["brier"] <= 2.0
+
+
+def test_results_carry_intervals_calibration_predictions_and_the_split(uninterrupted):
+    results, workdir = uninterrupted
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))  # returned as written
+    assert saved["evaluation"] == "centre_crop" and saved["speaker_independent"] is True
+    assert saved["bootstrap"] == {"resamples": 1000, "seed": 0}
+    fingerprint = json.loads((workdir / "splits.json").read_text())["split_fingerprint"]
+    assert saved["split_fingerprint"] == fingerprint and len(fingerprint) == 64
+    for split in ("validation", "test"):
+        _check_scored(saved[split], saved["speakers"][split])
+        lines = (workdir / f"predictions_{split}.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        assert len(rows) == 16 and len({row["id"] for row in rows}) == 16
+        assert all(list(row) == ["id", "speaker", "label", "probabilities"] for row in rows)
+        assert {row["speaker"] for row in rows} == set(saved["speakers"][split])
+        probabilities = np.array([row["probabilities"] for row in rows])
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+        confusion = np.zeros((4, 4), int)
+        np.add.at(confusion, ([row["label"] for row in rows], probabilities.argmax(axis=1)), 1)
+        assert confusion.tolist() == saved[split]["confusion_matrix"]
+    assert "UA 95% CI" in report.format_table(saved)
+
+
 def test_evaluate_mode_rescores_the_best_state(uninterrupted, data_dir):
     results, workdir = uninterrupted
     result = train.evaluate_run(helpers.tiny_config(data_dir), str(workdir), "test")
     assert result["confusion_matrix"] == results["test"]["confusion_matrix"]
+    for key in ("ci95", "per_speaker_ua", "worst_speaker"):
+        assert result[key] == results["test"][key], key
+    assert [result["ece"], result["brier"]] == pytest.approx(
+        [results["test"]["ece"], results["test"]["brier"]]
+    )
     assert result["best_epoch"] == results["best_epoch"]
     with open(workdir / "evaluation_test.json") as file:
         assert json.load(file)["ua"] == pytest.approx(results["test"]["ua"])
@@ -241,6 +283,7 @@ def _same_run(a, b):
         assert a[split]["confusion_matrix"] == b[split]["confusion_matrix"]
         assert a[split]["loss"] == pytest.approx(b[split]["loss"], rel=1e-4)
     assert a["best_epoch"] == b["best_epoch"]
+    assert a["split_fingerprint"] == b["split_fingerprint"]  # the same fold, the same utterances
 
 
 def test_preempted_mid_epoch_and_resumed_equals_uninterrupted(
@@ -381,6 +424,12 @@ def test_cross_validation_summarizes_folds_and_skips_finished_ones(
     summed = np.add(folds[0]["test"]["confusion_matrix"], folds[1]["test"]["confusion_matrix"])
     assert summary["confusion_matrix"] == summed.tolist()
     assert folds[0]["speakers"]["test"] != folds[1]["speakers"]["test"]
+    assert folds[0]["split_fingerprint"] != folds[1]["split_fingerprint"]
+    for metric in ("ua", "wa", "macro_f1"):
+        low, high = summary["ci95"][metric]
+        assert 0.0 <= low <= summary["pooled"][metric] <= high <= 1.0, metric
+    assert summary["bootstrap"] == folds[0]["bootstrap"]
+    assert "95% CI" in cross_validation.format_summary(summary)
     assert (tmp_path / "confusion_matrix.png").exists()
     assert "+-" in cross_validation.format_summary(summary)
 

@@ -27,6 +27,7 @@ from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import builders, csv_corpus, remote, sources, splits
 
 NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
+UTTERANCE_KEYS = ("id", "speaker", "label")
 
 
 def builder_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -156,12 +157,25 @@ class FoldInput:
 
     def split(self, name: str) -> tf.data.Dataset:
         """Normalized float32 examples of a split (a key of `speakers`), in stored order."""
-        dataset = _utterances_of(self.builder, self.speakers[name])
+        return self._stored(name).map(_normalized, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def utterances(self, name: str) -> list[dict[str, Any]]:
+        """The `id`, `speaker` and (model class) `label` of each example of a split, in stored
+        order: the rows `eval_batches`' `index` points to."""
+        dataset = self._stored(name, {"mel": tfds.decode.SkipDecoding()})
+        return [
+            {"id": x["id"].decode(), "speaker": x["speaker"].decode(), "label": int(x["label"])}
+            for x in tfds.as_numpy(dataset.map(lambda x: {k: x[k] for k in UTTERANCE_KEYS}))
+        ]
+
+    def _stored(self, name: str, decoders: Any = None) -> tf.data.Dataset:
+        """The stored examples of a split, labels mapped onto the model's classes."""
+        dataset = _utterances_of(self.builder, self.speakers[name], decoders)
         if self.label_map is not None:
             table = tf.constant(self.label_map, tf.int64)
             dataset = dataset.map(lambda x: {**x, "label": tf.gather(table, x["label"])})
             dataset = dataset.filter(lambda x: x["label"] >= 0)
-        return dataset.map(_normalized, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset
 
     def count(self, name: str) -> int:
         """Number of examples in a split (counted once)."""
@@ -203,7 +217,8 @@ class FoldInput:
     def eval_batches(
         self, name: str, batch_size: int, process_index: int = 0, process_count: int = 1
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Centre-cropped batches of a split covering every example once, with a `mask`.
+        """Centre-cropped batches of a split covering every example once, with a `mask` and each
+        example's `index` in the split's stored order (-1 for padding).
 
         Every host yields the same number of batches (padded with masked examples), as the jitted
         evaluation step runs on all hosts together.
@@ -213,8 +228,14 @@ class FoldInput:
         host_batch = batch_size // process_count
         total = self.count(name)
         steps = -(-total // batch_size)
-        dataset = self.split(name).map(lambda x: _crop(x, self.num_frames, None))
-        dataset = dataset.map(lambda x: {**x, "mask": tf.constant(True)})
+        dataset = self.split(name).enumerate()
+        dataset = dataset.map(
+            lambda i, x: {
+                **_crop(x, self.num_frames, None),
+                "mask": tf.constant(True),
+                "index": tf.cast(i, tf.int32),
+            }
+        )
         dataset = dataset.shard(process_count, process_index)
         padding = tf.data.Dataset.from_tensors(self._blank()).repeat()
         dataset = dataset.concatenate(padding).take(steps * host_batch).batch(host_batch)
@@ -228,6 +249,7 @@ class FoldInput:
             "speaker": tf.constant(""),
             "id": tf.constant(""),
             "mask": tf.constant(False),
+            "index": tf.constant(-1, tf.int32),
         }
 
 

@@ -13,6 +13,8 @@ test, and validation speakers are always drawn from the speakers not tested on:
   near-equal groups.
 """
 
+import hashlib
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +23,7 @@ from emohrnet_jax import storage
 
 DEFAULT_NUM_FOLDS = {"iemocap": 5, "ravdess": 6, "emovo": 6}
 GENERIC_NUM_FOLDS = 5
+SPLITS = ("train", "validation", "test")
 
 
 def num_folds(dataset: str, requested: int | None = None) -> int:
@@ -68,10 +71,27 @@ def fold_speakers(
     return {"train": sorted(train), "validation": groups[validation], "test": groups[fold]}
 
 
+def split_fingerprint(utterance_ids: dict[str, Sequence[str]]) -> str:
+    """The SHA-256 (hex) of the sorted utterance ids of `train`, `validation` and `test`, in turn:
+    equal for two runs on the same utterances of each split, whatever their speakers' names."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        digest.update(json.dumps([split, sorted(utterance_ids[split])]).encode())
+    return digest.hexdigest()
+
+
 def save_splits(
-    path: str, dataset: str, fold: int, splits: dict[str, list[str]], build: str | None = None
+    path: str,
+    dataset: str,
+    fold: int,
+    splits: dict[str, list[str]],
+    build: str | None = None,
+    fingerprint: str | None = None,
 ) -> None:
-    """Writes the fold's speakers (and the build's source fingerprint) as JSON, atomically."""
+    """Writes the fold's speakers, the build's source fingerprint and the split's fingerprint
+    (`split_fingerprint`) as JSON, atomically."""
     storage.write_json_atomically(
-        path, {"dataset": dataset, "fold": fold, "build": build, **splits}
+        path,
+        {"dataset": dataset, "fold": fold, "build": build, "split_fingerprint": fingerprint}
+        | splits,
     )
