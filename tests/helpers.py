@@ -52,6 +52,16 @@ def tiny_flags(data_dir) -> list[str]:
     ]
 
 
+def speech(seconds: float, sample_rate: int = 16000, index: int = 0):
+    """A synthetic utterance of `seconds` (one of 4 of a speaker) as a float waveform."""
+    from emohrnet_jax.audio import synthetic
+
+    spec = synthetic.CorpusSpec(
+        num_speakers=1, utterances_per_speaker=4, min_seconds=seconds, max_seconds=seconds
+    )
+    return synthetic.synthesize(synthetic.plan(spec)[index], spec, sample_rate)
+
+
 def prepared_tiny_corpus(tmp_path_factory) -> pathlib.Path:
     """A data_dir holding the synthetic corpus of `tiny_config`, prepared once per caller."""
     from emohrnet_jax.data import pipeline  # TensorFlow: only for the tests that need it.

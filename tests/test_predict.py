@@ -16,6 +16,7 @@ import soundfile
 
 from emohrnet_jax import predict, predict_output, runs
 from emohrnet_jax.audio import features, streaming, synthetic
+from tests import helpers
 from tests import saved_run as saved_run_module
 
 CLASSES = list(synthetic.CLASS_NAMES)
@@ -26,25 +27,18 @@ def predictor(saved_run):
     return predict.Predictor(saved_run.workdir)
 
 
-def _speech(seconds: float, sample_rate: int = 16000, index: int = 0) -> np.ndarray:
-    spec = synthetic.CorpusSpec(
-        num_speakers=1, utterances_per_speaker=4, min_seconds=seconds, max_seconds=seconds
-    )
-    return synthetic.synthesize(synthetic.plan(spec)[index], spec, sample_rate)
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     """A folder of real audio files: good ones, odd ones, a corrupt one and a text file."""
     root = tmp_path_factory.mktemp("clips")
     (root / "nested").mkdir()
-    soundfile.write(root / "a_16k.wav", _speech(2.0, index=0), 16000, subtype="PCM_16")
-    soundfile.write(root / "nested" / "b.flac", _speech(3.0, index=1), 16000)
-    stereo = _speech(2.5, 48000, index=2)
+    soundfile.write(root / "a_16k.wav", helpers.speech(2.0, index=0), 16000, subtype="PCM_16")
+    soundfile.write(root / "nested" / "b.flac", helpers.speech(3.0, index=1), 16000)
+    stereo = helpers.speech(2.5, 48000, index=2)
     soundfile.write(root / "c_48k_stereo.wav", np.stack([stereo, 0.5 * stereo], 1), 48000)
-    soundfile.write(root / "d_30s.wav", _speech(30.0, index=3), 16000, subtype="FLOAT")
+    soundfile.write(root / "d_30s.wav", helpers.speech(30.0, index=3), 16000, subtype="FLOAT")
     # 0.3 s from the middle of an utterance: 19 frames, shorter than the 32-frame window.
-    soundfile.write(root / "e_short.wav", _speech(2.0, index=1)[12000:16800], 16000)
+    soundfile.write(root / "e_short.wav", helpers.speech(2.0, index=1)[12000:16800], 16000)
     (root / "f_corrupt.wav").write_bytes(b"RIFF\x00\x01\x02\x03WAVEfmt not really a wav file")
     (root / "notes.txt").write_text("not audio")
     return root
@@ -96,7 +90,7 @@ def test_the_best_validation_checkpoint_is_served(saved_run, predictor):
 @pytest.mark.slow
 def test_one_window_equals_the_model_applied_to_it(saved_run, predictor):
     # (num_frames - 1) * hop samples make exactly num_frames centred frames: no padding.
-    waveform = _speech(2.0)[4000 : 4000 + 31 * 256]
+    waveform = helpers.speech(2.0)[4000 : 4000 + 31 * 256]
     mel = predictor.model_input(waveform, 16000)
     chex.assert_shape(mel, (32, 32))
     result = predictor.predict(waveform, 16000)
@@ -109,7 +103,7 @@ def test_one_window_equals_the_model_applied_to_it(saved_run, predictor):
 
 
 def test_a_long_clip_averages_overlapping_windows(predictor):
-    waveform = _speech(30.0, index=3)
+    waveform = helpers.speech(30.0, index=3)
     mel = predictor.model_input(waveform, 16000)
     windows = predictor.windows(mel)
     frames = mel.shape[1]  # 1 + 480000 // 256 = 1876
@@ -131,7 +125,7 @@ def test_predictor_rejects_what_data_preparation_rejects(predictor):
     with pytest.raises(features.AudioError, match="silent"):
         predictor.predict(np.zeros(16000, np.float32), 16000)
     with pytest.raises(features.AudioError, match="shorter than"):
-        predictor.predict(_speech(2.0)[:1000], 16000)
+        predictor.predict(helpers.speech(2.0)[:1000], 16000)
 
 
 def test_folders_are_walked_sorted_audio_only(clips):
@@ -253,7 +247,7 @@ def test_unusable_runs_are_run_errors(saved_run, tmp_path):
 def _write_wav(path, seconds=1.0, index=0):
     # A file object: soundfile cannot open a name that is not valid UTF-8 by itself.
     with open(path, "wb") as file:
-        soundfile.write(file, _speech(seconds, index=index), 16000, format="WAV")
+        soundfile.write(file, helpers.speech(seconds, index=index), 16000, format="WAV")
 
 
 @pytest.mark.slow
@@ -325,7 +319,7 @@ def test_linked_folders_are_walked_once_each(predictor, tmp_path):
 @pytest.mark.parametrize("rate, channels", [(16000, 1), (48000, 2)])
 def test_block_wise_features_equal_the_whole_clip(tmp_path, rate, channels):
     """Decoding 0.37 s at a time (20 blocks) gives the features of the whole decoded clip."""
-    waveform = _speech(7.3, rate)
+    waveform = helpers.speech(7.3, rate)
     audio = waveform if channels == 1 else np.stack([waveform, 0.5 * waveform], 1)
     path = str(tmp_path / "clip.wav")
     soundfile.write(path, audio, rate, subtype="PCM_16")

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 
 from emohrnet_jax import export, files, predict, storage
-from emohrnet_jax.audio import synthetic
+from tests import helpers
 
 # A command that fails on a missing bucket must do so this fast, Python's and JAX's start included.
 _QUICK_FAILURE_S = 30
@@ -29,21 +29,14 @@ def _run(module, *args, cwd=None):
     )
 
 
-def _speech(seconds: float, sample_rate: int, index: int) -> np.ndarray:
-    spec = synthetic.CorpusSpec(
-        num_speakers=1, utterances_per_speaker=4, min_seconds=seconds, max_seconds=seconds
-    )
-    return synthetic.synthesize(synthetic.plan(spec)[index], spec, sample_rate)
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     """A local folder of audio: a 16 kHz WAV, a nested FLAC, 48 kHz stereo, a corrupt file, text."""
     root = tmp_path_factory.mktemp("clips")
     (root / "nested").mkdir()
-    soundfile.write(root / "a.wav", _speech(2.0, 16000, 0), 16000, subtype="PCM_16")
-    soundfile.write(root / "nested" / "b.flac", _speech(3.0, 16000, 1), 16000)
-    stereo = _speech(2.5, 48000, 2)
+    soundfile.write(root / "a.wav", helpers.speech(2.0, 16000, 0), 16000, subtype="PCM_16")
+    soundfile.write(root / "nested" / "b.flac", helpers.speech(3.0, 16000, 1), 16000)
+    stereo = helpers.speech(2.5, 48000, 2)
     soundfile.write(root / "c_stereo.wav", np.stack([stereo, 0.5 * stereo], 1), 48000)
     (root / "d_corrupt.wav").write_bytes(b"RIFF\x00\x01\x02\x03WAVEfmt not really a wav file")
     (root / "notes.txt").write_text("not audio")

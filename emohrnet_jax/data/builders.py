@@ -399,6 +399,5 @@ def prepare(
     config = make_config(dataset, feature_params, **options)
     builder = tfds.builder(dataset, data_dir=data_dir, config=config, **builder_args)
     reason = sources.build_if_changed(builder, manual_dir, num_workers, builder_args)
-    with open(os.path.join(builder.data_dir, SUMMARY_FILE)) as file:
-        summary = {**json.load(file), "data_dir": builder.data_dir}
-    return {**summary, "rebuilt": reason} if reason else summary
+    summary = storage.read_json(os.path.join(builder.data_dir, SUMMARY_FILE))
+    return {**summary, "data_dir": builder.data_dir, **({"rebuilt": reason} if reason else {})}
