@@ -24,6 +24,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.lr_schedule = "constant"  # "constant" (the paper) or "cosine" decay to 0.
     config.warmup_epochs = 0.0  # Linear warm-up from 0 (0: none, the paper).
     config.grad_clip_norm = 0.0  # Clip gradients to this global norm (0: off, the paper).
+    # Class imbalance: "none" (the paper) or "balanced", each class's training-loss weight
+    # n / (k * count) from the training split (scikit-learn's "balanced"; weights average 1 over
+    # the training examples), the loss then sum(w * loss) / sum(w) over the batch. Evaluation's
+    # loss stays unweighted. Use this or data.sampling="balanced", not both (they over-correct).
+    config.class_weights = "none"
     config.keep_checkpoints = 2  # Latest checkpoints kept for resuming (the best is kept too).
     # Speaker-bootstrap resamples of the results' 95% intervals (drawn from `seed`).
     config.bootstrap_resamples = 1000
@@ -46,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.min_seconds = 0.25  # Shorter clips are skipped (and counted) when preparing.
     # Prepared with --skip_unknown_labels (files of other labels left out): the build to train on.
     config.data.skip_unknown_labels = False
+    # Training order: "shuffle" (the paper) or "balanced": as many examples per epoch, every class
+    # drawn equally often (each class's examples reshuffled and repeated as needed).
+    config.data.sampling = "shuffle"
     config.data.num_frames = 188  # Crop in frames (1 + 3 s * 16000 / 256); evaluation: centre.
     # Built-in synthetic corpus (used when dataset == "synthetic").
     config.data.synthetic_speakers = 40  # Synthetic speakers (split by speaker into folds).

@@ -11,6 +11,9 @@ LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
 IM2COL = ("auto", "on", "off")
 MASK_VALUES = ("mean", "zero")
+CLASS_WEIGHTS = ("none", "balanced")
+# As emohrnet_jax.data.pipeline accepts them (it imports TensorFlow, so not from there).
+SAMPLING = ("shuffle", "balanced")
 
 
 class ConfigError(ValueError):
@@ -47,6 +50,8 @@ def check(config: ml_collections.ConfigDict) -> None:
         _one_of(f"model.{field}", config.model[field], DTYPES)
     _one_of("model.im2col", config.model.im2col, IM2COL)
     _one_of("augment.mask_value", config.augment.mask_value, MASK_VALUES)
+    _one_of("class_weights", config.class_weights, CLASS_WEIGHTS)
+    _one_of("data.sampling", config.data.sampling, SAMPLING)
     classes = tuple(config.data.class_names)
     if config.model.num_classes != len(classes):
         raise ConfigError(

@@ -128,15 +128,19 @@ def train_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
     augment_config: ml_collections.ConfigDict,
+    class_weights: tuple[float, ...] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW step on augmented inputs; returns the new state and the batch's loss/accuracy."""
+    """One AdamW step on augmented inputs; returns the new state and the batch's loss/accuracy.
+
+    `class_weights` (one per class; None: unweighted) weigh each example's loss by its class.
+    """
     step_key = jax.random.fold_in(key, state.step)
     mel = augment.augment_batch(step_key, batch["mel"], augment_config, train=True)
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits, updates = model.apply(variables, mel, train=True, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        loss = cross_entropy(logits, batch["label"], class_weights)
         return loss, (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -149,6 +153,20 @@ def train_step(
     )
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
+
+
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, class_weights: tuple[float, ...] | None = None
+) -> jax.Array:
+    """The batch's mean cross-entropy; with `class_weights`, the mean weighted by each example's
+    class weight, `sum(w * loss) / sum(w)`."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if class_weights is None:
+        return losses.mean()
+    # Normalized by the batch's weights, as PyTorch's CrossEntropyLoss(weight=...): every batch's
+    # loss stays a mean of per-example losses, whatever classes the batch happens to hold.
+    weights = jnp.asarray(class_weights, losses.dtype)[labels]
+    return jnp.sum(weights * losses) / jnp.sum(weights)
 
 
 def eval_step(
@@ -197,12 +215,14 @@ def jit_steps(
     num_classes: int,
     steps_per_epoch: int,
     eval_classes: tuple[int, ...] | None = None,
+    class_weights: tuple[float, ...] | None = None,
 ) -> tuple[Callable, Callable]:
     """Train and eval steps jitted over `mesh`: state replicated, batch split on the `data` axis.
 
     `steps_per_epoch` sets the learning-rate schedule; `eval_classes` restricts the eval step's
-    predictions to those classes. Equal settings give the same jitted functions, so the folds of
-    a cross-validation (and tests) in one process trace and compile them once.
+    predictions to those classes; `class_weights` weigh the train step's loss (`train_step`).
+    Equal settings give the same jitted functions, so the folds of a cross-validation (and tests)
+    in one process trace and compile them once.
     """
     train = _jit_train_step(
         models.create_model(config),
@@ -210,6 +230,7 @@ def jit_steps(
         steps_per_epoch,
         ml_collections.FrozenConfigDict(config.augment),
         mesh,
+        class_weights,
     )
     return train, jit_eval_step(config, mesh, num_classes, eval_classes)
 
@@ -241,6 +262,7 @@ def _jit_train_step(
     steps_per_epoch: int,
     augment_config: ml_collections.FrozenConfigDict,
     mesh: jax.sharding.Mesh,
+    class_weights: tuple[float, ...] | None = None,
 ) -> Callable:
     """`train_step` jitted for these (hashable) settings: `(state, batch, key) -> (state,
     metrics)`."""
@@ -250,6 +272,7 @@ def _jit_train_step(
         model=model,
         optimizer=create_optimizer(optimizer, steps_per_epoch),
         augment_config=augment_config,
+        class_weights=class_weights,
     )
     return jax.jit(
         step,

@@ -33,7 +33,7 @@ from emohrnet_jax import (
     storage,
     summaries,
 )
-from emohrnet_jax.data import pipeline, sources, splits
+from emohrnet_jax.data import balance, pipeline, sources, splits
 
 TRAIN_KEYS = ("mel", "label")
 # The exit status of a run stopped by SIGTERM after saving: sysexits.h's EX_TEMPFAIL, which
@@ -163,7 +163,10 @@ def _set_up(
     mesh, replicated, batch_sharding = _shardings()
     steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch), replicated)
-    train_step, eval_step = steps.jit_steps(config, mesh, len(fold.class_names), steps_per_epoch)
+    weights = _class_weights(config, fold)
+    train_step, eval_step = steps.jit_steps(
+        config, mesh, len(fold.class_names), steps_per_epoch, class_weights=weights
+    )
     manager = checkpoints.create_manager(workdir, config.keep_checkpoints)
     history: list[dict[str, Any]] = []
     resumed = checkpoints.restore_latest(manager, state)
@@ -184,6 +187,22 @@ def _set_up(
         key=jax.random.key(config.seed),
     )
     return run, state, history
+
+
+def _class_weights(
+    config: ml_collections.ConfigDict, fold: pipeline.FoldInput
+) -> tuple[float, ...] | None:
+    """The training loss's class weights of `config.class_weights` (None: unweighted), logged."""
+    if config.class_weights == "none":
+        return None
+    weights = balance.class_weights(
+        [u["label"] for u in fold.utterances("train")], fold.class_names
+    )
+    logging.info(
+        "Class weights of the training loss: %s",
+        ", ".join(f"{name} {w:.3f}" for name, w in zip(fold.class_names, weights, strict=True)),
+    )
+    return weights
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
@@ -214,7 +233,12 @@ def _train_epoch(
     config, started = run.config, time.perf_counter()
     step = first = int(state.step)
     batches = run.fold.train_batches(
-        config.batch_size, config.seed, epoch, jax.process_index(), jax.process_count()
+        config.batch_size,
+        config.seed,
+        epoch,
+        jax.process_index(),
+        jax.process_count(),
+        config.data.sampling,
     )
     batches = itertools.islice(batches, step - epoch * run.steps_per_epoch, run.steps_per_epoch)
     # Fetched at the epoch's end (or on preemption): reading each step's loss would make the

@@ -6,6 +6,8 @@
 - Training takes a random `num_frames` crop of each utterance; evaluation takes the centre crop.
   Shorter utterances are padded at the end with zeros (the utterance mean after normalization).
 - Training order and crops are a pure function of (seed, epoch): a resumed run sees the same data.
+  The order is a shuffle, or (`sampling="balanced"`) `balance.balanced_order`'s class-balanced
+  draws.
 - Several hosts: every host reads the same shuffled order and keeps its rows of each global batch,
   so the hosts' batches together form the one-host batch. Evaluation covers every example exactly
   once: each host reads its share (`shard`), padded to the same number of batches, and `mask`
@@ -24,10 +26,11 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import paths
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import builders, csv_corpus, remote, sources, splits
+from emohrnet_jax.data import balance, builders, csv_corpus, remote, sources, splits
 
 NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
 UTTERANCE_KEYS = ("id", "speaker", "label")
+SAMPLING = ("shuffle", "balanced")  # config.data.sampling's values
 
 
 def builder_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -190,22 +193,30 @@ class FoldInput:
         epoch: int,
         process_index: int = 0,
         process_count: int = 1,
+        sampling: str = "shuffle",
     ) -> Iterator[dict[str, np.ndarray]]:
         """One epoch of shuffled, randomly cropped training batches for this host.
 
         `batch_size` is the global batch; each host yields `batch_size // process_count` examples
-        per step, and the incomplete last global batch is dropped.
+        per step, and the incomplete last global batch is dropped. `sampling="balanced"` draws
+        the epoch's examples (as many) from `balance.balanced_order` instead of a shuffle.
         """
         if batch_size % process_count:
             raise ValueError(f"batch size {batch_size} does not divide over {process_count} hosts")
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling={sampling!r} is not one of {SAMPLING}")
         epoch_seed = _epoch_seed(seed, epoch)
         host_batch = batch_size // process_count
         steps = self.count("train") // batch_size
-        dataset = self.split("train").shuffle(self.count("train"), seed=epoch_seed)
         # Host p keeps rows p * host_batch... of each global batch: the hosts' rows, stacked in
         # process order, are the one-host batch row for row (hence the same augmentation).
-        dataset = dataset.take(steps * batch_size).enumerate()
-        dataset = dataset.filter(lambda i, _: i // host_batch % process_count == process_index)
+        mine = lambda i: i // host_batch % process_count == process_index  # noqa: E731
+        if sampling == "balanced":
+            dataset = self._drawn(steps * batch_size, seed, epoch, mine)
+        else:
+            dataset = self.split("train").shuffle(self.count("train"), seed=epoch_seed)
+            dataset = dataset.take(steps * batch_size).enumerate()
+            dataset = dataset.filter(lambda i, _: mine(i))
         dataset = dataset.map(
             lambda i, x: _crop(x, self.num_frames, tf.stack([epoch_seed, tf.cast(i, tf.int64)])),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -213,6 +224,22 @@ class FoldInput:
         )
         dataset = dataset.batch(host_batch, drop_remainder=True)
         yield from tfds.as_numpy(dataset.prefetch(tf.data.AUTOTUNE))
+
+    def _drawn(self, num_draws: int, seed: int, epoch: int, mine) -> tf.data.Dataset:
+        """(position, example) at this host's positions of the class-balanced order; the examples
+        they draw are held in memory (at most the split, as the shuffle's buffer is)."""
+        order = balance.balanced_order(
+            [u["label"] for u in self.utterances("train")], num_draws, seed, epoch
+        )
+        positions = np.flatnonzero(mine(np.arange(num_draws)))
+        wanted = tf.constant(np.unique(order[positions]))
+        stored = self.split("train").enumerate()
+        stored = stored.filter(lambda i, _: tf.reduce_any(tf.equal(i, wanted)))
+        examples = dict(tfds.as_numpy(stored))
+        return tf.data.Dataset.from_generator(
+            lambda: ((i, examples[order[i]]) for i in positions),
+            output_signature=(tf.TensorSpec([], tf.int64), stored.element_spec[1]),
+        )
 
     def eval_batches(
         self, name: str, batch_size: int, process_index: int = 0, process_count: int = 1
