@@ -45,9 +45,7 @@ def balanced_order(labels: Sequence[int], num_draws: int, seed: int, epoch: int)
         positions = np.flatnonzero(position_class == c)
         members = np.flatnonzero(labels == c)
         copies = -(-len(positions) // len(members))
-        # Reshuffled copies, not draws with replacement: an example repeats only once its whole
-        # class has been drawn, so a small class repeats as little as it can and a large one is
-        # subsampled without repeats.
+        # Reshuffled copies, not draws with replacement: an example repeats only after its class.
         stream = np.concatenate([rng.permutation(members) for _ in range(copies)])
         order[positions] = stream[: len(positions)]
     return order
