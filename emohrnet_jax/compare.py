@@ -9,6 +9,12 @@ a cross-validation folder, whose `fold_K/` run folders' test utterances are pool
 a gs:// URL. The two must hold the same test utterances with the same labels and class names;
 otherwise the command says what differs and exits with status 1.
 
+A cross-validation over seeds (`seed_S/fold_K/`, `tools/cross_validate.py --seeds`) is compared
+by its UA averaged over seeds: both sides need the same number of seeds, A's i-th seed (in
+increasing order) is paired with B's i-th, the same speakers are drawn for every pair and a
+permutation swaps a speaker's predictions in every pair together. Every seed must hold the same
+test utterances. A run folder or a cross-validation without seeds counts as one seed.
+
 Reported: UA of each (prediction = the most probable class), UA(A) - UA(B) with a 95% interval
 from resampling test speakers (the same speakers for both) and the p-value of a paired
 permutation test that swaps the two systems' predictions per speaker
@@ -29,6 +35,7 @@ from emohrnet_jax import cli, paths, statistics, storage
 PREDICTIONS = "predictions_test.jsonl"
 RESULTS = "results.json"
 _FOLD = re.compile(r"^fold_(\d+)$")
+_SEED = re.compile(r"^seed_(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,15 +80,27 @@ def _run_predictions(folder: str) -> TestPredictions:
     )
 
 
-def _fold_folders(folder: str) -> list[str]:
-    """The `fold_K` run folders of a cross-validation folder, by fold number."""
-    folds = []
+def _numbered_folders(folder: str, pattern: re.Pattern, done) -> list[str]:
+    """The children of `folder` whose names match `pattern` and that `done` accepts, by number."""
+    found = []
     if storage.isdir(folder):
         for child in storage.path(folder).iterdir():
-            match = _FOLD.match(child.name)
-            if match and storage.exists(os.path.join(folder, child.name, RESULTS)):
-                folds.append((int(match.group(1)), os.path.join(folder, child.name)))
-    return [path for _, path in sorted(folds)]
+            match = pattern.match(child.name)
+            if match and done(os.path.join(folder, child.name)):
+                found.append((int(match.group(1)), os.path.join(folder, child.name)))
+    return [path for _, path in sorted(found)]
+
+
+def _fold_folders(folder: str) -> list[str]:
+    """The `fold_K` run folders of a cross-validation folder, by fold number."""
+    return _numbered_folders(
+        folder, _FOLD, lambda child: storage.exists(os.path.join(child, RESULTS))
+    )
+
+
+def _seed_folders(folder: str) -> list[str]:
+    """The `seed_S` cross-validation folders of a cross-validation over seeds, by seed."""
+    return _numbered_folders(folder, _SEED, lambda child: bool(_fold_folders(child)))
 
 
 def load(folder: str) -> TestPredictions:
@@ -97,7 +116,7 @@ def load(folder: str) -> TestPredictions:
     if not folds:
         raise ValueError(
             f"{folder} is neither a run folder (no {RESULTS}) nor a cross-validation folder "
-            f"(no fold_K/{RESULTS})"
+            f"(no fold_K/{RESULTS} or seed_S/fold_K/{RESULTS})"
         )
     if any(fold.class_names != folds[0].class_names for fold in folds):
         raise ValueError(f"the folds of {folder} have different class names")
@@ -111,6 +130,29 @@ def load(folder: str) -> TestPredictions:
         np.concatenate([fold.labels for fold in folds]),
         np.concatenate([fold.probabilities for fold in folds]),
     )
+
+
+def load_seeds(folder: str) -> list[TestPredictions]:
+    """Each seed's test predictions (by seed) of a cross-validation over seeds, in the order of
+    the first seed's utterances; `[load(folder)]` for a run or a cross-validation without seeds.
+
+    Raises:
+      ValueError: as `load`, a folder holding both fold_K and seed_S folders, or seeds whose
+        test utterances differ.
+    """
+    seeds = [] if storage.exists(os.path.join(folder, RESULTS)) else _seed_folders(folder)
+    if not seeds:
+        return [load(folder)]
+    if _fold_folders(folder):
+        raise ValueError(f"{folder} holds both fold_K and seed_S folders: compare one of them")
+    first = load(seeds[0])
+    loaded = [first]
+    for seed in seeds[1:]:
+        try:
+            loaded.append(_aligned(first, load(seed)))
+        except ValueError as error:
+            raise ValueError(f"{seed} and {seeds[0]}: {error}") from None
+    return loaded
 
 
 def _aligned(a: TestPredictions, b: TestPredictions) -> TestPredictions:
@@ -147,25 +189,43 @@ def _aligned(a: TestPredictions, b: TestPredictions) -> TestPredictions:
 
 
 def compare(run_a: str, run_b: str, resamples: int = 1000, seed: int = 0) -> dict:
-    """UA of each run and the paired comparison of A against B (see the module).
+    """UA of each run and the paired comparison of A against B (see the module); with seeds,
+    UA averaged over seeds.
 
     Raises:
-      ValueError: a run that cannot be read, or runs whose test utterances, labels or class
-        names differ.
+      ValueError: a run that cannot be read, runs whose test utterances, labels or class
+        names differ, or cross-validations of different numbers of seeds.
     """
-    a = load(run_a)
-    b = _aligned(a, load(run_b))
+    seeds_a, seeds_b = load_seeds(run_a), load_seeds(run_b)
+    if len(seeds_a) != len(seeds_b):
+        raise ValueError(
+            f"{run_a} has {len(seeds_a)} seeds and {run_b} {len(seeds_b)}: compare "
+            "cross-validations of the same number of seeds"
+        )
+    a = seeds_a[0]
+    b = [_aligned(a, other) for other in seeds_b]
     num_classes = len(a.class_names)
-    predictions_a, predictions_b = a.probabilities.argmax(axis=1), b.probabilities.argmax(axis=1)
+    predictions_a = np.stack([s.probabilities.argmax(axis=1) for s in seeds_a])
+    predictions_b = np.stack([s.probabilities.argmax(axis=1) for s in b])
+    # One seed: (N,) predictions, exactly today's comparison.
+    if len(seeds_a) == 1:
+        predictions_a, predictions_b = predictions_a[0], predictions_b[0]
     result = statistics.paired_comparison(
         a.labels, predictions_a, predictions_b, a.speakers, num_classes, resamples, seed
     )
+
+    def mean_ua(predictions: np.ndarray) -> float:
+        """The UA averaged over seeds."""
+        rows = np.atleast_2d(predictions)
+        return float(np.mean([statistics.scores(a.labels, p, num_classes)["ua"] for p in rows]))
+
     return {
         "run_a": run_a,
         "run_b": run_b,
-        "ua_a": statistics.scores(a.labels, predictions_a, num_classes)["ua"],
-        "ua_b": statistics.scores(a.labels, predictions_b, num_classes)["ua"],
+        "ua_a": mean_ua(predictions_a),
+        "ua_b": mean_ua(predictions_b),
         **result,
+        "num_seeds": len(seeds_a),
     }
 
 
@@ -175,14 +235,16 @@ def table(result: dict) -> str:
     # The unswapped and the all-swapped resamples are always as extreme as the observed one.
     floor = 2.0 ** (1 - result["num_speakers"])
     note = f"; with so few speakers p cannot fall below ~{floor:.2g}" if floor > 0.01 else ""
+    num_seeds = result.get("num_seeds", 1)
+    seeds = f", UA averaged over {num_seeds} seeds" if num_seeds > 1 else ""
     return "\n".join(
         [
             f"A  {result['ua_a']:.4f}  UA  {result['run_a']}",
             f"B  {result['ua_b']:.4f}  UA  {result['run_b']}",
             f"A - B  {result['ua_difference']:+.4f}  95% CI [{low:+.4f}, {high:+.4f}]  "
             f"p = {result['p_value']:.4g}",
-            f"({result['num_utterances']} test utterances of {result['num_speakers']} speakers; "
-            f"{result['resamples']} resamples, seed {result['seed']}{note})",
+            f"({result['num_utterances']} test utterances of {result['num_speakers']} speakers"
+            f"{seeds}; {result['resamples']} resamples, seed {result['seed']}{note})",
         ]
     )
 

@@ -7,7 +7,12 @@ on a resume, emohrnet_jax.run_config.SAFE_FIELDS) is refused, so a summary never
 The summary holds per-fold and mean +- std UA, WA and macro-F1 on each fold's test speakers (the
 sample standard deviation, ddof=1, that papers usually report) and the summed test confusion
 matrix, with the speaker-bootstrap 95% intervals of the pooled test predictions (`ci95`).
-`tools/cross_validate.py` is its command line.
+
+With seeds, each fold x seed is a run with `config.seed` set to the seed, in
+`WORKDIR/seed_S/fold_k`: each `seed_S` is an ordinary cross-validation folder (with its own
+summary). `WORKDIR/summary.json` then holds every run (fold and seed), mean +- std over all of
+them, each seed's mean, and a pooled `ci95` of the UA averaged over seeds (speakers resampled,
+the same for every seed). `tools/cross_validate.py` is its command line.
 """
 
 import os
@@ -27,11 +32,21 @@ def fold_workdir(workdir: str, fold: int) -> str:
     return os.path.join(workdir, f"fold_{fold}")
 
 
+def seed_workdir(workdir: str, seed: int) -> str:
+    """The cross-validation folder of seed `seed` in a cross-validation over seeds."""
+    return os.path.join(workdir, f"seed_{seed}")
+
+
 def run_folds(
-    config: ml_collections.ConfigDict, workdir: str, folds: list[int] | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    folds: list[int] | None = None,
+    seeds: list[int] | None = None,
 ) -> dict[str, Any] | None:
     """Trains the folds not yet done (all of the protocol's by default), then summarizes all.
 
+    With `seeds`, every fold is trained once per seed (`config.seed` = the seed) in
+    `seed_workdir(workdir, seed)`, seeds in increasing order, and the summary covers every run.
     Returns None when preempted (SIGTERM) after saving the fold in progress.
 
     Raises:
@@ -43,14 +58,36 @@ def run_folds(
     bad = [fold for fold in folds if not 0 <= fold < total]
     if bad:
         raise ValueError(f"folds {bad} are out of range: {config.data.dataset} has {total} folds")
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
     with locks.hold(workdir, "the cross-validation workdir"):
-        results = []
-        for fold in folds:
-            result = _fold_result(config, workdir, fold, total)
-            if result is None:  # preempted: the next fold must not start
+        if seeds is None:
+            results = _run_folds(config, workdir, folds, total)
+            return None if results is None else _write_summary(results, total, workdir)
+        runs, run_seeds = [], []
+        for seed in sorted(seeds):
+            seed_config = config.copy_and_resolve_references()
+            with seed_config.unlocked():
+                seed_config.seed = seed
+            print(f"seed {seed}:")
+            results = _run_folds(seed_config, seed_workdir(workdir, seed), folds, total)
+            if results is None:  # preempted: the next seed must not start
                 return None
-            results.append(result)
-        return _write_summary(results, total, workdir)
+            _write_summary(results, total, seed_workdir(workdir, seed))
+            runs += results
+            run_seeds += [seed] * len(results)
+        return _write_summary(runs, total, workdir, run_seeds)
+
+
+def _run_folds(config, workdir: str, folds: list[int], total: int) -> list[dict] | None:
+    """The results of `folds` in the cross-validation folder `workdir`; None when preempted."""
+    results = []
+    for fold in folds:
+        result = _fold_result(config, workdir, fold, total)
+        if result is None:  # preempted: the next fold must not start
+            return None
+        results.append(result)
+    return results
 
 
 def _fold_result(config, workdir: str, fold: int, total: int) -> dict[str, Any] | None:
@@ -68,96 +105,201 @@ def _fold_result(config, workdir: str, fold: int, total: int) -> dict[str, Any] 
     return train.train_and_evaluate(fold_config, fold_workdir(workdir, fold))
 
 
-def _write_summary(results: list[dict[str, Any]], total: int, workdir: str) -> dict[str, Any]:
-    """Writes `summary.json` and the summed confusion matrix's PNG; returns the summary."""
-    predictions = [_test_predictions(workdir, r) for r in results]
-    summary = summarize(results, total, None if None in predictions else predictions)
+def _write_summary(
+    results: list[dict[str, Any]],
+    total: int,
+    workdir: str,
+    run_seeds: list[int] | None = None,
+) -> dict[str, Any]:
+    """Writes `summary.json`, the summed confusion matrix's PNG and `ua_by_fold.png`; returns
+    the summary."""
+    folders = [
+        fold_workdir(workdir if seed is None else seed_workdir(workdir, seed), r["fold"])
+        for r, seed in zip(results, run_seeds or [None] * len(results), strict=True)
+    ]
+    predictions = [_test_predictions(folder, r) for folder, r in zip(folders, results, strict=True)]
+    summary = summarize(results, total, None if None in predictions else predictions, run_seeds)
     storage.write_json_atomically(os.path.join(workdir, "summary.json"), summary)
+    runs = f"{summary['folds_done']} folds"
+    if run_seeds:
+        runs += f" x {len(summary['seeds'])} seeds"
     plots.plot_confusion_matrix(
         np.array(summary["confusion_matrix"]),
         summary["class_names"],
         os.path.join(workdir, "confusion_matrix.png"),
-        title=f"{summary['dataset']}: {len(results)} folds, test (summed)",
+        title=f"{summary['dataset']}: {runs}, test (summed)",
+    )
+    plots.plot_ua_by_fold(
+        summary["folds"],
+        summary["mean"]["ua"],
+        summary["ci95"]["ua"] if summary["ci95"] else None,
+        os.path.join(workdir, "ua_by_fold.png"),
+        title=f"{summary['dataset']}: test UA of {runs}",
     )
     return summary
 
 
-def _test_predictions(workdir: str, result: dict[str, Any]) -> evaluation.Predictions | None:
-    """A fold's test predictions; None for a fold trained before runs kept them."""
-    folder = fold_workdir(workdir, result["fold"])
+def _test_predictions(folder: str, result: dict[str, Any]) -> evaluation.Predictions | None:
+    """A run's test predictions; None for a run trained before runs kept them."""
     if "bootstrap" not in result or not storage.exists(evaluation.predictions_path(folder, "test")):
         return None
     return evaluation.read_predictions(folder, "test")
 
 
+def _pooled(test_predictions: list[evaluation.Predictions]) -> tuple:
+    """(ids, labels, predicted classes, speakers) of the folds' test utterances pooled."""
+    utterances = [u for p in test_predictions for u in p.utterances]
+    return (
+        [u["id"] for u in utterances],
+        np.array([u["label"] for u in utterances], np.int64),
+        np.concatenate([p.probabilities.argmax(axis=1) for p in test_predictions]),
+        np.array([u["speaker"] for u in utterances]).astype(str),
+    )
+
+
 def pooled_interval(
-    test_predictions: list[evaluation.Predictions], resamples: int, seed: int
+    by_seed: list[list[evaluation.Predictions]], resamples: int, seed: int
 ) -> dict[str, list[float]]:
     """The speaker-bootstrap 95% intervals of UA, WA and macro-F1 over the folds' test
-    utterances pooled (each speaker is tested in one fold, so all speakers are resampled)."""
-    labels = np.concatenate([p.labels for p in test_predictions])
-    predicted = np.concatenate([p.probabilities.argmax(axis=1) for p in test_predictions])
-    speakers = [s for p in test_predictions for s in p.speakers]
-    num_classes = test_predictions[0].probabilities.shape[1]
+    utterances pooled (each speaker is tested in one fold, so all speakers are resampled).
+
+    `by_seed` holds each seed's folds' test predictions (one list without seeds); with several
+    seeds a resample's score is the mean over seeds of each seed's pooled score on the same
+    drawn speakers.
+
+    Raises:
+      ValueError: seeds whose pooled test utterances (ids, labels or speakers) differ.
+    """
+    ids, labels, predicted, speakers = _pooled(by_seed[0])
+    rows = [predicted]
+    for other in by_seed[1:]:
+        other_ids, other_labels, other_predicted, other_speakers = _pooled(other)
+        position = {id_: i for i, id_ in enumerate(other_ids)}
+        if len(other_ids) != len(ids) or position.keys() != set(ids):
+            raise ValueError("the seeds' runs differ in their test utterances: cannot pool them")
+        order = np.array([position[id_] for id_ in ids])
+        if not (
+            np.array_equal(other_labels[order], labels)
+            and np.array_equal(other_speakers[order], speakers)
+        ):
+            raise ValueError("the seeds' runs differ in their test labels or speakers")
+        rows.append(other_predicted[order])
+    num_classes = by_seed[0][0].probabilities.shape[1]
+    predictions = rows[0] if len(rows) == 1 else np.stack(rows)
     return statistics.speaker_bootstrap(
-        labels, predicted, speakers, num_classes, resamples=resamples, seed=seed
+        labels, predictions, speakers, num_classes, resamples=resamples, seed=seed
     )
+
+
+def _run_entry(result: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    """One run's row of the summary: its fold (and seed), test scores and test UA interval."""
+    return {
+        "fold": result["fold"],
+        **({} if seed is None else {"seed": seed}),
+        "best_epoch": result["best_epoch"],
+        "test_speakers": result["speakers"]["test"],
+        **{m: result["test"][m] for m in METRICS},
+        "ua_ci95": result["test"].get("ci95", {}).get("ua"),
+        "num_examples": result["test"]["num_examples"],
+    }
+
+
+def _mean_std(entries: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation (ddof=1; 0 for one run) of each metric."""
+    values = {m: np.array([e[m] for e in entries]) for m in METRICS}
+    mean = {m: float(v.mean()) for m, v in values.items()}
+    return mean, {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()}
 
 
 def summarize(
     results: list[dict[str, Any]],
     num_folds: int,
     test_predictions: list[evaluation.Predictions] | None = None,
+    run_seeds: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Per-fold and mean +- std test metrics, the summed test confusion matrix, and the pooled
-    test predictions' `ci95` (`pooled_interval`, with the first fold's bootstrap settings; None
-    without `test_predictions`)."""
+    """Per-run and mean +- std test metrics, the summed test confusion matrix, and the pooled
+    test predictions' `ci95` (`pooled_interval`, with the first run's bootstrap settings; None
+    without `test_predictions`).
+
+    With `run_seeds` (the seed of each run), every run is an entry of `folds` naming its fold
+    and seed, mean and std are over all runs, `seeds` lists the seeds and `per_seed` each
+    seed's mean; `ci95` is that of the UA (WA, macro-F1) averaged over seeds.
+    """
     names = results[0]["class_names"]
-    per_fold = [
-        {
-            "fold": r["fold"],
-            "best_epoch": r["best_epoch"],
-            "test_speakers": r["speakers"]["test"],
-            **{m: r["test"][m] for m in METRICS},
-            "num_examples": r["test"]["num_examples"],
-        }
-        for r in results
-    ]
-    values = {m: np.array([f[m] for f in per_fold]) for m in METRICS}
+    seeds = run_seeds or [None] * len(results)
+    entries = [_run_entry(r, seed) for r, seed in zip(results, seeds, strict=True)]
+    mean, std = _mean_std(entries)
     confusion = np.sum([r["test"]["confusion_matrix"] for r in results], axis=0)
     bootstrap = results[0].get("bootstrap")
+    distinct = sorted(set(seeds)) if run_seeds else [None]
     ci95 = None
     if test_predictions is not None:
-        ci95 = pooled_interval(test_predictions, bootstrap["resamples"], bootstrap["seed"])
-    return {
+        by_seed = [
+            [p for p, s in zip(test_predictions, seeds, strict=True) if s == d] for d in distinct
+        ]
+        ci95 = pooled_interval(by_seed, bootstrap["resamples"], bootstrap["seed"])
+    summary = {
         "dataset": results[0]["dataset"],
         "class_names": names,
         "num_folds": num_folds,
-        "folds_done": len(results),
-        "folds": per_fold,
-        "mean": {m: float(v.mean()) for m, v in values.items()},
-        "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
+        "folds_done": len({r["fold"] for r in results}),
+        "folds": entries,
+        "mean": mean,
+        "std": std,
         "ci95": ci95,
         "bootstrap": bootstrap if ci95 is not None else None,
         "confusion_matrix": confusion.tolist(),
         "pooled": metrics.summarize(confusion, names),
     }
+    if run_seeds:
+        summary["seeds"] = distinct
+        summary["per_seed"] = [
+            {"seed": d, "mean": _mean_std([e for e in entries if e["seed"] == d])[0]}
+            for d in distinct
+        ]
+    return summary
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _interval(ci: list[float] | None) -> str:
+    return "" if ci is None else f"[{_percent(ci[0])}, {_percent(ci[1])}]"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The console table: one row per fold, then mean +- std, in percent."""
-    row = "{:<6}  {:>14}  {:>14}  {:>14}  {:>6}"
-    lines = [row.format("fold", "UA %", "WA %", "macro-F1 %", "N")]
-    for fold in summary["folds"]:
-        cells = [f"{100 * fold[m]:.2f}" for m in METRICS]
-        lines.append(row.format(fold["fold"], *cells, fold["num_examples"]))
-    cells = [f"{100 * summary['mean'][m]:.2f} +- {100 * summary['std'][m]:.2f}" for m in METRICS]
-    lines.append(row.format("mean", *cells, summary["pooled"]["num_examples"]))
-    if summary.get("ci95"):
-        low, high = summary["ci95"]["ua"]
+    """The console table: one row per run (fold, and seed) with its test UA's 95% interval,
+    then mean +- std (and each seed's mean UA) and the pooled interval, in percent."""
+    seeds = summary.get("seeds")
+    row = "{:<6}  " + ("{:>4}  " if seeds else "{}") + "{:>14}  {:>16}  {:>14}  {:>14}  {:>6}"
+    lines = [
+        row.format("fold", "seed" if seeds else "", "UA %", "UA 95% CI", "WA %", "macro-F1 %", "N")
+    ]
+    for run in summary["folds"]:
+        cells = [_percent(run[m]) for m in METRICS]
         lines.append(
-            f"pooled UA {100 * summary['pooled']['ua']:.2f}  95% CI [{100 * low:.2f}, "
-            f"{100 * high:.2f}] (speakers resampled)"
+            row.format(
+                run["fold"],
+                run.get("seed", ""),
+                cells[0],
+                _interval(run.get("ua_ci95")),
+                *cells[1:],
+                run["num_examples"],
+            )
+        )
+    cells = [f"{_percent(summary['mean'][m])} +- {_percent(summary['std'][m])}" for m in METRICS]
+    lines.append(
+        row.format("mean", "", cells[0], "", *cells[1:], summary["pooled"]["num_examples"])
+    )
+    if seeds:
+        means = [f"seed {s['seed']} {_percent(s['mean']['ua'])}" for s in summary["per_seed"]]
+        lines.append("mean UA per seed: " + ", ".join(means))
+    if summary.get("ci95"):
+        over = f"; UA averaged over {len(seeds)} seeds" if seeds else ""
+        lines.append(
+            f"pooled UA {_percent(summary['pooled']['ua'])}  95% CI "
+            f"{_interval(summary['ci95']['ua'])} (speakers resampled{over})"
         )
     if summary["folds_done"] < summary["num_folds"]:
         lines.append(f"({summary['folds_done']} of {summary['num_folds']} folds)")

@@ -118,3 +118,47 @@ def _label_axes(ax: Axes, title: str, ylabel: str) -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
+
+
+def plot_ua_by_fold(
+    runs: Sequence[dict],
+    mean_ua: float,
+    pooled_ci95: Sequence[float] | None,
+    path: str,
+    title: str = "",
+) -> None:
+    """Writes a PNG of each run's test UA with its 95% interval, by fold, one colour per seed.
+
+    Runs are dicts with "fold", "ua", optionally "seed" and "ua_ci95" ([low, high], drawn as an
+    error bar). A line marks `mean_ua` (the mean over runs) and a band `pooled_ci95`.
+    """
+    folds = sorted({run["fold"] for run in runs})
+    seeds = sorted({run.get("seed") for run in runs}, key=lambda s: (s is not None, s))
+    # Seeds side by side within a fold, so their error bars do not hide each other.
+    width = 0.6 / max(len(seeds), 1)
+    figure = Figure(figsize=(max(5.0, 1.0 * len(folds) + 3.0), 4.0), layout="constrained")
+    ax = figure.add_subplot()
+    if pooled_ci95 is not None:
+        low, high = pooled_ci95
+        ax.axhspan(100.0 * low, 100.0 * high, color="tab:grey", alpha=0.2, label="pooled 95% CI")
+    ax.axhline(100.0 * mean_ua, color="tab:grey", linestyle="--", label="mean over runs")
+    for i, seed in enumerate(seeds):
+        chosen = [run for run in runs if run.get("seed") == seed]
+        x = [folds.index(run["fold"]) + (i - (len(seeds) - 1) / 2) * width for run in chosen]
+        y = [100.0 * run["ua"] for run in chosen]
+        # Runs without an interval (older results) get a zero-length bar.
+        ci = [run.get("ua_ci95") or [run["ua"], run["ua"]] for run in chosen]
+        error = [
+            [yi - 100.0 * c[0] for yi, c in zip(y, ci, strict=True)],
+            [100.0 * c[1] - yi for yi, c in zip(y, ci, strict=True)],
+        ]
+        ax.errorbar(
+            x, y, yerr=error, fmt="o", capsize=3, label="run" if seed is None else f"seed {seed}"
+        )
+    ax.set_xticks(range(len(folds)), labels=[str(f) for f in folds])
+    ax.set_xlabel("fold")
+    ax.set_ylabel("test UA %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "test UA by fold")
+    _write_atomically(figure, path)

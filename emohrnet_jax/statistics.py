@@ -22,21 +22,30 @@ _TIE = 1e-12
 
 def _check(
     labels: Sequence[int],
-    predictions: Sequence[int],
+    predictions: Sequence[int] | np.ndarray,
     speakers: Sequence,
     num_classes: int,
+    systems: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The inputs as arrays (speakers as strings), or ValueError saying what is wrong."""
+    """The inputs as arrays (speakers as strings), or ValueError saying what is wrong.
+
+    With `systems`, `predictions` may be `(S, N)`: S systems (say, seeds) over the same N
+    utterances; it is returned as `(S, N)` either way (`(1, N)` for `(N,)`).
+    """
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     speakers = np.asarray(speakers).astype(str)
-    if labels.ndim != 1 or predictions.ndim != 1 or speakers.ndim != 1:
-        raise ValueError("labels, predictions and speakers must be one-dimensional")
-    if not len(labels) == len(predictions) == len(speakers):
+    if labels.ndim != 1 or speakers.ndim != 1:
+        raise ValueError("labels and speakers must be one-dimensional")
+    if predictions.ndim != 1 and not (systems and predictions.ndim == 2):
+        shapes = "(N,) or (systems, N)" if systems else "(N,)"
+        raise ValueError(f"predictions must be {shapes}, got shape {predictions.shape}")
+    predictions = np.atleast_2d(predictions)
+    if not len(labels) == predictions.shape[1] == len(speakers):
         raise ValueError(
-            f"lengths differ: {len(labels)} labels, {len(predictions)} predictions, "
+            f"lengths differ: {len(labels)} labels, {predictions.shape[1]} predictions, "
             f"{len(speakers)} speakers"
         )
-    if len(labels) == 0:
+    if len(labels) == 0 or len(predictions) == 0:
         raise ValueError("no utterances to score")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
@@ -57,10 +66,28 @@ def _speaker_confusions(
     num_speakers: int,
     num_classes: int,
 ) -> np.ndarray:
-    """`(num_speakers, classes, classes)` confusion counts of each speaker (rows = true class)."""
-    confusions = np.zeros((num_speakers, num_classes, num_classes), np.int64)
-    np.add.at(confusions, (speaker_index, labels, predictions), 1)
+    """`(systems, num_speakers, classes, classes)` confusion counts of each system's speakers
+    (rows = true class), from `(systems, N)` predictions."""
+    systems = len(predictions)
+    confusions = np.zeros((systems, num_speakers, num_classes, num_classes), np.int64)
+    system_index = np.repeat(np.arange(systems), len(labels))
+    np.add.at(
+        confusions,
+        (
+            system_index,
+            np.tile(speaker_index, systems),
+            np.tile(labels, systems),
+            predictions.ravel(),
+        ),
+        1,
+    )
     return confusions
+
+
+def _resampled(weights: np.ndarray, confusions: np.ndarray) -> np.ndarray:
+    """`(systems, resamples, C, C)`: each system's confusion counts under each `(resamples,
+    speakers)` weighting of its speakers (the same weights for every system)."""
+    return np.einsum("rk,skij->srij", weights, confusions)
 
 
 def _scores(confusions: np.ndarray) -> dict[str, np.ndarray]:
@@ -97,7 +124,7 @@ def _interval(values: np.ndarray) -> list[float]:
 
 def speaker_bootstrap(
     labels: Sequence[int],
-    predictions: Sequence[int],
+    predictions: Sequence[int] | np.ndarray,
     speakers: Sequence,
     num_classes: int,
     resamples: int = 1000,
@@ -108,10 +135,12 @@ def speaker_bootstrap(
     Each resample draws as many speakers as there are, with replacement; every utterance of a
     drawn speaker enters, once per draw. A class none of whose utterances is drawn is left out
     of that resample's UA and macro-F1 (as `metrics.summarize` leaves out an absent class).
+    With several systems (say, one model trained with several seeds), a resample's score is the
+    mean over systems of each system's score on the same drawn speakers.
 
     Args:
       labels: `(N,)` true class indices.
-      predictions: `(N,)` predicted class indices.
+      predictions: `(N,)` predicted class indices, or `(S, N)`: S systems' predictions.
       speakers: `(N,)` the speaker of each utterance (any values; compared as strings).
       num_classes: the number of classes.
       resamples: bootstrap resamples.
@@ -123,19 +152,19 @@ def speaker_bootstrap(
     Raises:
       ValueError: inputs of different lengths, empty, or class indices out of range.
     """
-    labels, predictions, speakers = _check(labels, predictions, speakers, num_classes)
+    labels, predictions, speakers = _check(labels, predictions, speakers, num_classes, True)
     names, index = np.unique(speakers, return_inverse=True)
     confusions = _speaker_confusions(labels, predictions, index, len(names), num_classes)
     weights = _draws(np.random.default_rng(seed), len(names), resamples)
-    scores = _scores(np.einsum("rs,sij->rij", weights, confusions))
-    return {name: _interval(values) for name, values in scores.items()}
+    scores = _scores(_resampled(weights, confusions))
+    return {name: _interval(values.mean(axis=0)) for name, values in scores.items()}
 
 
 def scores(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> dict[str, float]:
     """UA, WA and macro-F1 of all the utterances, as `metrics.summarize` computes them."""
     labels, predictions, _ = _check(labels, predictions, np.zeros(len(labels)), num_classes)
     confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (labels, predictions), 1)
+    np.add.at(confusion, (labels, predictions[0]), 1)
     return {name: float(value) for name, value in _scores(confusion).items()}
 
 
@@ -146,7 +175,7 @@ def per_speaker_ua(
     labels, predictions, speakers = _check(labels, predictions, speakers, num_classes)
     names, index = np.unique(speakers, return_inverse=True)
     confusions = _speaker_confusions(labels, predictions, index, len(names), num_classes)
-    ua = _scores(confusions)["ua"]
+    ua = _scores(confusions[0])["ua"]
     return {str(name): float(value) for name, value in zip(names, ua, strict=True)}
 
 
@@ -200,8 +229,8 @@ def calibration(
 
 def paired_comparison(
     labels: Sequence[int],
-    predictions_a: Sequence[int],
-    predictions_b: Sequence[int],
+    predictions_a: Sequence[int] | np.ndarray,
+    predictions_b: Sequence[int] | np.ndarray,
     speakers: Sequence,
     num_classes: int,
     resamples: int = 1000,
@@ -215,41 +244,46 @@ def paired_comparison(
     (1 + resamples), so it is never 0 and identical systems get p = 1. With S speakers there
     are 2^S swaps, so p cannot go below about 2 / 2^S however many resamples.
 
+    `(S, N)` predictions compare S pairs (a's i-th system, say seed, against b's i-th): the
+    statistic is the mean over pairs of the UA difference; a resample draws the same speakers
+    for every pair, and a swap exchanges a speaker's predictions in every pair together.
+
     Returns:
       {"ua_difference", "ua_difference_ci95": [low, high], "p_value", "num_utterances",
       "num_speakers", "resamples", "seed"}.
 
     Raises:
-      ValueError: inputs of different lengths, empty, or class indices out of range.
+      ValueError: inputs of different lengths or numbers of systems, empty, or class indices
+        out of range.
     """
-    if len(predictions_a) != len(predictions_b):
+    shape_a, shape_b = np.shape(predictions_a), np.shape(predictions_b)
+    if shape_a != shape_b:
         raise ValueError(
-            f"the systems' predictions differ in length: {len(predictions_a)} and "
-            f"{len(predictions_b)}"
+            f"the systems' predictions differ in length: {' x '.join(map(str, shape_a))} and "
+            f"{' x '.join(map(str, shape_b))}"
         )
-    labels, predictions_a, speakers = _check(labels, predictions_a, speakers, num_classes)
-    _, predictions_b, _ = _check(labels, predictions_b, speakers, num_classes)
+    labels, predictions_a, speakers = _check(labels, predictions_a, speakers, num_classes, True)
+    _, predictions_b, _ = _check(labels, predictions_b, speakers, num_classes, True)
     names, index = np.unique(speakers, return_inverse=True)
     confusions_a = _speaker_confusions(labels, predictions_a, index, len(names), num_classes)
     confusions_b = _speaker_confusions(labels, predictions_b, index, len(names), num_classes)
-    difference = float(
-        _scores(confusions_a.sum(axis=0))["ua"] - _scores(confusions_b.sum(axis=0))["ua"]
-    )
+
+    def mean_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The mean over system pairs of UA(a) - UA(b), from `(systems, ..., C, C)` counts."""
+        return (_scores(a)["ua"] - _scores(b)["ua"]).mean(axis=0)
+
+    difference = float(mean_difference(confusions_a.sum(axis=1), confusions_b.sum(axis=1)))
     rng = np.random.default_rng(seed)
     weights = _draws(rng, len(names), resamples)
-    bootstrap = (
-        _scores(np.einsum("rs,sij->rij", weights, confusions_a))["ua"]
-        - _scores(np.einsum("rs,sij->rij", weights, confusions_b))["ua"]
+    bootstrap = mean_difference(
+        _resampled(weights, confusions_a), _resampled(weights, confusions_b)
     )
     swapped = (rng.random((resamples, len(names))) < 0.5).astype(np.int64)
     kept = 1 - swapped
-    permuted_a = np.einsum("rs,sij->rij", kept, confusions_a) + np.einsum(
-        "rs,sij->rij", swapped, confusions_b
+    permuted = mean_difference(
+        _resampled(kept, confusions_a) + _resampled(swapped, confusions_b),
+        _resampled(swapped, confusions_a) + _resampled(kept, confusions_b),
     )
-    permuted_b = np.einsum("rs,sij->rij", swapped, confusions_a) + np.einsum(
-        "rs,sij->rij", kept, confusions_b
-    )
-    permuted = _scores(permuted_a)["ua"] - _scores(permuted_b)["ua"]
     extreme = int(np.sum(np.abs(permuted) >= abs(difference) - _TIE))
     return {
         "ua_difference": difference,

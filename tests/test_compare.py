@@ -134,6 +134,68 @@ def test_differing_labels_class_names_or_missing_files_are_refused(tmp_path):
         compare.compare(str(tmp_path / "nothing"), renamed)
 
 
+def _write_seeds(folder, seeds):
+    """A cross-validation over seeds: `seeds` maps each seed to its predictions (two folds)."""
+    for seed, predicted in seeds.items():
+        for k, rows in enumerate((range(0, 20), range(20, 48))):
+            _write_run(folder / f"seed_{seed}" / f"fold_{k}", predicted, rows=rows)
+    return str(folder)
+
+
+def test_identical_cross_validations_over_seeds_differ_by_zero_with_p_one(tmp_path):
+    worse = np.where(np.arange(len(LABELS)) % 3 == 0, 0, LABELS)
+    seeds = {0: LABELS, 1: worse, 2: (LABELS + 1) % 4}
+    run_a, run_b = _write_seeds(tmp_path / "a", seeds), _write_seeds(tmp_path / "b", seeds)
+    out = tmp_path / "comparison.json"
+    done = _command(run_a, run_b, f"--json={out}", "--resamples=200")
+    assert done.returncode == 0, done.stderr
+    assert "UA averaged over 3 seeds" in done.stdout
+    result = json.loads(out.read_text())
+    assert (result["ua_difference"], result["ua_difference_ci95"]) == (0.0, [0.0, 0.0])
+    assert (result["p_value"], result["num_seeds"]) == (1.0, 3)
+    assert (result["num_utterances"], result["num_speakers"]) == (48, 12)
+
+
+def test_seeds_are_paired_in_order_and_their_differences_averaged(tmp_path):
+    # Class 2 (even positions) always called 0: recalls 1, 1, 0, 1, UA 3/4.
+    half = np.where(np.arange(len(LABELS)) % 2 == 0, 0, LABELS)
+    wrong = (LABELS + 1) % 4
+    # Seed pairs (0 vs 5), (1 vs 7): right against half right, and wrong against wrong.
+    run_a = _write_seeds(tmp_path / "a", {0: LABELS, 1: wrong})
+    run_b = _write_seeds(tmp_path / "b", {5: half, 7: wrong})
+    result = compare.compare(run_a, run_b, resamples=300)
+    assert result["ua_difference"] == (1.0 - 0.75 + 0.0) / 2
+    assert (result["ua_a"], result["ua_b"]) == (0.5, (0.75 + 0.0) / 2)
+    low, high = result["ua_difference_ci95"]
+    assert low <= result["ua_difference"] <= high
+    assert result["num_seeds"] == 2
+    # One seed is a cross-validation without seeds: the same result as comparing those.
+    one = compare.compare(_write_seeds(tmp_path / "c", {3: LABELS}), str(tmp_path / "b" / "seed_5"))
+    plain = compare.compare(str(tmp_path / "a" / "seed_0"), str(tmp_path / "b" / "seed_5"))
+    assert one == {**plain, "run_a": one["run_a"]}
+
+
+def test_different_numbers_of_seeds_or_seeds_of_other_utterances_are_refused(tmp_path):
+    run_a = _write_seeds(tmp_path / "a", {0: LABELS, 1: LABELS})
+    run_b = _write_seeds(tmp_path / "b", {0: LABELS})
+    done = _command(run_a, run_b)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"compare: {run_a} has 2 seeds and {run_b} 1: compare cross-validations of the same "
+        "number of seeds"
+    ]
+    # A run folder counts as one seed.
+    with pytest.raises(ValueError, match=r"has 2 seeds and .* 1"):
+        compare.compare(run_a, _write_run(tmp_path / "run", LABELS))
+    _write_run(tmp_path / "c" / "seed_0" / "fold_0", LABELS)
+    _write_run(tmp_path / "c" / "seed_1" / "fold_0", LABELS, rows=range(47))
+    with pytest.raises(ValueError, match=r"seed_1 and .*seed_0: the test utterances differ"):
+        compare.compare(str(tmp_path / "c"), run_a)
+    _write_run(tmp_path / "a" / "fold_0", LABELS)
+    with pytest.raises(ValueError, match="both fold_K and seed_S"):
+        compare.compare(run_a, run_a)
+
+
 @pytest.mark.slow
 def test_linear_baseline_output_compared_with_itself(tmp_path, tmp_path_factory):
     data_dir = helpers.prepared_tiny_corpus(tmp_path_factory)

@@ -144,3 +144,57 @@ def test_scores_equal_metrics_summarize():
     result = statistics.scores(labels, predictions, 4)
     for name in ("ua", "wa", "macro_f1"):
         assert result[name] == pytest.approx(summary[name])
+
+
+def test_bootstrap_of_two_seeds_averages_each_resample_over_seeds():
+    # Seed 0 as PREDICTIONS ("a": UA 3/4, "b": 1/4); seed 1 right on every utterance of "a" and
+    # wrong on "b" (UA 1 and 0). The extreme resamples, {b, b} and {a, a}, score (1/4 + 0) / 2
+    # and (3/4 + 1) / 2.
+    seed_1 = [0, 0, 1, 0, 0, 0]
+    result = statistics.speaker_bootstrap(LABELS, [PREDICTIONS, seed_1], SPEAKERS, 3)
+    np.testing.assert_allclose(result["ua"], [0.125, 0.875])
+    # One system given as (1, N) is the same as (N,).
+    one = statistics.speaker_bootstrap(LABELS, [PREDICTIONS], SPEAKERS, 3)
+    assert one == statistics.speaker_bootstrap(LABELS, PREDICTIONS, SPEAKERS, 3)
+
+
+def test_paired_comparison_of_two_seeds_by_hand():
+    # Pooled UA of seed 0 as PREDICTIONS: 1/2; of seed 1: class recalls 1, 1/2, 0 -> 1/2; of the
+    # always-right system: 1. The statistic is the mean of the pairs' differences, -1/2.
+    seeds = np.array([PREDICTIONS, [0, 0, 1, 0, 0, 0]])
+    right = np.array([LABELS, LABELS])
+    result = statistics.paired_comparison(LABELS, seeds, right, SPEAKERS, 3)
+    assert result["ua_difference"] == -0.5
+    # Resample {a, a}: classes 0, 1 only; seed 0 UA 3/4, seed 1 UA 1 -> mean difference -1/8.
+    # {b, b}: classes 1, 2; seed 0 UA 1/4, seed 1 UA 0 -> -7/8.
+    np.testing.assert_allclose(result["ua_difference_ci95"], [-0.875, -0.125])
+    # Two speakers, 4 swaps: none (-1/2), both (+1/2), "a" alone (seed 0: 2/3 - 5/6, seed 1:
+    # 1/2 - 1: mean -1/3) and "b" alone (+1/3); half reach |d| = 1/2, so p is near 1/2.
+    assert 0.4 < result["p_value"] < 0.6
+    assert (result["num_utterances"], result["num_speakers"]) == (6, 2)
+
+
+def test_identical_systems_over_seeds_differ_by_zero_with_p_one():
+    labels, predictions, speakers = _random_case(10)
+    _, other, _ = _random_case(11)
+    seeds = np.stack([predictions, other])
+    result = statistics.paired_comparison(labels, seeds, seeds, speakers, 4)
+    assert (result["ua_difference"], result["ua_difference_ci95"]) == (0.0, [0.0, 0.0])
+    assert result["p_value"] == 1.0
+
+
+def test_a_single_seed_pair_is_the_plain_comparison():
+    labels, predictions, speakers = _random_case(12)
+    _, other, _ = _random_case(13)
+    plain = statistics.paired_comparison(labels, predictions, other, speakers, 4, seed=5)
+    assert (
+        statistics.paired_comparison(labels, [predictions], [other], speakers, 4, seed=5) == plain
+    )
+
+
+def test_different_numbers_of_seeds_are_refused():
+    labels, predictions, speakers = _random_case(14)
+    with pytest.raises(ValueError, match=r"differ in length: 2 x 200 and 1 x 200"):
+        statistics.paired_comparison(labels, [predictions, predictions], [predictions], speakers, 4)
+    with pytest.raises(ValueError, match=r"predictions must be \(N,\)"):
+        statistics.per_speaker_ua(labels, [predictions], speakers, 4)
