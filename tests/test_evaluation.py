@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from emohrnet_jax import calibration, evaluation, predict, steps, windows
+from emohrnet_jax import calibration, evaluation, export, predict, steps, windows
 from emohrnet_jax.audio import features
 from emohrnet_jax.data import builders, pipeline
 from tests import helpers
@@ -165,3 +165,13 @@ def test_whole_utterance_evaluation_equals_predict_on_the_same_files(tmp_path):
             atol=1e-5,
         )
         np.testing.assert_allclose(predictions.logits, [p.logits for p in served], atol=1e-4)
+
+
+def test_exports_divide_by_the_temperature(saved_run):
+    variables = {"params": saved_run.best.params, "batch_stats": saved_run.best.batch_stats}
+    mel = np.random.default_rng(0).standard_normal((2, 32, 32)).astype(np.float32)
+    out = export.serving_function(saved_run.config, variables, temperature=2.0)(mel)
+    expected = windows.softmax(np.asarray(out["logits"], np.float64), 2.0)
+    np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-5)
+    info = export.metadata(saved_run.config, {"step": 4}, ["cpu"], ["jax"], temperature=2.0)
+    assert info["temperature"] == 2.0
