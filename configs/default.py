@@ -32,6 +32,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 2  # Latest checkpoints kept for resuming (the best is kept too).
     # Speaker-bootstrap resamples of the results' 95% intervals (drawn from `seed`).
     config.bootstrap_resamples = 1000
+    # How validation and test utterances are scored: "utterance" (every window of the whole
+    # utterance, logits averaged, as `predict` does) or "centre_crop" (the middle num_frames).
+    config.evaluation = "utterance"
+    config.evaluation_hop_frames = 0  # Frames between an utterance's windows (0: half a window).
+    # Fit a temperature on the validation split after training (calibrates the probabilities,
+    # changes no prediction); `predict` uses it.
+    config.temperature_scaling = True
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "synthetic"  # tfds name: synthetic, ravdess, iemocap, emovo, ...
@@ -54,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Training order: "shuffle" (the paper) or "balanced": as many examples per epoch, every class
     # drawn equally often (each class's examples reshuffled and repeated as needed).
     config.data.sampling = "shuffle"
-    config.data.num_frames = 188  # Crop in frames (1 + 3 s * 16000 / 256); evaluation: centre.
+    config.data.num_frames = 188  # Crop (and scoring window) in frames: 1 + 3 s * 16000 / 256.
     # Built-in synthetic corpus (used when dataset == "synthetic").
     config.data.synthetic_speakers = 40  # Synthetic speakers (split by speaker into folds).
     config.data.synthetic_utterances_per_speaker = 80  # Per speaker, balanced over classes.

@@ -14,6 +14,8 @@ MASK_VALUES = ("mean", "zero")
 CLASS_WEIGHTS = ("none", "balanced")
 # As emohrnet_jax.data.pipeline accepts them (it imports TensorFlow, so not from there).
 SAMPLING = ("shuffle", "balanced")
+# As emohrnet_jax.windows names them (it imports librosa, so not from there).
+EVALUATIONS = ("utterance", "centre_crop")
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,12 @@ def check(config: ml_collections.ConfigDict) -> None:
     _positive("keep_checkpoints", config.keep_checkpoints)
     _positive("bootstrap_resamples", config.bootstrap_resamples)
     _one_of("lr_schedule", config.lr_schedule, LR_SCHEDULES)
+    _one_of("evaluation", config.evaluation, EVALUATIONS)
+    if config.evaluation_hop_frames < 0:
+        raise ConfigError(
+            f"config.evaluation_hop_frames={config.evaluation_hop_frames} must be >= 0 "
+            "(0: half a window)"
+        )
     if config.warmup_epochs < 0:
         raise ConfigError(f"config.warmup_epochs={config.warmup_epochs} must be >= 0")
     # The cosine decay lasts num_epochs - warmup_epochs: optax refuses a decay of 0 steps.

@@ -1,39 +1,43 @@
 """Scoring a state on a split: metrics, per-utterance predictions and their uncertainty.
 
-Every split is scored on its centre crops (`EVALUATION`). A final score carries, beside UA, WA
-and macro-F1, 95% intervals from a bootstrap that resamples speakers (the independent unit),
-each speaker's UA, and the calibration of the probabilities (ECE, Brier). The predictions of every
-utterance go to `predictions_<split>.jsonl`, one JSON object a line, in the split's stored order:
-`{"id": str, "speaker": str, "label": int, "probabilities": [float, ...]}` (label and
-probabilities index the run's `class_names`). `target` is what `--mode=evaluate` scores.
+Every utterance is scored on the windows of `config.evaluation` (emohrnet_jax.windows): by
+default all of it, its windows' logits averaged as `predict` averages them, in batches of one
+shape (`batch_size` windows of `num_frames`), so a run compiles one evaluation program whatever
+its utterances' lengths. A final score carries, beside UA, WA and macro-F1, 95% intervals from a
+bootstrap that resamples speakers (the independent unit), each speaker's UA, and the calibration
+of the probabilities (ECE, Brier), at the temperature fitted on validation where the run has one.
+The predictions of every utterance go to `predictions_<split>.jsonl`, one JSON object a line, in
+the split's stored order: `{"id": str, "speaker": str, "label": int, "probabilities": [float,
+...], "logits": [float or null, ...]}` (label, probabilities and the mean window logits, before
+any temperature, index the run's `class_names`; null: a class left out of a cross-corpus mapping).
+`target` is what `--mode=evaluate` scores.
 """
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
-from emohrnet_jax import metrics, statistics, steps, storage
+from emohrnet_jax import calibration, metrics, statistics, steps, storage, windows
 from emohrnet_jax.data import pipeline, splits
-
-EVAL_KEYS = ("mel", "label", "mask")
-# What results.json's "evaluation" says: the centre `num_frames` crop of each utterance.
-EVALUATION = "centre_crop"
-SUM_KEYS = ("loss_sum", "count", "confusion")
 
 
 @dataclasses.dataclass(frozen=True)
 class Predictions:
-    """The real examples of a split, in stored order: `utterances` (id, speaker, label) and
-    their `(N, classes)` probabilities."""
+    """The real examples of a split, in stored order: `utterances` (id, speaker, label), their
+    `(N, classes)` probabilities and the mean window logits they came from (None when read from
+    a file written before runs kept them)."""
 
     utterances: list[dict[str, Any]]
     probabilities: np.ndarray
+    logits: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -43,47 +47,81 @@ class Predictions:
     def speakers(self) -> list[str]:
         return [u["speaker"] for u in self.utterances]
 
+    def at_temperature(self, temperature: float) -> "Predictions":
+        """These predictions with the probabilities of `logits / temperature`."""
+        return dataclasses.replace(self, probabilities=windows.softmax(self.logits, temperature))
+
 
 def evaluate(
-    eval_step, state, fold: pipeline.FoldInput, split: str, batch_size: int, sharding
+    eval_step,
+    state,
+    fold: pipeline.FoldInput,
+    split: str,
+    batch_size: int,
+    sharding,
+    windowing: windows.Windowing,
 ) -> dict[str, Any]:
     """UA, WA, macro-F1, loss and confusion matrix over every example of `split`, once."""
-    return _scan(eval_step, state, fold, split, batch_size, sharding, keep=False)[0]
+    return _scan(eval_step, state, fold, split, batch_size, sharding, windowing)[0]
 
 
 def evaluate_with_predictions(
-    eval_step, state, fold: pipeline.FoldInput, split: str, batch_size: int, sharding
+    eval_step,
+    state,
+    fold: pipeline.FoldInput,
+    split: str,
+    batch_size: int,
+    sharding,
+    windowing: windows.Windowing,
 ) -> tuple[dict[str, Any], Predictions]:
-    """`evaluate`, and the probabilities of every example (on every host)."""
-    summary, probabilities = _scan(eval_step, state, fold, split, batch_size, sharding, keep=True)
-    return summary, Predictions(fold.utterances(split), probabilities)
+    """`evaluate`, and the predictions of every example (on every host)."""
+    summary, logits, labels = _scan(eval_step, state, fold, split, batch_size, sharding, windowing)
+    utterances = fold.utterances(split)
+    if [u["label"] for u in utterances] != labels.tolist():
+        raise RuntimeError(f"the {split} windows do not follow the split's stored order")
+    logging.info(
+        "%s: %d utterances scored in %d windows (%s), batches of %d",
+        split,
+        len(utterances),
+        summary["windows"],
+        windowing.mode,
+        batch_size,
+    )
+    return summary, Predictions(utterances, windows.softmax(logits), logits)
 
 
-def _scan(eval_step, state, fold, split, batch_size, sharding, keep: bool):
-    """The split's summary, and (`keep`) its probabilities in stored order."""
-    totals, probabilities, indices = None, [], []
-    for batch in fold.eval_batches(split, batch_size, jax.process_index(), jax.process_count()):
-        out = eval_step(state, steps.global_batch(batch, EVAL_KEYS, sharding))
-        sums = {k: out[k] for k in SUM_KEYS}
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-        if keep:
-            probabilities.append(out["probabilities"])
-            # Placed as the batch was, so each global row's index names that row's example.
-            indices.append(steps.global_batch(batch, ("index",), sharding)["index"])
-    totals = jax.device_get(totals)
-    summary = metrics.summarize(np.asarray(totals["confusion"]), fold.class_names)
-    summary["loss"] = float(totals["loss_sum"] / max(int(totals["count"]), 1))
-    if not keep:
-        return summary, None
+def _scan(eval_step, state, fold, split, batch_size, sharding, windowing):
+    """The split's summary, and each utterance's mean window logits and label, in stored order."""
+    logits, rows = [], []
+    host, hosts = jax.process_index(), jax.process_count()
+    for batch in fold.eval_batches(split, batch_size, windowing, host, hosts):
+        logits.append(eval_step(state, steps.global_batch(batch, ("mel",), sharding))["logits"])
+        # Placed as the batch was, so each global row's index names that row's utterance.
+        rows.append(steps.global_batch(batch, ("index", "label"), sharding))
+    if not rows:
+        raise ValueError(f"the {split} split has no utterances")
     # Fetched once, after the last batch: a fetch per batch would wait for the device each time.
-    index = np.concatenate(multihost_utils.process_allgather(indices, tiled=True))
-    rows = np.concatenate(jax.device_get(probabilities))
+    gathered = multihost_utils.process_allgather(rows, tiled=True)
+    index = np.concatenate([row["index"] for row in gathered])
+    window_labels = np.concatenate([row["label"] for row in gathered])
+    window_logits = np.concatenate(jax.device_get(logits)).astype(np.float64)
     real = index >= 0
-    if sorted(index[real].tolist()) != list(range(summary["num_examples"])):
-        raise RuntimeError(f"the {split} batches do not cover each example once")
-    stored = np.empty((summary["num_examples"], rows.shape[1]), np.float32)
-    stored[index[real]] = rows[real]
-    return summary, stored
+    count = fold.count(split)
+    per_utterance = np.bincount(index[real], minlength=count)
+    if len(per_utterance) != count or not per_utterance.all():
+        raise RuntimeError(f"the {split} batches do not cover each example")
+    sums = np.zeros((count, window_logits.shape[1]))
+    np.add.at(sums, index[real], window_logits[real])
+    utterance_logits = sums / per_utterance[:, None]
+    labels = np.zeros(count, np.int64)
+    labels[index[real]] = window_labels[real]
+    predicted = utterance_logits.argmax(axis=1)
+    summary = metrics.summarize(
+        metrics.confusion(labels, predicted, len(fold.class_names)), fold.class_names
+    )
+    summary["loss"] = calibration.negative_log_likelihood(utterance_logits, labels, 1.0)
+    summary["windows"] = int(real.sum())
+    return summary, utterance_logits, labels
 
 
 def uncertainty(predictions: Predictions, config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -124,10 +162,12 @@ def predictions_path(workdir: str, split: str) -> str:
 
 def write_predictions(workdir: str, split: str, predictions: Predictions) -> None:
     """Writes `predictions_<split>.jsonl` (the module docstring's format), atomically."""
-    lines = [
-        json.dumps({**utterance, "probabilities": [float(p) for p in row]})
-        for utterance, row in zip(predictions.utterances, predictions.probabilities, strict=True)
-    ]
+    lines = []
+    for i, utterance in enumerate(predictions.utterances):
+        row = {**utterance, "probabilities": [float(p) for p in predictions.probabilities[i]]}
+        if predictions.logits is not None:  # JSON has no -inf: null marks a left-out class
+            row["logits"] = [float(x) if math.isfinite(x) else None for x in predictions.logits[i]]
+        lines.append(json.dumps(row))
     storage.write_bytes_atomically(
         predictions_path(workdir, split), "".join(line + "\n" for line in lines).encode()
     )
@@ -137,10 +177,34 @@ def read_predictions(workdir: str, split: str) -> Predictions:
     """The predictions that `write_predictions` wrote."""
     text = storage.read_text(predictions_path(workdir, split))
     rows = [json.loads(line) for line in text.splitlines()]
+    logits = None
+    if rows and all("logits" in row for row in rows):
+        logits = np.array(
+            [[-np.inf if x is None else x for x in row["logits"]] for row in rows], np.float64
+        )
     return Predictions(
         [{k: row[k] for k in pipeline.UTTERANCE_KEYS} for row in rows],
         np.array([row["probabilities"] for row in rows], np.float32),
+        logits,
     )
+
+
+def with_uncertainty(
+    summary: dict[str, Any],
+    predictions: Predictions,
+    config: ml_collections.ConfigDict,
+    temperature: float = 1.0,
+) -> tuple[dict[str, Any], Predictions]:
+    """A split's summary with the `uncertainty` of its predictions at `temperature`, and those
+    predictions; another temperature than 1 keeps the ECE and Brier score before it as
+    `uncalibrated`."""
+    scaled = predictions.at_temperature(temperature)
+    summary = summary | uncertainty(scaled, config)
+    if temperature != 1.0:
+        summary["uncalibrated"] = statistics.calibration(
+            predictions.labels, predictions.probabilities
+        )
+    return summary, scaled
 
 
 @dataclasses.dataclass(frozen=True)

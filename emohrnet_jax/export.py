@@ -26,8 +26,9 @@ partial export (and a prefix holding export files without it is an upload cut sh
 Both models take `mel`, a float32 batch `(batch, n_mels, num_frames)` of normalized log-Mel
 windows (the batch size is symbolic: any size works), made as `emohrnet_jax.predict` makes them,
 and return a dict of float32 `(batch, num_classes)`: `logits` and `probabilities` (softmax of
-the logits, classes in the order of `class_names`). A clip longer than one window: average the
-windows' logits, then take the softmax.
+the logits divided by the run's fitted `temperature`, classes in the order of `class_names`). A
+clip longer than one window: average the windows' logits, divide by the temperature, then take the
+softmax.
 """
 
 import os
@@ -42,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from emohrnet_jax import cli, models, paths, runs, storage
+from emohrnet_jax import calibration, cli, models, paths, runs, storage
 from emohrnet_jax.audio import features
 
 JAX_FILE = "model.jax_exported"
@@ -56,8 +57,9 @@ _EXPORT_FILES = {JAX_FILE, SAVED_MODEL_DIR, METADATA_FILE, METADATA_FILE + ".tmp
 EXPORT_KEYS = ("class_names", "feature_params", "input", "outputs", "files", "checkpoint")
 
 
-def serving_function(config, variables: dict[str, Any]):
-    """`mel (batch, n_mels, num_frames) -> {"logits", "probabilities"}` with the weights inside.
+def serving_function(config, variables: dict[str, Any], temperature: float = 1.0):
+    """`mel (batch, n_mels, num_frames) -> {"logits", "probabilities"}` with the weights inside;
+    the probabilities are the softmax of `logits / temperature`.
 
     The model has XLA's own convolutions, none of training's rewrites for this host's backend
     (`models.create_model(serving=True)`), so the program suits every platform it is lowered for.
@@ -68,7 +70,7 @@ def serving_function(config, variables: dict[str, Any]):
 
     def serve(mel: jax.Array) -> dict[str, jax.Array]:
         logits = model.apply(variables, mel, train=False).astype(jnp.float32)
-        return {"logits": logits, "probabilities": jax.nn.softmax(logits, axis=-1)}
+        return {"logits": logits, "probabilities": jax.nn.softmax(logits / temperature, axis=-1)}
 
     return serve
 
@@ -104,7 +106,9 @@ def export_saved_model(serve, config, platforms: Sequence[str], path: str) -> No
     tf.saved_model.save(module, path, signatures={SIGNATURE: module.serve.get_concrete_function()})
 
 
-def metadata(config, best: dict[str, Any], platforms: Sequence[str], formats) -> dict[str, Any]:
+def metadata(
+    config, best: dict[str, Any], platforms: Sequence[str], formats, temperature: float = 1.0
+) -> dict[str, Any]:
     """What a server needs besides the model: how to make inputs and read outputs."""
     n_mels, num_frames = int(config.data.n_mels), int(config.data.num_frames)
     num_classes = len(config.data.class_names)
@@ -121,8 +125,9 @@ def metadata(config, best: dict[str, Any], platforms: Sequence[str], formats) ->
             "num_frames": num_frames,
             "shorter_clips": "zero-padded at the end",
             "longer_clips": "windows every num_frames // 2 frames (the last ending at the clip's "
-            "end); average their logits, then softmax",
+            "end); average their logits, divide by temperature, then softmax",
         },
+        "temperature": temperature,
         "input": {"name": INPUT_NAME, "shape": [None, n_mels, num_frames], "dtype": "float32"},
         "outputs": {
             name: {"shape": [None, num_classes], "dtype": "float32"}
@@ -170,8 +175,9 @@ def export_run(
     check_replaceable(output, workdir, overwrite)
     config = runs.load_config(workdir)
     variables, best = runs.load_best_variables(workdir, config)
-    serve = serving_function(config, variables)
-    info = metadata(config, best, platforms, formats)
+    temperature = calibration.load_temperature(workdir, best["step"])
+    serve = serving_function(config, variables, temperature)
+    info = metadata(config, best, platforms, formats, temperature)
     if storage.is_url(output):
         with tempfile.TemporaryDirectory(prefix="emohrnet_jax_export_") as staging:
             _write_files(staging, serve, config, platforms, formats, info)

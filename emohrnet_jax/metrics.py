@@ -1,49 +1,33 @@
 """Evaluation metrics for emotion classification: confusion counts and UA/WA/macro-F1.
 
-`confusion_counts` runs on device inside the jitted eval step; the confusion matrices of all batches
-are summed there and `summarize` works on that one small host-side matrix. UA (unweighted
-accuracy, mean per-class recall) is the headline number in speech emotion recognition because the
-corpora are imbalanced; WA (weighted accuracy) is plain overall accuracy.
+`confusion` counts a split's utterance predictions on the host (the eval step returns window
+logits, which the host averages per utterance) and `summarize` works on that small matrix. UA
+(unweighted accuracy, mean per-class recall) is the headline number in speech emotion
+recognition because the corpora are imbalanced; WA (weighted accuracy) is plain overall accuracy.
 """
 
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 
-def confusion_counts(
-    logits: jax.Array, labels: jax.Array, mask: jax.Array, num_classes: int
-) -> jax.Array:
-    """Counts (true class, predicted class) pairs of the examples where `mask` is True.
+def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) pairs: `(num_classes, num_classes)` int64, rows =
+    true class, columns = predicted class.
 
-    Pure jnp, so it can run inside `jax.jit` (with `num_classes` static).
-
-    Args:
-      logits: (..., num_classes) scores; the prediction is their argmax.
-      labels: (...) integer true classes in [0, num_classes).
-      mask: (...) booleans; False marks padding examples, which are not counted.
-      num_classes: the number of classes.
-
-    Returns:
-      (num_classes, num_classes) int32 counts, rows = true class, columns = predicted class.
+    Raises:
+      ValueError: `labels` and `predicted` of different shapes, or a class outside
+        [0, num_classes).
     """
-    if logits.shape[-1] != num_classes:
-        raise ValueError(f"logits have {logits.shape[-1]} classes, expected {num_classes}")
-    if logits.shape[:-1] != labels.shape or labels.shape != mask.shape:
-        raise ValueError(
-            f"shapes disagree: logits {logits.shape}, labels {labels.shape}, mask {mask.shape}"
-        )
-    predicted = jnp.argmax(logits, axis=-1).reshape(-1).astype(jnp.int32)
-    true = labels.reshape(-1).astype(jnp.int32)
-    weight = mask.reshape(-1).astype(jnp.int32)
-    # One flat bin per (true, predicted) cell: an exact integer scatter-add, no float rounding.
-    # segment_sum drops out-of-range ids, so a stray label outside [0, C) is not counted.
-    in_range = (true >= 0) & (true < num_classes)
-    cell = jnp.where(in_range, true * num_classes + predicted, -1)
-    counts = jax.ops.segment_sum(weight, cell, num_segments=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes).astype(jnp.int32)
+    labels, predicted = np.asarray(labels, np.int64), np.asarray(predicted, np.int64)
+    if labels.shape != predicted.shape:
+        raise ValueError(f"shapes disagree: labels {labels.shape}, predicted {predicted.shape}")
+    for name, values in (("labels", labels), ("predicted", predicted)):
+        if values.size and not (values.min() >= 0 and values.max() < num_classes):
+            raise ValueError(f"{name} outside [0, {num_classes}): {sorted(set(values.tolist()))}")
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
 
 
 def summarize(confusion: np.ndarray, class_names: Sequence[str]) -> dict:

@@ -10,7 +10,9 @@ resample to the run's rate, log-Mel with the run's parameters, rounding to the s
 one mean and variance per clip. The model sees windows of the training crop's length
 (`config.data.num_frames`): a shorter clip is zero-padded at the end (as in training), a longer
 one is cut into windows every `--hop_frames` (half a window by default, the last window ending
-at the clip's end) whose logits are averaged before the softmax. Files are decoded in blocks
+at the clip's end) whose logits are averaged before the softmax (emohrnet_jax.windows: the
+windows training's evaluation scores too), divided by the temperature fitted on the run's
+validation split where it has one (`calibration.json`). Files are decoded in blocks
 and only their float16 log-Mel is kept (~57 MB per hour at 128 bands), so memory stays bounded.
 
 Folders are walked recursively in sorted order, following linked folders (each real folder
@@ -48,7 +50,17 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from emohrnet_jax import cli, compilation_cache, files, models, paths, runs, storage
+from emohrnet_jax import (
+    calibration,
+    cli,
+    compilation_cache,
+    files,
+    models,
+    paths,
+    runs,
+    storage,
+    windows,
+)
 from emohrnet_jax.audio import features, streaming
 from emohrnet_jax.predict_output import check_output, write_file, write_predictions, write_stdout
 
@@ -106,14 +118,17 @@ class Predictor:
         self.feature_params = runs.feature_params(self.config)
         self.class_names = tuple(self.config.data.class_names)
         self.num_frames = int(self.config.data.num_frames)
-        self.hop_frames = max(1, self.num_frames // 2) if hop_frames is None else hop_frames
-        if batch_size < 1 or self.hop_frames < 1:
-            raise ValueError(
-                f"need batch_size >= 1 and hop_frames >= 1, got {batch_size}, {hop_frames}"
-            )
+        if batch_size < 1:
+            raise ValueError(f"need batch_size >= 1, got {batch_size}")
+        if hop_frames is None:
+            hop_frames = windows.default_hop(self.num_frames)
+        self.windowing = windows.Windowing(self.num_frames, hop_frames)
+        self.hop_frames = self.windowing.hop_frames
         self.batch_size = batch_size
         self.block_seconds = block_seconds
         self.variables, self.best = runs.load_best_variables(workdir, self.config)
+        # Fitted on the validation split when the run was trained (1.0: none).
+        self.temperature = calibration.load_temperature(workdir, self.best["step"])
         model = models.create_model(self.config, serving=True)
         self._apply = jax.jit(lambda variables, mel: model.apply(variables, mel, train=False))
 
@@ -137,26 +152,11 @@ class Predictor:
 
     def window_starts(self, frames: int) -> list[int]:
         """The first frame of each window of a clip of `frames` frames (see the module)."""
-        if frames <= self.num_frames:
-            return [0]
-        starts = list(range(0, frames - self.num_frames + 1, self.hop_frames))
-        if starts[-1] != frames - self.num_frames:
-            starts.append(frames - self.num_frames)
-        return starts
+        return self.windowing.starts(frames)
 
     def windows(self, mel: np.ndarray) -> np.ndarray:
         """`(n, n_mels, num_frames)` windows of a normalized log-Mel, as described in the module."""
-        return np.stack(list(self._windows(mel, (0.0, 1.0))))
-
-    def _windows(self, mel: np.ndarray, statistics: tuple[float, float]) -> Iterator[np.ndarray]:
-        """The windows of `mel`, each normalized with the clip's `statistics` when it is made.
-
-        One at a time: an hour's windows overlap, and stacked they would take 4x the float16 clip.
-        """
-        for start in self.window_starts(mel.shape[1]):
-            window = features.normalize(mel[:, start : start + self.num_frames], statistics)
-            # Zeros (the clip's mean after normalization) after a short clip, as in training.
-            yield np.pad(window, ((0, 0), (0, self.num_frames - window.shape[1])))
+        return np.stack(list(self.windowing.windows(mel, (0.0, 1.0))))
 
     def window_logits(self, windows: Iterable[np.ndarray]) -> np.ndarray:
         """The model's logits `(n, num_classes)` for `n` windows `(n_mels, num_frames)`.
@@ -187,13 +187,12 @@ class Predictor:
           features.AudioError: a clip that data preparation would also have rejected.
         """
         mel, samples = self._stored_mel(waveform, sample_rate)
-        windows = self._windows(mel, features.normalization_statistics(mel))
+        windows = self.windowing.windows(mel)
         return self._prediction(self.window_logits(windows), self._seconds(samples))
 
     def _prediction(self, window_logits: np.ndarray, seconds: float) -> Prediction:
-        logits = np.mean(window_logits.astype(np.float64), axis=0)
-        probabilities = np.exp(logits - logits.max())
-        probabilities /= probabilities.sum()
+        logits = windows.clip_logits(window_logits)
+        probabilities = windows.softmax(logits, self.temperature)
         return Prediction(
             label=self.class_names[int(np.argmax(logits))],
             probabilities={
@@ -236,7 +235,7 @@ class Predictor:
             mel, statistics, seconds = loaded
             item = _Pending(path, seconds=seconds, needed=len(self.window_starts(mel.shape[1])))
             waiting.append(item)
-            for window in self._windows(mel, statistics):
+            for window in self.windowing.windows(mel, statistics):
                 batch.append((item, window))
                 if len(batch) == self.batch_size:
                     self._run(batch)

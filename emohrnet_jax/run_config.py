@@ -24,9 +24,12 @@ SAFE_FIELDS = (
     "cross_corpus",  # evaluation on another corpus only
     "model.im2col",  # the same parameters and outputs, only speed and memory
     "bootstrap_resamples",  # the results' intervals, not what is trained
+    "temperature_scaling",  # fitted after training, on the best state
 )
-# Fields missing from an older config.json had these values then (the code's defaults).
+# Fields missing from an older config.json had these values then (the code's defaults)...
 _DEFAULTS = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
+# ...except where a field came with a default that does what no run before it did.
+_BEFORE = {"evaluation": "centre_crop"}
 
 
 class RunConfigError(ValueError):
@@ -58,7 +61,8 @@ def _is_safe(field: str, new: dict[str, Any]) -> bool:
 def differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """`field: saved -> new` for each field of `new` that differs from `saved` and is not safe.
 
-    Fields that `saved` lacks (a run saved before they existed) compare as their default value;
+    Fields that `saved` lacks (a run saved before they existed) compare as the value that did
+    what the run did then (their default, or `_BEFORE`'s);
     fields that only `saved` has are no longer read by the code, so they are not compared.
     """
     # Without the source tree's configs/ (an installed wheel), a missing field is not compared.
@@ -68,7 +72,7 @@ def differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     saved, new_flat = _flat(saved), _flat(new)
     found = []
     for field, value in new_flat.items():
-        before = saved.get(field, defaults.get(field, value))
+        before = saved.get(field, _BEFORE.get(field, defaults.get(field, value)))
         if before != value and not _is_safe(field, new_flat):
             found.append(f"{field}: {before!r} -> {value!r}")
     return found

@@ -12,7 +12,7 @@ import optax
 from flax import linen as nn
 from flax import struct
 
-from emohrnet_jax import augment, metrics, models
+from emohrnet_jax import augment, models
 
 # The config fields that `create_optimizer` reads: the train step's optimizer is keyed on them.
 OPTIMIZER_FIELDS = (
@@ -176,23 +176,17 @@ def eval_step(
     num_classes: int,
     classes: tuple[int, ...] | None = None,
 ) -> dict[str, jax.Array]:
-    """Sums over the real (`mask`) examples of a batch (loss, count, confusion matrix), and every
-    row's class probabilities (the softmax of its logits).
+    """The float32 logits of every row (window) of `batch["mel"]`; the host averages an
+    utterance's windows and scores them (emohrnet_jax.evaluation).
 
-    `classes` restricts the prediction to those classes (cross-corpus: the mapped ones).
+    `classes` restricts the prediction to those classes (cross-corpus: the mapped ones), the
+    others' logits set to -inf.
     """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = model.apply(variables, batch["mel"], train=False)
+    logits = model.apply(variables, batch["mel"], train=False).astype(jnp.float32)
     if classes is not None:
         logits = jnp.where(jnp.isin(jnp.arange(num_classes), jnp.array(classes)), logits, -jnp.inf)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    mask = batch["mask"]
-    return {
-        "loss_sum": jnp.sum(jnp.where(mask, losses, 0.0)),
-        "count": jnp.sum(mask),
-        "confusion": metrics.confusion_counts(logits, batch["label"], mask, num_classes),
-        "probabilities": jax.nn.softmax(logits, axis=-1),
-    }
+    return {"logits": logits}
 
 
 def global_batch(batch: dict[str, Any], keys, sharding) -> dict[str, jax.Array]:
@@ -241,8 +235,7 @@ def jit_eval_step(
     num_classes: int,
     classes: tuple[int, ...] | None = None,
 ) -> Callable:
-    """`jit_steps`' eval step alone, `(state, batch) -> sums and probabilities`: it needs no
-    optimizer."""
+    """`jit_steps`' eval step alone, `(state, batch) -> logits`: it needs no optimizer."""
     return _jit_eval_step(models.create_model(config), mesh, num_classes, classes)
 
 
@@ -289,8 +282,8 @@ def _jit_eval_step(
     num_classes: int,
     classes: tuple[int, ...] | None = None,
 ) -> Callable:
-    """`eval_step` jitted for these (hashable) settings: `(state, batch) -> sums and
-    probabilities`, all replicated (every host holds every row's probabilities)."""
+    """`eval_step` jitted for these (hashable) settings: `(state, batch) -> logits`, replicated
+    (every host holds every row's logits)."""
     replicated, batch_sharding = _shardings(mesh)
     step = functools.partial(eval_step, model=model, num_classes=num_classes, classes=classes)
     return jax.jit(step, in_shardings=(replicated, batch_sharding), out_shardings=replicated)

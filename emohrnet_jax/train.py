@@ -22,6 +22,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from emohrnet_jax import (
+    calibration,
     checkpoints,
     config_check,
     evaluation,
@@ -32,6 +33,7 @@ from emohrnet_jax import (
     steps,
     storage,
     summaries,
+    windows,
 )
 from emohrnet_jax.data import balance, pipeline, sources, splits
 
@@ -141,18 +143,18 @@ class _Run:
 
     def evaluate(self, state: steps.TrainState, split: str) -> dict[str, Any]:
         """`evaluation.evaluate` of `state` on `split` of this run's fold."""
-        return evaluation.evaluate(
-            self.eval_step, state, self.fold, split, self.config.batch_size, self.batch_sharding
-        )
+        return evaluation.evaluate(*self._scoring(state, split))
 
-    def score(
+    def predict(
         self, state: steps.TrainState, split: str
     ) -> tuple[dict[str, Any], evaluation.Predictions]:
-        """`evaluate`, with the predictions and their `evaluation.uncertainty`."""
-        summary, predictions = evaluation.evaluate_with_predictions(
-            self.eval_step, state, self.fold, split, self.config.batch_size, self.batch_sharding
-        )
-        return summary | evaluation.uncertainty(predictions, self.config), predictions
+        """`evaluate`, with the predictions."""
+        return evaluation.evaluate_with_predictions(*self._scoring(state, split))
+
+    def _scoring(self, state: steps.TrainState, split: str) -> tuple:
+        windowing = windows.Windowing.from_config(self.config)
+        batch = self.config.batch_size
+        return self.eval_step, state, self.fold, split, batch, self.batch_sharding, windowing
 
 
 def _set_up(
@@ -334,7 +336,16 @@ def _final_results(
     config, fold = run.config, run.fold
     best = checkpoints.best_record(history)
     best_state = checkpoints.restore_state(run.manager, best["step"], state)
-    scored = {split: run.score(best_state, split) for split in ("validation", "test")}
+    raw = {split: run.predict(best_state, split) for split in ("validation", "test")}
+    temperature, fitted = 1.0, None
+    if config.temperature_scaling:
+        validation = raw["validation"][1]
+        fitted = calibration.fit(validation.logits, validation.labels, best["step"])
+        temperature = fitted["temperature"]
+    scored = {
+        split: evaluation.with_uncertainty(summary, predictions, config, temperature)
+        for split, (summary, predictions) in raw.items()
+    }
     results = {
         "dataset": config.data.dataset,
         "fold": config.data.fold,
@@ -344,13 +355,16 @@ def _final_results(
         "train_seconds": history[-1]["train_seconds"],
         "examples_per_second": float(np.median([r["examples_per_second"] for r in history])),
         "speakers": fold.speakers,
-        "evaluation": evaluation.EVALUATION,
+        "evaluation": config.evaluation,
         "split_fingerprint": evaluation.fingerprint(fold),
         "speaker_independent": True,
         "bootstrap": {"resamples": config.bootstrap_resamples, "seed": config.seed},
+        "temperature": temperature,
         **{split: summary for split, (summary, _) in scored.items()},
     }
     if jax.process_index() == 0:
+        if fitted is not None:
+            calibration.save(run.workdir, fitted)
         for split, (_, predictions) in scored.items():
             evaluation.write_predictions(run.workdir, split, predictions)
         title = f"{config.data.dataset} fold {config.data.fold}, test"
@@ -385,15 +399,18 @@ def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1), replicated)
     state, best = checkpoints.restore_best(workdir, state)
     eval_step = steps.jit_eval_step(config, mesh, len(fold.class_names), target.classes)
+    windowing = windows.Windowing.from_config(config)
     result, predictions = evaluation.evaluate_with_predictions(
-        eval_step, state, fold, split, config.batch_size, batch_sharding
+        eval_step, state, fold, split, config.batch_size, batch_sharding, windowing
     )
     if target.classes is not None:
         kept = np.ix_(target.classes, target.classes)
         confusion = np.array(result["confusion_matrix"])[kept]
         names = [fold.class_names[i] for i in target.classes]
         result.update(metrics.summarize(confusion, names), **target.corpus)
-    result.update(evaluation.uncertainty(predictions, config))
+    temperature = calibration.load_temperature(workdir, best["step"])
+    result, _ = evaluation.with_uncertainty(result, predictions, config, temperature)
+    result.update(evaluation=config.evaluation, temperature=temperature)
     result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
     if jax.process_index() == 0:
         report.write_evaluation(workdir, target.name, result)

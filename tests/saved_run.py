@@ -59,9 +59,10 @@ def random_state(run_config: ml_collections.ConfigDict, seed: int) -> Any:
     return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-def make(workdir: str) -> SavedRun:
-    """Writes config.json and two epoch checkpoints (steps 4 and 8) into `workdir`."""
-    run_config = config()
+def make(workdir: str, run_config: ml_collections.ConfigDict | None = None) -> SavedRun:
+    """Writes config.json and two epoch checkpoints (steps 4 and 8) into `workdir`, for
+    `run_config` (default: `config()`; another must keep its model and features)."""
+    run_config = config() if run_config is None else run_config
     os.makedirs(workdir, exist_ok=True)
     # As train.train_and_evaluate writes it.
     storage.write_json_atomically(

@@ -12,6 +12,7 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
+from emohrnet_jax import windows
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import builders, corpora, pipeline, splits
 from tests import helpers
@@ -224,25 +225,56 @@ def test_hosts_split_the_global_batch(fold):
     assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 16
 
 
+def _rows(per_host):
+    """(index, label, window) of the real rows of the hosts' evaluation batches, in the global
+    order: batch by batch, the hosts' rows in process order."""
+    rows = []
+    for batches in zip(*per_host, strict=True):
+        for b in batches:
+            real = b["mask"]
+            assert (b["index"][~real] == -1).all() and (b["mel"][~real] == 0).all()
+            rows += list(zip(b["index"][real], b["label"][real], b["mel"][real], strict=True))
+    return rows
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
-def test_evaluation_covers_every_example_exactly_once(fold, process_count):
+def test_evaluation_scores_every_window_of_every_example_once(fold, process_count):
+    windowing = windows.Windowing(num_frames=64, hop_frames=32)
     per_host = [
-        list(fold.eval_batches("test", 6, process_index=p, process_count=process_count))
+        list(fold.eval_batches("test", 6, windowing, p, process_count))
         for p in range(process_count)
     ]
     assert len({len(batches) for batches in per_host}) == 1  # same step count on every host
-    seen = [i for batches in per_host for b in batches for i in b["id"][b["mask"]]]
-    assert len(seen) == len(set(seen)) == 16
-    for batches in per_host:
-        assert all(b["mel"].shape == (6 // process_count, 32, 64) for b in batches)
-        assert not batches[-1]["mask"].all()  # 16 examples: the last batch is padded
-        assert (batches[-1]["mel"][~batches[-1]["mask"]] == 0).all()
-    # Each example's index points to its row of `utterances`, the split's stored order.
-    stored = [utterance["id"] for utterance in fold.utterances("test")]
-    for b in (b for batches in per_host for b in batches):
-        real = b["mask"]
-        assert [stored[i] for i in b["index"][real]] == [i.decode() for i in b["id"][real]]
-        assert (b["index"][~real] == -1).all()
+    assert all(b["mel"].shape == (6 // process_count, 32, 64) for h in per_host for b in h)
+    stored = {
+        e["id"].decode(): e["mel"]
+        for e in tfds.as_numpy(fold.builder.as_dataset(split=builders.SPLIT))
+    }
+    utterances = fold.utterances("test")
+    expected = [
+        (i, u["label"], window)
+        for i, u in enumerate(utterances)
+        for window in windowing.windows(stored[u["id"]])
+    ]
+    rows = _rows(per_host)
+    assert len(expected) > len(utterances)  # long utterances: several windows
+    assert len(rows) % 6 and not all(h[-1]["mask"].all() for h in per_host)  # padded at the end
+    assert [(int(i), int(label)) for i, label, _ in rows] == [(i, y) for i, y, _ in expected]
+    np.testing.assert_array_equal(
+        np.stack([row[2] for row in rows]), np.stack([window for _, _, window in expected])
+    )
+
+
+def test_the_centre_crop_is_one_window_at_the_middle(fold):
+    centre = windows.Windowing(num_frames=64, hop_frames=32, mode=windows.CENTRE_CROP)
+    rows = _rows([list(fold.eval_batches("validation", 8, centre))])
+    normalized = list(tfds.as_numpy(fold.split("validation")))
+    assert [int(i) for i, _, _ in rows] == list(range(len(normalized)))
+    for (_, _, window), example in zip(rows, normalized, strict=True):
+        mel = example["mel"]
+        start = max(mel.shape[1] - 64, 0) // 2
+        crop = mel[:, start : start + 64]
+        np.testing.assert_allclose(window[:, : crop.shape[1]], crop, atol=1e-5)
 
 
 def test_normalization_is_per_utterance_and_keeps_the_spectral_shape(fold):

@@ -1,12 +1,10 @@
-"""Tests of the metrics: confusion counts (eager and jitted) and UA/WA/macro-F1."""
+"""Tests of the metrics: confusion counts and UA/WA/macro-F1."""
 
 import json
 import subprocess
 import sys
 import warnings
 
-import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,78 +15,33 @@ from emohrnet_jax import metrics
 NAMES3 = ["angry", "happy", "sad"]
 
 
-def _logits_for(predicted, num_classes):
-    """Logits whose argmax is `predicted`, with distractor scores so the argmax is not trivial."""
-    predicted = np.asarray(predicted)
-    logits = np.random.default_rng(0).uniform(-1.0, 1.0, (*predicted.shape, num_classes))
-    np.put_along_axis(logits, predicted[..., None], 5.0, axis=-1)
-    return jnp.asarray(logits, dtype=jnp.float32)
+# ---------------------------------------------------------------- confusion
 
 
-# ---------------------------------------------------------------- confusion_counts
-
-
-def test_confusion_counts_hand_computed():
-    labels = jnp.array([0, 0, 1, 2, 2, 1])
-    predicted = [0, 1, 1, 2, 0, 1]
-    counts = metrics.confusion_counts(_logits_for(predicted, 3), labels, jnp.ones(6, bool), 3)
-    chex.assert_shape(counts, (3, 3))
-    assert counts.dtype == jnp.int32
+def test_confusion_hand_computed():
+    counts = metrics.confusion([0, 0, 1, 2, 2, 1], [0, 1, 1, 2, 0, 1], 3)
+    assert counts.shape == (3, 3)
     np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 2, 0], [1, 0, 1]])
 
 
-def test_confusion_counts_skips_masked_examples():
-    labels = jnp.array([0, 0, 1, 2, 2, 1])
-    predicted = [0, 1, 1, 2, 0, 1]
-    mask = jnp.array([True, False, True, True, False, False])
-    counts = metrics.confusion_counts(_logits_for(predicted, 3), labels, mask, 3)
-    np.testing.assert_array_equal(counts, [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+def test_confusion_of_nothing_is_zero():
+    np.testing.assert_array_equal(metrics.confusion([], [], 3), np.zeros((3, 3)))
 
 
-def test_confusion_counts_all_masked_is_zero():
-    counts = metrics.confusion_counts(
-        _logits_for([0, 1], 3), jnp.array([2, 2]), jnp.zeros(2, bool), 3
-    )
-    np.testing.assert_array_equal(counts, np.zeros((3, 3)))
-
-
-def test_confusion_counts_under_jit_with_leading_batch_dims():
-    # (devices, per-device batch) as an eval step would see it.
-    labels = jnp.array([[0, 1, 1], [3, 3, 2]])
-    predicted = [[0, 1, 0], [3, 2, 2]]
-    mask = jnp.array([[True, True, True], [True, True, False]])
-    step = jax.jit(metrics.confusion_counts, static_argnums=3)
-    counts = step(_logits_for(predicted, 4), labels, mask, 4)
-    expected = np.zeros((4, 4), int)
-    for t, p, m in zip(np.ravel(labels), np.ravel(predicted), np.ravel(mask), strict=True):
-        expected[t, p] += m
-    np.testing.assert_array_equal(counts, expected)
-    assert counts.dtype == jnp.int32
-
-
-def test_confusion_counts_matches_numpy_on_random_data():
+def test_confusion_matches_sklearn_on_random_data():
     rng = np.random.default_rng(1)
     labels, predicted = rng.integers(0, 7, 500), rng.integers(0, 7, 500)
-    mask = rng.random(500) < 0.8
-    counts = jax.jit(metrics.confusion_counts, static_argnums=3)(
-        _logits_for(predicted, 7), jnp.asarray(labels), jnp.asarray(mask), 7
-    )
-    expected = skm.confusion_matrix(labels[mask], predicted[mask], labels=range(7))
-    np.testing.assert_array_equal(counts, expected)
+    expected = skm.confusion_matrix(labels, predicted, labels=range(7))
+    np.testing.assert_array_equal(metrics.confusion(labels, predicted, 7), expected)
 
 
 @pytest.mark.parametrize(
-    ("logits_shape", "labels_shape", "mask_shape", "num_classes"),
-    [((4, 3), (4,), (4,), 5), ((4, 3), (5,), (5,), 3), ((4, 3), (4,), (3,), 3)],
+    ("labels", "predicted", "message"),
+    [([0, 1], [0], "disagree"), ([0, 3], [0, 1], "labels outside"), ([0], [-1], "predicted")],
 )
-def test_confusion_counts_rejects_bad_shapes(logits_shape, labels_shape, mask_shape, num_classes):
-    with pytest.raises(ValueError):
-        metrics.confusion_counts(
-            jnp.zeros(logits_shape),
-            jnp.zeros(labels_shape, jnp.int32),
-            jnp.ones(mask_shape, bool),
-            num_classes,
-        )
+def test_confusion_rejects_bad_input(labels, predicted, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.confusion(labels, predicted, 3)
 
 
 # ---------------------------------------------------------------- summarize

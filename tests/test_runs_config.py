@@ -130,7 +130,8 @@ def test_main_refuses_another_config_in_one_line(data_dir, tmp_path):
     assert last_line(result.stderr) == (
         f"error: {tmp_path} holds a run of another config (batch_size: 8 -> 16): give a new "
         "--workdir, or the saved values (only num_epochs, keep_checkpoints, data.data_dir, "
-        "cross_corpus, model.im2col, bootstrap_resamples may change on a resume)"
+        "cross_corpus, model.im2col, bootstrap_resamples, temperature_scaling may change on a "
+        "resume)"
     )
     assert (tmp_path / "config.json").read_bytes() == before["config.json"]
 
@@ -193,3 +194,14 @@ def test_main_reports_a_config_mistake_before_importing_tensorflow(tmp_path):
         "schedule: lower the warm-up or raise num_epochs"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_saved_before_whole_utterance_evaluation_resumes_only_with_the_centre_crop():
+    config = helpers.load_config("demo")
+    saved = run_config.as_json(config)
+    del saved["evaluation"], saved["temperature_scaling"]  # as a config.json of then
+    assert run_config.differences(saved, run_config.as_json(config)) == [
+        "evaluation: 'centre_crop' -> 'utterance'"
+    ]
+    config.evaluation = "centre_crop"
+    assert run_config.differences(saved, run_config.as_json(config)) == []

@@ -78,11 +78,9 @@ def test_a_train_step_updates_parameters_statistics_and_the_step(data_dir):
         jax.tree.leaves(before), jax.tree.leaves((state.params, state.batch_stats)), strict=True
     ):
         assert not np.array_equal(old, new)
-    batch = {**_batch(), "mask": np.array([True] * 5 + [False] * 3)}
-    out = eval_step(state, batch)
-    assert int(out["count"]) == 5 and int(out["confusion"].sum()) == 5
-    chex.assert_shape(out["probabilities"], (8, 4))
-    np.testing.assert_allclose(np.sum(out["probabilities"], axis=1), 1.0, rtol=1e-5)
+    out = eval_step(state, _batch())
+    chex.assert_shape(out["logits"], (8, 4))
+    assert out["logits"].dtype == np.float32 and np.isfinite(out["logits"]).all()
 
 
 def test_the_state_is_drawn_on_the_host_cpu_and_left_uncommitted(data_dir):
@@ -126,7 +124,7 @@ def test_checkpoint_round_trip(data_dir, tmp_path):
     assert int(restored.step) == 1 and restored_history == history
     # As in training, the restored state has the fresh one's types (no weakly typed step), so
     # the jitted steps reuse their compiled programs for it.
-    batch = {**_batch(), "mask": np.ones(8, bool)}
+    batch = _batch()
     eval_step(state, batch)
     compiled = train_step._cache_size(), eval_step._cache_size()
     eval_step(restored, batch)
@@ -169,7 +167,7 @@ def test_the_folds_of_one_process_trace_the_steps_once(data_dir, monkeypatch):
         state = jax.device_put(steps.create_train_state(fold_config, 4), replicated)
         train_step, eval_step = steps.jit_steps(fold_config, mesh, 4, 4, eval_classes=classes)
         state, _ = train_step(state, _batch(), jax.random.key(0))
-        eval_step(state, {**_batch(), "mask": np.ones(8, bool)})
+        eval_step(state, _batch())
     assert traces == {"train": 1, "eval": 1}
     for step in steps.jit_steps(config, mesh, 4, 4, eval_classes=classes):
         assert step._cache_size() == 1  # compiled once, for both folds' states
@@ -226,7 +224,7 @@ def test_results_carry_intervals_calibration_predictions_and_the_split(uninterru
     results, workdir = uninterrupted
     saved = json.loads((workdir / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))  # returned as written
-    assert saved["evaluation"] == "centre_crop" and saved["speaker_independent"] is True
+    assert saved["evaluation"] == "utterance" and saved["speaker_independent"] is True
     assert saved["bootstrap"] == {"resamples": 1000, "seed": 0}
     fingerprint = json.loads((workdir / "splits.json").read_text())["split_fingerprint"]
     assert saved["split_fingerprint"] == fingerprint and len(fingerprint) == 64
@@ -235,14 +233,23 @@ def test_results_carry_intervals_calibration_predictions_and_the_split(uninterru
         lines = (workdir / f"predictions_{split}.jsonl").read_text().splitlines()
         rows = [json.loads(line) for line in lines]
         assert len(rows) == 16 and len({row["id"] for row in rows}) == 16
-        assert all(list(row) == ["id", "speaker", "label", "probabilities"] for row in rows)
+        keys = ["id", "speaker", "label", "probabilities", "logits"]
+        assert all(list(row) == keys for row in rows)
         assert {row["speaker"] for row in rows} == set(saved["speakers"][split])
         probabilities = np.array([row["probabilities"] for row in rows])
-        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+        # The probabilities served: the mean window logits at the temperature fitted on validation.
+        scaled = np.array([row["logits"] for row in rows]) / saved["temperature"]
+        expected = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(probabilities, expected / expected.sum(1, keepdims=True), 1e-5)
+        assert set(saved[split]["uncalibrated"]) == {"ece", "brier"}
         confusion = np.zeros((4, 4), int)
         np.add.at(confusion, ([row["label"] for row in rows], probabilities.argmax(axis=1)), 1)
         assert confusion.tolist() == saved[split]["confusion_matrix"]
     assert "UA 95% CI" in report.format_table(saved)
+    fitted = json.loads((workdir / "calibration.json").read_text())
+    assert fitted["best_step"] == saved["best_step"] and fitted["fitted_on"] == "validation"
+    assert fitted["temperature"] == saved["temperature"] != 1.0
+    assert fitted["validation_nll"]["after"] <= fitted["validation_nll"]["before"]
 
 
 def test_evaluate_mode_rescores_the_best_state(uninterrupted, data_dir):

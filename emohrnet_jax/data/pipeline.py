@@ -3,15 +3,15 @@
 - Normalization is per utterance: mean 0 and variance 1 over all of the utterance's cells, so no
   statistic comes from another split. One scalar pair (not one per Mel band) keeps the spectral
   tilt, a cue of vocal effort, while removing the recording's gain.
-- Training takes a random `num_frames` crop of each utterance; evaluation takes the centre crop.
-  Shorter utterances are padded at the end with zeros (the utterance mean after normalization).
+- Training takes a random `num_frames` crop of each utterance; evaluation scores the windows of
+  emohrnet_jax.windows (the whole utterance, as `predict` does, or its centre crop). Shorter
+  utterances are padded at the end with zeros (the utterance mean after normalization).
 - Training order and crops are a pure function of (seed, epoch): a resumed run sees the same data.
   The order is a shuffle, or (`sampling="balanced"`) `balance.balanced_order`'s class-balanced
   draws.
 - Several hosts: every host reads the same shuffled order and keeps its rows of each global batch,
-  so the hosts' batches together form the one-host batch. Evaluation covers every example exactly
-  once: each host reads its share (`shard`), padded to the same number of batches, and `mask`
-  marks the real examples.
+  so the hosts' batches together form the one-host batch. Evaluation covers every window of every
+  example exactly once, the same way, its last batch padded; `mask` marks the real windows.
 """
 
 import dataclasses
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from emohrnet_jax import paths
+from emohrnet_jax import paths, windows
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import balance, builders, csv_corpus, remote, sources, splits
 
@@ -242,42 +242,56 @@ class FoldInput:
         )
 
     def eval_batches(
-        self, name: str, batch_size: int, process_index: int = 0, process_count: int = 1
+        self,
+        name: str,
+        batch_size: int,
+        windowing: windows.Windowing,
+        process_index: int = 0,
+        process_count: int = 1,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Centre-cropped batches of a split covering every example once, with a `mask` and each
-        example's `index` in the split's stored order (-1 for padding).
+        """Batches of the windows (`windowing`) of every example of a split, in stored order:
+        `mel`, and each window's `label`, `index` (its example's row in `utterances`, -1 for
+        padding) and `mask` (False for padding).
 
-        Every host yields the same number of batches (padded with masked examples), as the jitted
-        evaluation step runs on all hosts together.
+        Every host reads the whole split and keeps its rows of each global batch, as in
+        `train_batches`, so that every host yields the same number of batches (the jitted step
+        runs on all hosts together); the last global batch is padded.
         """
         if batch_size % process_count:
             raise ValueError(f"batch size {batch_size} does not divide over {process_count} hosts")
         host_batch = batch_size // process_count
-        total = self.count(name)
-        steps = -(-total // batch_size)
-        dataset = self.split(name).enumerate()
-        dataset = dataset.map(
-            lambda i, x: {
-                **_crop(x, self.num_frames, None),
-                "mask": tf.constant(True),
-                "index": tf.cast(i, tf.int32),
-            }
-        )
-        dataset = dataset.shard(process_count, process_index)
-        padding = tf.data.Dataset.from_tensors(self._blank()).repeat()
-        dataset = dataset.concatenate(padding).take(steps * host_batch).batch(host_batch)
-        yield from tfds.as_numpy(dataset.prefetch(tf.data.AUTOTUNE))
+        shape = (self.builder.info.features["mel"].shape[0], windowing.num_frames)
+        rows, position = [], 0
+        for row in self._windows(name, windowing):
+            if position // host_batch % process_count == process_index:
+                rows.append(row)
+            position += 1
+            if position % batch_size == 0:
+                yield _stacked(rows, host_batch, shape)
+                rows = []
+        if position % batch_size:
+            yield _stacked(rows, host_batch, shape)
 
-    def _blank(self) -> dict[str, tf.Tensor]:
-        n_mels = self.builder.info.features["mel"].shape[0]
-        return {
-            "mel": tf.zeros((n_mels, self.num_frames), tf.float32),
-            "label": tf.constant(0, tf.int64),
-            "speaker": tf.constant(""),
-            "id": tf.constant(""),
-            "mask": tf.constant(False),
-            "index": tf.constant(-1, tf.int32),
-        }
+    def _windows(self, name: str, windowing: windows.Windowing) -> Iterator[tuple]:
+        """`(window, label, index)` of every window of every example of a split, in order."""
+        examples = tfds.as_numpy(self._stored(name).prefetch(tf.data.AUTOTUNE))
+        for index, example in enumerate(examples):
+            for window in windowing.windows(example["mel"]):
+                yield window, example["label"], index
+
+
+def _stacked(rows: list[tuple], size: int, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """An evaluation batch of `size` rows: `rows` (window, label, index), then zero padding."""
+    mel = np.zeros((size, *shape), np.float32)
+    for i, (window, _, _) in enumerate(rows):
+        mel[i] = window
+    padding = size - len(rows)
+    return {
+        "mel": mel,
+        "label": np.array([row[1] for row in rows] + [0] * padding, np.int64),
+        "index": np.array([row[2] for row in rows] + [-1] * padding, np.int32),
+        "mask": np.arange(size) < len(rows),
+    }
 
 
 def create_fold_input(config: ml_collections.ConfigDict) -> FoldInput:
@@ -396,14 +410,11 @@ def _normalized(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     }
 
 
-def _crop(example: dict[str, tf.Tensor], num_frames: int, seed: tf.Tensor | None):
-    """Random (seeded) or centre crop to `num_frames`, zero-padding shorter utterances."""
+def _crop(example: dict[str, tf.Tensor], num_frames: int, seed: tf.Tensor):
+    """A random (seeded) crop to `num_frames`, zero-padding shorter utterances."""
     mel = example["mel"]
     excess = tf.maximum(tf.shape(mel)[1] - num_frames, 0)
-    if seed is None:
-        start = excess // 2
-    else:
-        start = tf.random.stateless_uniform([], seed, 0, excess + 1, dtype=tf.int32)
+    start = tf.random.stateless_uniform([], seed, 0, excess + 1, dtype=tf.int32)
     mel = mel[:, start : start + num_frames]
     mel = tf.pad(mel, [[0, 0], [0, num_frames - tf.shape(mel)[1]]])
     return {**example, "mel": tf.ensure_shape(mel, [mel.shape[0], num_frames])}
