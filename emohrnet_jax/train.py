@@ -33,7 +33,7 @@ from emohrnet_jax import (
     storage,
     summaries,
 )
-from emohrnet_jax.data import balance, pipeline, sources, splits
+from emohrnet_jax.data import balance, pipeline, protocols, sources, splits
 
 TRAIN_KEYS = ("mel", "label")
 # The exit status of a run stopped by SIGTERM after saving: sysexits.h's EX_TEMPFAIL, which
@@ -101,7 +101,13 @@ def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.Fold
     path = os.path.join(workdir, "splits.json")
     fingerprint = evaluation.fingerprint(fold)
     splits.save_splits(
-        path, config.data.dataset, config.data.fold, fold.speakers, build, fingerprint
+        path,
+        config.data.dataset,
+        config.data.fold,
+        fold.speakers,
+        build,
+        fingerprint,
+        fold.protocol,
     )
     storage.write_json_atomically(os.path.join(workdir, "config.json"), run_config.as_json(config))
     return fold
@@ -335,6 +341,7 @@ def _final_results(
     best = checkpoints.best_record(history)
     best_state = checkpoints.restore_state(run.manager, best["step"], state)
     scored = {split: run.score(best_state, split) for split in ("validation", "test")}
+    ids = {name: [u["id"] for u in fold.utterances(name)] for name in splits.SPLITS}
     results = {
         "dataset": config.data.dataset,
         "fold": config.data.fold,
@@ -345,8 +352,9 @@ def _final_results(
         "examples_per_second": float(np.median([r["examples_per_second"] for r in history])),
         "speakers": fold.speakers,
         "evaluation": evaluation.EVALUATION,
-        "split_fingerprint": evaluation.fingerprint(fold),
-        "speaker_independent": True,
+        "split_fingerprint": splits.split_fingerprint(ids),
+        **fold.protocol,  # protocol, speaker_independent and the protocol's details
+        "text_overlap": protocols.text_overlap(config.data.dataset, ids),
         "bootstrap": {"resamples": config.bootstrap_resamples, "seed": config.seed},
         **{split: summary for split, (summary, _) in scored.items()},
     }
