@@ -36,20 +36,31 @@ def test_random_split_is_stratified_deterministic_and_partitions_the_corpus():
     label = {row.id: row.label for row in rows}
     tests = []
     for fold in range(5):
-        ids = protocols.random_split(rows, fold, None, seed=0)
+        ids = protocols.random_split(rows, fold, 5, seed=0)
         assert sorted(i for group in ids.values() for i in group) == sorted(label)
         for name, size in (("test", 24), ("validation", 24), ("train", 72)):
             counts = collections.Counter(label[i] for i in ids[name])
             assert sorted(counts) == [0, 1, 2, 3] and set(counts.values()) == {size // 4}, name
         tests += ids["test"]
-        backwards = protocols.random_split(rows[::-1], fold, None, seed=0)  # stored order
+        backwards = protocols.random_split(rows[::-1], fold, 5, seed=0)  # stored order
         assert {k: sorted(v) for k, v in backwards.items()} == {
             k: sorted(v) for k, v in ids.items()
         }
     assert sorted(tests) == sorted(label)  # each utterance is tested in exactly one fold
-    assert protocols.random_split(rows, 0, None, seed=1) != protocols.random_split(rows, 0, None, 0)
+    assert protocols.random_split(rows, 0, 5, seed=1) != protocols.random_split(rows, 0, 5, 0)
     with pytest.raises(ValueError, match="out of range"):
         protocols.random_split(rows, 5, 5, seed=0)
+
+
+def test_each_protocol_has_its_number_of_folds():
+    config = helpers.tiny_config("/data", **{"data.dataset": "ravdess", "data.num_folds": None})
+    assert protocols.num_folds(config.data) == 6
+    config.data.protocol = "random"
+    assert protocols.num_folds(config.data) == 5  # not the corpus's speaker protocol
+    config.data.num_folds = 10
+    assert protocols.num_folds(config.data) == 10
+    config.data.protocol, config.data.fold_file = "emobox", "r_train_fold_1.jsonl"
+    assert protocols.num_folds(config.data) == 1  # a fold file is one fold
 
 
 @pytest.mark.slow  # the tiny corpus is prepared once (~12 s), each fold read

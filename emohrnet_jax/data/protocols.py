@@ -66,6 +66,19 @@ class FoldSplit:
     about: dict[str, Any]
 
 
+def num_folds(data_config: ml_collections.ConfigDict) -> int:
+    """The number of folds of `config.data`'s protocol: an EmoBox fold file is one fold."""
+    protocol, requested = _protocol(data_config), data_config.get("num_folds")
+    if protocol == "emobox":
+        return 1
+    if protocol == "random":
+        folds = splits.GENERIC_NUM_FOLDS if requested is None else requested
+        if folds < 3:
+            raise ValueError(f"need at least 3 folds (train, validation, test), got {folds}")
+        return folds
+    return splits.num_folds(data_config.dataset, requested)
+
+
 def needs_rows(data_config: ml_collections.ConfigDict) -> bool:
     """Whether the fold is chosen by utterance (the pipeline must list the stored ones)."""
     return _protocol(data_config) != "speaker" or _dialogs(data_config) != "all"
@@ -92,7 +105,7 @@ def fold_split(
     kept = [row for row in rows if dialogs == "all" or is_improvised(row.id)]
     if protocol == "random":
         logging.warning(RANDOM_WARNING)
-        ids = random_split(kept, data_config.fold, data_config.get("num_folds"), _seed(data_config))
+        ids = random_split(kept, data_config.fold, num_folds(data_config), _seed(data_config))
         split = _from_ids(kept, ids)
         return FoldSplit(split.speakers, ids, about | {"speaker_independent": False})
     if protocol == "emobox":
@@ -138,13 +151,8 @@ def _from_ids(rows: Sequence[Row], ids: dict[str, list[str]]) -> FoldSplit:
     return FoldSplit(speakers, ids, {})
 
 
-def random_split(
-    rows: Sequence[Row], fold: int, folds: int | None, seed: int
-) -> dict[str, list[str]]:
+def random_split(rows: Sequence[Row], fold: int, folds: int, seed: int) -> dict[str, list[str]]:
     """The stratified utterance-level split of the module docstring (ids in stored order)."""
-    folds = splits.GENERIC_NUM_FOLDS if folds is None else folds
-    if folds < 3:
-        raise ValueError(f"need at least 3 folds (train, validation, test), got {folds}")
     if not 0 <= fold < folds:
         raise ValueError(f"config.data.fold={fold} is out of range for {folds} folds")
     rng = np.random.default_rng(seed)
