@@ -361,7 +361,9 @@ def _final_results(
     if jax.process_index() == 0:
         for split, (_, predictions) in scored.items():
             evaluation.write_predictions(run.workdir, split, predictions)
-        title = f"{config.data.dataset} fold {config.data.fold}, test"
+        # The pictures of a speaker-dependent split say so, as they are shown without the JSON.
+        dependent = "" if results["speaker_independent"] else ", speaker-dependent split"
+        title = f"{config.data.dataset} fold {config.data.fold}{dependent}, test"
         report.write_results(run.workdir, results, history, title)
         print(report.format_table(results))
     return results

@@ -325,3 +325,4 @@ def test_a_random_protocol_run_says_so_in_its_results_and_splits(data_dir, tmp_p
     saved = json.loads((tmp_path / "splits.json").read_text())
     assert saved["protocol"] == "random" and saved["speaker_independent"] is False
     assert saved["split_fingerprint"] == results["split_fingerprint"]
+    assert set(results["speakers"]["test"]) & set(results["speakers"]["train"])
