@@ -35,7 +35,7 @@ from emohrnet_jax import (
     summaries,
     windows,
 )
-from emohrnet_jax.data import balance, pipeline, sources, splits
+from emohrnet_jax.data import balance, pipeline, protocols, sources, splits
 
 TRAIN_KEYS = ("mel", "label")
 # The exit status of a run stopped by SIGTERM after saving: sysexits.h's EX_TEMPFAIL, which
@@ -103,7 +103,13 @@ def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.Fold
     path = os.path.join(workdir, "splits.json")
     fingerprint = evaluation.fingerprint(fold)
     splits.save_splits(
-        path, config.data.dataset, config.data.fold, fold.speakers, build, fingerprint
+        path,
+        config.data.dataset,
+        config.data.fold,
+        fold.speakers,
+        build,
+        fingerprint,
+        fold.protocol,
     )
     storage.write_json_atomically(os.path.join(workdir, "config.json"), run_config.as_json(config))
     return fold
@@ -346,6 +352,7 @@ def _final_results(
         split: evaluation.with_uncertainty(summary, predictions, config, temperature)
         for split, (summary, predictions) in raw.items()
     }
+    ids = {name: [u["id"] for u in fold.utterances(name)] for name in splits.SPLITS}
     results = {
         "dataset": config.data.dataset,
         "fold": config.data.fold,
@@ -356,8 +363,9 @@ def _final_results(
         "examples_per_second": float(np.median([r["examples_per_second"] for r in history])),
         "speakers": fold.speakers,
         "evaluation": config.evaluation,
-        "split_fingerprint": evaluation.fingerprint(fold),
-        "speaker_independent": True,
+        "split_fingerprint": splits.split_fingerprint(ids),
+        **fold.protocol,  # protocol, speaker_independent and the protocol's details
+        "text_overlap": protocols.text_overlap(config.data.dataset, ids),
         "bootstrap": {"resamples": config.bootstrap_resamples, "seed": config.seed},
         "temperature": temperature,
         **{split: summary for split, (summary, _) in scored.items()},
@@ -367,7 +375,9 @@ def _final_results(
             calibration.save(run.workdir, fitted)
         for split, (_, predictions) in scored.items():
             evaluation.write_predictions(run.workdir, split, predictions)
-        title = f"{config.data.dataset} fold {config.data.fold}, test"
+        # The pictures of a speaker-dependent split say so, as they are shown without the JSON.
+        dependent = "" if results["speaker_independent"] else ", speaker-dependent split"
+        title = f"{config.data.dataset} fold {config.data.fold}{dependent}, test"
         report.write_results(run.workdir, results, history, title)
         print(report.format_table(results))
     return results

@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import paths, windows
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import balance, builders, csv_corpus, remote, sources, splits
+from emohrnet_jax.data import balance, builders, csv_corpus, protocols, remote, sources, splits
 
 NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
 UTTERANCE_KEYS = ("id", "speaker", "label")
@@ -148,7 +148,8 @@ def _check_sources(builder: tfds.core.DatasetBuilder, data_config: ml_collection
 
 @dataclasses.dataclass
 class FoldInput:
-    """The batches of one speaker-independent fold."""
+    """The batches of one fold: each split is its speakers' utterances, or where `ids` is set
+    (a protocol that splits utterances, `protocols.fold_split`) the utterances it lists."""
 
     builder: tfds.core.DatasetBuilder
     speakers: dict[str, list[str]]
@@ -156,6 +157,11 @@ class FoldInput:
     num_frames: int
     # Cross-corpus: stored label index -> model class index, -1 for a class left out.
     label_map: tuple[int, ...] | None = None
+    ids: dict[str, list[str]] | None = None
+    # What splits.json and results.json say of the protocol (`protocols.FoldSplit.about`).
+    protocol: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"protocol": "speaker", "speaker_independent": True}
+    )
     _counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def split(self, name: str) -> tf.data.Dataset:
@@ -173,7 +179,8 @@ class FoldInput:
 
     def _stored(self, name: str, decoders: Any = None) -> tf.data.Dataset:
         """The stored examples of a split, labels mapped onto the model's classes."""
-        dataset = _utterances_of(self.builder, self.speakers[name], decoders)
+        ids = None if self.ids is None else self.ids[name]
+        dataset = _utterances_of(self.builder, self.speakers[name], decoders, ids)
         if self.label_map is not None:
             table = tf.constant(self.label_map, tf.int64)
             dataset = dataset.map(lambda x: {**x, "label": tf.gather(table, x["label"])})
@@ -295,17 +302,22 @@ def _stacked(rows: list[tuple], size: int, shape: tuple[int, int]) -> dict[str, 
 
 
 def create_fold_input(config: ml_collections.ConfigDict) -> FoldInput:
-    """Loads the prepared dataset of `config.data` and selects fold `config.data.fold`."""
+    """Loads the prepared dataset of `config.data` and selects fold `config.data.fold` of its
+    protocol (`config.data.protocol`)."""
     builder = load_builder(config.data)
     speakers = builder.info.metadata["speakers"]
-    fold_speakers = splits.fold_speakers(
-        config.data.dataset, speakers, config.data.fold, config.data.get("num_folds")
-    )
+    rows = []
+    if protocols.needs_rows(config.data):
+        every = FoldInput(builder, {"all": speakers}, (), config.data.num_frames)
+        rows = [protocols.Row(**utterance) for utterance in every.utterances("all")]
+    fold = protocols.fold_split(config.data, speakers, rows)
     return FoldInput(
         builder=builder,
-        speakers=fold_speakers,
+        speakers=fold.speakers,
         class_names=tuple(builder.info.features["label"].names),
         num_frames=config.data.num_frames,
+        ids=fold.ids,
+        protocol=fold.about,
     )
 
 
@@ -379,10 +391,12 @@ def create_cross_corpus_input(
 
 
 def _utterances_of(
-    builder: tfds.core.DatasetBuilder, speakers: Sequence[str], decoders: Any = None
+    builder: tfds.core.DatasetBuilder,
+    speakers: Sequence[str],
+    decoders: Any = None,
+    ids: Sequence[str] | None = None,
 ) -> tf.data.Dataset:
-    """The stored utterances of `speakers`, in stored order."""
-    wanted = tf.constant(list(speakers))
+    """The stored utterances of `speakers` (or, given `ids`, of those ids), in stored order."""
     # No tfds auto-cache: every epoch and split builds a new dataset, so a cache would only copy
     # the data (and warn when an epoch stops before its end).
     dataset = builder.as_dataset(
@@ -391,6 +405,14 @@ def _utterances_of(
         decoders=decoders,
         read_config=tfds.ReadConfig(try_autocache=False),
     )
+    if ids is not None:
+        # A hash lookup per example: a split lists thousands of ids.
+        keys = tf.constant(list(ids), tf.string)
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int64)), 0
+        )
+        return dataset.filter(lambda x: table.lookup(x["id"]) > 0)
+    wanted = tf.constant(list(speakers))
     return dataset.filter(lambda x: tf.reduce_any(tf.equal(x["speaker"], wanted)))
 
 
