@@ -27,7 +27,6 @@ from emohrnet_jax import (
     config_check,
     evaluation,
     locks,
-    metrics,
     report,
     run_config,
     steps,
@@ -63,13 +62,6 @@ class _Preemption:
         return self._requested
 
 
-def _shardings():
-    """The data mesh, the replicated sharding (state) and the batch sharding (`data` axis)."""
-    mesh = steps.make_mesh()
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return mesh, replicated, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-
-
 def _check_devices(config: ml_collections.ConfigDict) -> None:
     devices = jax.device_count()
     if config.batch_size % devices:
@@ -79,7 +71,7 @@ def _check_devices(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _holding(workdir: str) -> contextlib.AbstractContextManager:
+def holding(workdir: str) -> contextlib.AbstractContextManager:
     """The workdir's lock on process 0, the one that writes there; other hosts take none."""
     if jax.process_index() == 0:
         return locks.hold(workdir, "the workdir")
@@ -128,7 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     config_check.check(config)
     _check_devices(config)
-    with _holding(workdir):
+    with holding(workdir):
         return _train(config, workdir)
 
 
@@ -168,7 +160,7 @@ def _set_up(
 ) -> tuple[_Run, steps.TrainState, list[dict[str, Any]]]:
     """The run, and its state and epoch history: fresh, or resumed from the latest checkpoint."""
     fold = _start_run(config, workdir)
-    mesh, replicated, batch_sharding = _shardings()
+    mesh, replicated, batch_sharding = steps.shardings()
     steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch), replicated)
     weights = _class_weights(config, fold)
@@ -381,48 +373,3 @@ def _final_results(
         report.write_results(run.workdir, results, history, title)
         print(report.format_table(results))
     return results
-
-
-def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
-    """Scores a run's best-validation state on `split`; writes `evaluation_<name>.json` and `.png`.
-
-    With `config.cross_corpus.dataset` set, the split is that corpus's (`all`: every speaker),
-    its labels mapped onto the run's classes and predictions restricted to the mapped classes;
-    `<name>` is then `<corpus>_<split>`.
-
-    Raises:
-      FileNotFoundError: `workdir` holds no trained run.
-      locks.LockedError: another process is using `workdir` (training it, say).
-    """
-    config_check.check(config)
-    if not storage.isdir(workdir):  # holding the lock would create it
-        raise FileNotFoundError(f"no run in {workdir}: train this run first")
-    with _holding(workdir):
-        return _evaluate_run(config, workdir, split)
-
-
-def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
-    target = evaluation.target(config, split)
-    fold = target.fold
-    mesh, replicated, batch_sharding = _shardings()
-    # The optimizer state's structure, not its schedule's length, must match the checkpoint.
-    state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1), replicated)
-    state, best = checkpoints.restore_best(workdir, state)
-    eval_step = steps.jit_eval_step(config, mesh, len(fold.class_names), target.classes)
-    windowing = windows.Windowing.from_config(config)
-    result, predictions = evaluation.evaluate_with_predictions(
-        eval_step, state, fold, split, config.batch_size, batch_sharding, windowing
-    )
-    if target.classes is not None:
-        kept = np.ix_(target.classes, target.classes)
-        confusion = np.array(result["confusion_matrix"])[kept]
-        names = [fold.class_names[i] for i in target.classes]
-        result.update(metrics.summarize(confusion, names), **target.corpus)
-    temperature = calibration.load_temperature(workdir, best["step"])
-    result, _ = evaluation.with_uncertainty(result, predictions, config, temperature)
-    result.update(evaluation=config.evaluation, temperature=temperature)
-    result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
-    if jax.process_index() == 0:
-        report.write_evaluation(workdir, target.name, result)
-        print(report.format_evaluation(target.name, result))
-    return result

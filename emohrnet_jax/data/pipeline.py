@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import paths, windows
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import balance, builders, csv_corpus, protocols, remote, sources, splits
+from emohrnet_jax.data import balance, builders, csv_corpus, protocols, remote, sources
 
 NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
 UTTERANCE_KEYS = ("id", "speaker", "label")
@@ -319,75 +319,6 @@ def create_fold_input(config: ml_collections.ConfigDict) -> FoldInput:
         ids=fold.ids,
         protocol=fold.about,
     )
-
-
-def parse_label_map(
-    text: str, corpus_classes: Sequence[str], model_classes: Sequence[str]
-) -> dict[str, str]:
-    """Reads "theirs=ours,..." pairs; an empty text pairs the classes that share a name.
-
-    Raises:
-      ValueError: on a malformed pair, a name that is not a class, or a mapping that is empty.
-    """
-    if not text.strip():
-        mapping = {name: name for name in corpus_classes if name in model_classes}
-    else:
-        mapping = {}
-        for pair in text.split(","):
-            theirs, sep, ours = (part.strip() for part in pair.partition("="))
-            if not sep or not theirs or not ours:
-                raise ValueError(f"label_map entry {pair!r} is not of the form theirs=ours")
-            if theirs not in corpus_classes:
-                raise ValueError(f"label_map: {theirs!r} is not one of {list(corpus_classes)}")
-            if ours not in model_classes:
-                raise ValueError(f"label_map: {ours!r} is not one of {list(model_classes)}")
-            mapping[theirs] = ours
-    if not mapping:
-        raise ValueError(
-            f"no class of {list(corpus_classes)} maps onto the model's {list(model_classes)}; "
-            "set config.cross_corpus.label_map, e.g. 'joy=happy,anger=angry'"
-        )
-    return mapping
-
-
-def create_cross_corpus_input(
-    config: ml_collections.ConfigDict, split: str
-) -> tuple[FoldInput, dict[str, str], dict[str, int]]:
-    """Corpus `config.cross_corpus.dataset`, prepared with the run's features, labels mapped.
-
-    `split` is `all` (every speaker) or that corpus's `train`, `validation` or `test` speakers of
-    fold `config.data.fold` (its own protocol). Returns the input (model class names, mapped
-    labels), the mapping and the number of examples of each class left out.
-    """
-    cross = config.cross_corpus
-    data_config = ml_collections.ConfigDict(config.data.to_dict())
-    data_config.dataset = cross.dataset
-    data_config.label_set = cross.label_set
-    data_config.csv = cross.get("csv")
-    builder = load_builder(data_config, prepare_synthetic=False, check_classes=False)
-    corpus_classes = list(builder.info.metadata["class_names"])
-    model_classes = list(config.data.class_names)
-    mapping = parse_label_map(cross.label_map, corpus_classes, model_classes)
-    speakers = list(builder.info.metadata["speakers"])
-    if split == "all":
-        fold_speakers = {"all": speakers}
-    else:
-        fold_speakers = splits.fold_speakers(cross.dataset, speakers, config.data.fold)
-    fold = FoldInput(
-        builder=builder,
-        speakers=fold_speakers,
-        class_names=tuple(model_classes),
-        num_frames=config.data.num_frames,
-        label_map=tuple(
-            model_classes.index(mapping[name]) if name in mapping else -1 for name in corpus_classes
-        ),
-    )
-    stored = _utterances_of(builder, fold_speakers[split], {"mel": tfds.decode.SkipDecoding()})
-    labels = [int(label) for label in tfds.as_numpy(stored.map(lambda x: x["label"]))]
-    left_out = {
-        name: labels.count(i) for i, name in enumerate(corpus_classes) if name not in mapping
-    }
-    return fold, mapping, left_out
 
 
 def _utterances_of(
