@@ -201,6 +201,33 @@ def _run_entry(result: dict[str, Any], seed: int | None) -> dict[str, Any]:
         **{m: result["test"][m] for m in METRICS},
         "ua_ci95": result["test"].get("ci95", {}).get("ua"),
         "num_examples": result["test"]["num_examples"],
+        # Runs trained before these fields existed have none: null.
+        **{key: result["test"].get(key) for key in ("ece", "brier")},
+        "split_fingerprint": result.get("split_fingerprint"),
+    }
+
+
+def pooled_speakers_and_calibration(
+    by_seed: list[list[evaluation.Predictions]],
+) -> dict[str, Any]:
+    """Each test speaker's UA, the worst speaker, and the ECE and Brier score of the folds' test
+    predictions pooled; with several seeds (`by_seed`, as `pooled_interval`'s) each is the mean
+    over seeds."""
+    per_speaker, calibration = [], []
+    for runs in by_seed:
+        labels = np.concatenate([p.labels for p in runs])
+        probabilities = np.concatenate([p.probabilities for p in runs])
+        speakers = [s for p in runs for s in p.speakers]
+        num_classes = probabilities.shape[1]
+        predicted = probabilities.argmax(axis=1)
+        per_speaker.append(statistics.per_speaker_ua(labels, predicted, speakers, num_classes))
+        calibration.append(statistics.calibration(labels, probabilities))
+    ua = {s: float(np.mean([seed[s] for seed in per_speaker])) for s in sorted(per_speaker[0])}
+    worst = min(ua, key=lambda speaker: (ua[speaker], speaker))
+    return {
+        "per_speaker_ua": ua,
+        "worst_speaker": {"speaker": worst, "ua": ua[worst]},
+        **{key: float(np.mean([c[key] for c in calibration])) for key in ("ece", "brier")},
     }
 
 
@@ -219,7 +246,8 @@ def summarize(
 ) -> dict[str, Any]:
     """Per-run and mean +- std test metrics, the summed test confusion matrix, and the pooled
     test predictions' `ci95` (`pooled_interval`, with the first run's bootstrap settings; None
-    without `test_predictions`).
+    without `test_predictions`), per-speaker UA, worst speaker, ECE and Brier
+    (`pooled_speakers_and_calibration`; absent without `test_predictions`).
 
     With `run_seeds` (the seed of each run), every run is an entry of `folds` naming its fold
     and seed, mean and std are over all runs, `seeds` lists the seeds and `per_seed` each
@@ -232,12 +260,13 @@ def summarize(
     confusion = np.sum([r["test"]["confusion_matrix"] for r in results], axis=0)
     bootstrap = results[0].get("bootstrap")
     distinct = sorted(set(seeds)) if run_seeds else [None]
-    ci95 = None
+    ci95, pooled_uncertainty = None, {}
     if test_predictions is not None:
         by_seed = [
             [p for p, s in zip(test_predictions, seeds, strict=True) if s == d] for d in distinct
         ]
         ci95 = pooled_interval(by_seed, bootstrap["resamples"], bootstrap["seed"])
+        pooled_uncertainty = pooled_speakers_and_calibration(by_seed)
     summary = {
         "dataset": results[0]["dataset"],
         "class_names": names,
@@ -250,6 +279,7 @@ def summarize(
         "bootstrap": bootstrap if ci95 is not None else None,
         "confusion_matrix": confusion.tolist(),
         "pooled": metrics.summarize(confusion, names),
+        **pooled_uncertainty,
     }
     if run_seeds:
         summary["seeds"] = distinct

@@ -111,6 +111,18 @@ def test_finished_runs_are_read_back_and_summarized_over_seeds(tmp_path, config,
     # Every class has as many utterances in each seed: summed UA = mean of the seeds' pooled UA.
     pooled = [statistics.scores(labels, row, 4)["ua"] for row in seeds]
     assert summary["pooled"]["ua"] == pytest.approx(np.mean(pooled))
+    # Each speaker's UA and the calibration, of each seed's pooled predictions, averaged.
+    per_seed = [statistics.per_speaker_ua(labels, row, speakers, 4) for row in seeds]
+    expected = {s: np.mean([seed[s] for seed in per_seed]) for s in per_seed[0]}
+    assert summary["per_speaker_ua"] == pytest.approx(expected)
+    worst = min(expected, key=lambda speaker: (expected[speaker], speaker))
+    assert summary["worst_speaker"] == {"speaker": worst, "ua": pytest.approx(expected[worst])}
+    probabilities = np.full((2, len(labels), 4), 0.1)
+    for row, predicted in zip(probabilities, seeds, strict=True):
+        row[np.arange(len(labels)), predicted] = 0.7
+    calibration = [statistics.calibration(labels, row) for row in probabilities]
+    for key in ("ece", "brier"):
+        assert summary[key] == pytest.approx(np.mean([c[key] for c in calibration]), abs=1e-6)
     for name in ("summary.json", "ua_by_fold.png", "confusion_matrix.png"):
         assert (workdir / name).exists(), name
     assert json.loads((workdir / "summary.json").read_text()) == summary
