@@ -70,9 +70,39 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100.0 * value:.2f}"
 
 
+def _protocol_lines(results: dict) -> list[str]:
+    """How a run's utterances were scored, its split's protocol, the test text overlap and
+    calibration, as far as `results` says (a run of an older version says less)."""
+    lines = []
+    if "evaluation" in results:
+        windows = (results.get("test") or {}).get("windows")
+        scored = "whole utterances" if results["evaluation"] == "utterance" else "centre crops"
+        lines.append(f"scored on {scored}" + (f" ({windows} test windows)" if windows else ""))
+    if results.get("speaker_independent") is False:
+        lines.append(
+            f"protocol {results.get('protocol', '?')}: SPEAKER-DEPENDENT split, not comparable "
+            "with speaker-independent results"
+        )
+    elif "protocol" in results:
+        lines.append(f"protocol {results['protocol']}: speaker-independent")
+    overlap = results.get("text_overlap")
+    if overlap:
+        lines.append(
+            f"text overlap: {overlap['test_utterances']} of {overlap['of']} test utterances share "
+            f"a {overlap['unit']} with a training utterance"
+        )
+    test = results.get("test") or {}
+    if "ece" in test:
+        lines.append(
+            f"test calibration: ECE {test['ece']:.3f}, Brier {test['brier']:.3f} at temperature "
+            f"{results.get('temperature', 1.0):.3g}"
+        )
+    return ["", *lines] if lines else []
+
+
 def format_table(results: dict) -> str:
     """A plain-text console table: UA, WA, macro-F1 (all %), N and the UA's 95% interval (when
-    the split has one) per split, then test recalls.
+    the split has one) per split, how they were scored and on which protocol, then test recalls.
 
     Args:
       results: optional "validation" and "test" entries shaped like `summarize`'s output.
@@ -95,6 +125,7 @@ def format_table(results: dict) -> str:
             ).rstrip()
         )
 
+    lines.extend(_protocol_lines(results))
     recall = (results.get("test") or {}).get("per_class_recall")
     if recall:
         name_width = max(len(name) for name in recall)

@@ -75,3 +75,31 @@ def test_write_results_and_evaluation_files(tmp_path):
     ]
     assert json.loads((tmp_path / "results.json").read_text()) == results
     assert json.loads((tmp_path / "evaluation_test.json").read_text()) == test
+
+
+def test_format_table_says_how_and_on_what_protocol_a_run_was_scored():
+    test = metrics.summarize(np.array([[1, 0], [0, 1]]), ["a", "b"]) | {
+        "windows": 5,
+        "ece": 0.0312,
+        "brier": 0.25,
+    }
+    results = {
+        "test": test,
+        "evaluation": "utterance",
+        "protocol": "random",
+        "speaker_independent": False,
+        "text_overlap": {"unit": "sentence", "test_utterances": 2, "of": 2},
+        "temperature": 0.8,
+    }
+    lines = report.format_table(results).splitlines()
+    assert "scored on whole utterances (5 test windows)" in lines
+    assert (
+        "protocol random: SPEAKER-DEPENDENT split, not comparable with speaker-independent results"
+    ) in lines
+    overlap = "text overlap: 2 of 2 test utterances share a sentence with a training utterance"
+    assert overlap in lines
+    assert "test calibration: ECE 0.031, Brier 0.250 at temperature 0.8" in lines
+    speaker = report.format_table(results | {"protocol": "speaker", "speaker_independent": True})
+    assert "protocol speaker: speaker-independent" in speaker.splitlines()
+    centre = report.format_table(results | {"evaluation": "centre_crop"})
+    assert "scored on centre crops (5 test windows)" in centre.splitlines()
