@@ -28,6 +28,7 @@ from emohrnet_jax import (
     evaluation,
     locks,
     metrics,
+    normalization,
     report,
     run_config,
     steps,
@@ -162,6 +163,8 @@ def _set_up(
 ) -> tuple[_Run, steps.TrainState, list[dict[str, Any]]]:
     """The run, and its state and epoch history: fresh, or resumed from the latest checkpoint."""
     fold = _start_run(config, workdir)
+    fold_normalization = normalization.for_run(config, workdir, fold, jax.process_index() == 0)
+    fold = dataclasses.replace(fold, normalization=fold_normalization)
     mesh, replicated, batch_sharding = _shardings()
     steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch), replicated)
@@ -393,7 +396,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) ->
 
 def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
     target = evaluation.target(config, split)
-    fold = target.fold
+    fold = dataclasses.replace(target.fold, normalization=normalization.load(config, workdir))
     mesh, replicated, batch_sharding = _shardings()
     # The optimizer state's structure, not its schedule's length, must match the checkpoint.
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1), replicated)
