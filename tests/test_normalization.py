@@ -142,6 +142,7 @@ def _training_band_run(saved_run, tmp_path):
     return workdir, record
 
 
+@pytest.mark.slow
 def test_predict_and_export_use_the_runs_training_statistics(saved_run, tmp_path):
     workdir, record = _training_band_run(saved_run, tmp_path)
     with pytest.raises(normalization.NormalizationError, match=r"normalization\.json is missing"):

@@ -71,10 +71,8 @@ def test_numpy_features_equal_the_training_pipeline(predictor, mode):
     from emohrnet_jax.data import pipeline  # TensorFlow: this test only.
 
     rng = np.random.default_rng(0)
-    normalizing = features.Normalization(mode)
-    if mode == features.TRAINING_BAND:
-        mean, scale = rng.normal(-6.0, 1.0, 32), rng.uniform(2.0, 5.0, 32)
-        normalizing = features.Normalization(mode, tuple(mean), tuple(scale))
+    fixed = (tuple(rng.normal(-6.0, 1.0, 32)), tuple(rng.uniform(2.0, 5.0, 32)))
+    normalizing = features.Normalization(mode, *(fixed if mode == features.TRAINING_BAND else ()))
     for frames in (19, 32):  # shorter than the window, and exactly one window
         # Bands of different levels: per-band and per-utterance statistics differ.
         levels = np.linspace(-12.0, 0.0, 32)[:, None]
