@@ -47,6 +47,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.csv = config_dict.placeholder(str)
     config.data.fold = 0  # Speaker-independent fold of the dataset's protocol (0-based).
     config.data.num_folds = config_dict.placeholder(int)  # None: the corpus's protocol.
+    # How a fold splits the corpus (docs/data.md#folds): "speaker" (speaker-independent folds),
+    # "random" (stratified utterances, speaker-dependent: results not comparable with speaker-
+    # independent ones; num_folds or 5) or "emobox" (an EmoBox fold file, `fold_file`).
+    config.data.protocol = "speaker"
+    # Shuffles "random" folds and draws "emobox" validation speakers; apart from `seed`, so a
+    # cross-validation's folds are the same for every training seed.
+    config.data.split_seed = 0
+    # "emobox": the fold's <corpus>_train_fold_<k>.jsonl (test file beside it) or "TRAIN,TEST".
+    config.data.fold_file = config_dict.placeholder(str)
+    config.data.iemocap_dialogs = "all"  # IEMOCAP: "all" or "improvised" (every split).
     config.data.class_names = ("neutral", "happy", "angry", "sad")  # Label order of the logits.
     config.data.sample_rate = 16000  # Hz; audio is resampled to this before the STFT.
     config.data.n_fft = 1024  # STFT size in samples (64 ms at 16 kHz).

@@ -18,6 +18,9 @@ SAMPLING = ("shuffle", "balanced")
 EVALUATIONS = ("utterance", "centre_crop")
 # As emohrnet_jax.audio.features names them (librosa again).
 NORMALIZATIONS = ("utterance", "utterance_band", "training_band")
+# As emohrnet_jax.data.protocols reads them.
+PROTOCOLS = ("speaker", "random", "emobox")
+IEMOCAP_DIALOGS = ("all", "improvised")
 
 
 class ConfigError(ValueError):
@@ -63,9 +66,37 @@ def check(config: ml_collections.ConfigDict) -> None:
     _one_of("class_weights", config.class_weights, CLASS_WEIGHTS)
     _one_of("data.sampling", config.data.sampling, SAMPLING)
     _one_of("data.normalization", config.data.get("normalization", "utterance"), NORMALIZATIONS)
+    check_protocol(config.data)
     classes = tuple(config.data.class_names)
     if config.model.num_classes != len(classes):
         raise ConfigError(
             f"config.model.num_classes={config.model.num_classes} but config.data.class_names "
             f"lists {len(classes)} classes {list(classes)}: make them agree"
+        )
+
+
+def check_protocol(data_config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for a fold protocol, fold file or dialog filter that cannot apply.
+
+    Fields missing from `data_config` (a config of before they existed) mean today's defaults.
+    """
+    protocol = data_config.get("protocol", "speaker")
+    _one_of("data.protocol", protocol, PROTOCOLS)
+    dialogs = data_config.get("iemocap_dialogs", "all")
+    _one_of("data.iemocap_dialogs", dialogs, IEMOCAP_DIALOGS)
+    if dialogs != "all" and data_config.dataset != "iemocap":
+        raise ConfigError(
+            f"config.data.iemocap_dialogs={dialogs!r} applies to IEMOCAP only, not "
+            f"{data_config.dataset}: leave it 'all'"
+        )
+    fold_file = data_config.get("fold_file")
+    if protocol == "emobox" and not fold_file:
+        raise ConfigError(
+            "config.data.protocol='emobox' needs config.data.fold_file: the fold's EmoBox "
+            "<corpus>_train_fold_<k>.jsonl (its test file beside it), or 'TRAIN.jsonl,TEST.jsonl'"
+        )
+    if fold_file and protocol != "emobox":
+        raise ConfigError(
+            f"config.data.fold_file is set but config.data.protocol={protocol!r}: set "
+            "--config.data.protocol=emobox to use the fold file"
         )

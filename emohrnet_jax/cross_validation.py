@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from emohrnet_jax import evaluation, locks, metrics, plots, run_config, statistics, storage, train
-from emohrnet_jax.data import splits
+from emohrnet_jax.data import protocols
 
 METRICS = ("ua", "wa", "macro_f1")
 
@@ -53,7 +53,7 @@ def run_folds(
       run_config.RunConfigError: a fold folder holds a run of another config.
       locks.LockedError: another process is using `workdir` (or a fold's folder).
     """
-    total = splits.num_folds(config.data.dataset, config.data.get("num_folds"))
+    total = protocols.num_folds(config.data)
     folds = list(range(total)) if folds is None else folds
     bad = [fold for fold in folds if not 0 <= fold < total]
     if bad:

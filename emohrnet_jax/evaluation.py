@@ -26,7 +26,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from emohrnet_jax import calibration, metrics, statistics, steps, storage, windows
-from emohrnet_jax.data import pipeline, splits
+from emohrnet_jax.data import cross_corpus, pipeline, splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +223,7 @@ def target(config: ml_collections.ConfigDict, split: str) -> Target:
     """The training corpus's fold, or with `config.cross_corpus.dataset` that corpus's."""
     corpus = config.cross_corpus.dataset
     if corpus:
-        fold, mapping, left_out = pipeline.create_cross_corpus_input(config, split)
+        fold, mapping, left_out = cross_corpus.create_input(config, split)
         classes = tuple(sorted({fold.class_names.index(ours) for ours in mapping.values()}))
         about = {"dataset": corpus, "label_map": mapping, "left_out": left_out}
         return Target(fold, f"{corpus}_{split}", classes, about)

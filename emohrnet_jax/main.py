@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
     with cli.quiet_imports():
         import jax
 
-        from emohrnet_jax import compilation_cache, train
+        from emohrnet_jax import compilation_cache, rescoring, train
 
     if _DISTRIBUTED.value:
         jax.distributed.initialize(**cluster)
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> None:
     )
     try:
         if _MODE.value == "evaluate":
-            train.evaluate_run(config, workdir, _SPLIT.value)
+            rescoring.evaluate_run(config, workdir, _SPLIT.value)
         elif train.train_and_evaluate(config, workdir) is None:
             sys.exit(train.EXIT_PREEMPTED)
     except cli.USER_ERRORS as error:

@@ -198,6 +198,12 @@ def global_batch(batch: dict[str, Any], keys, sharding) -> dict[str, jax.Array]:
         return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys}
 
 
+def shardings() -> tuple[jax.sharding.Mesh, jax.sharding.Sharding, jax.sharding.Sharding]:
+    """The data mesh, the replicated sharding (state) and the batch sharding (`data` axis)."""
+    mesh = make_mesh()
+    return (mesh, *_shardings(mesh))
+
+
 def make_mesh() -> jax.sharding.Mesh:
     """A 1-D `data` mesh over every device of every host, with compiler-chosen layouts inside."""
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))

@@ -27,7 +27,6 @@ from emohrnet_jax import (
     config_check,
     evaluation,
     locks,
-    metrics,
     normalization,
     report,
     run_config,
@@ -36,7 +35,7 @@ from emohrnet_jax import (
     summaries,
     windows,
 )
-from emohrnet_jax.data import balance, pipeline, sources, splits
+from emohrnet_jax.data import balance, pipeline, protocols, sources, splits
 
 TRAIN_KEYS = ("mel", "label")
 # The exit status of a run stopped by SIGTERM after saving: sysexits.h's EX_TEMPFAIL, which
@@ -64,13 +63,6 @@ class _Preemption:
         return self._requested
 
 
-def _shardings():
-    """The data mesh, the replicated sharding (state) and the batch sharding (`data` axis)."""
-    mesh = steps.make_mesh()
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return mesh, replicated, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-
-
 def _check_devices(config: ml_collections.ConfigDict) -> None:
     devices = jax.device_count()
     if config.batch_size % devices:
@@ -80,7 +72,7 @@ def _check_devices(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _holding(workdir: str) -> contextlib.AbstractContextManager:
+def holding(workdir: str) -> contextlib.AbstractContextManager:
     """The workdir's lock on process 0, the one that writes there; other hosts take none."""
     if jax.process_index() == 0:
         return locks.hold(workdir, "the workdir")
@@ -104,7 +96,13 @@ def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.Fold
     path = os.path.join(workdir, "splits.json")
     fingerprint = evaluation.fingerprint(fold)
     splits.save_splits(
-        path, config.data.dataset, config.data.fold, fold.speakers, build, fingerprint
+        path,
+        config.data.dataset,
+        config.data.fold,
+        fold.speakers,
+        build,
+        fingerprint,
+        fold.protocol,
     )
     storage.write_json_atomically(os.path.join(workdir, "config.json"), run_config.as_json(config))
     return fold
@@ -123,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     config_check.check(config)
     _check_devices(config)
-    with _holding(workdir):
+    with holding(workdir):
         return _train(config, workdir)
 
 
@@ -165,7 +163,7 @@ def _set_up(
     fold = _start_run(config, workdir)
     fold_normalization = normalization.for_run(config, workdir, fold, jax.process_index() == 0)
     fold = dataclasses.replace(fold, normalization=fold_normalization)
-    mesh, replicated, batch_sharding = _shardings()
+    mesh, replicated, batch_sharding = steps.shardings()
     steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch), replicated)
     weights = _class_weights(config, fold)
@@ -349,6 +347,7 @@ def _final_results(
         split: evaluation.with_uncertainty(summary, predictions, config, temperature)
         for split, (summary, predictions) in raw.items()
     }
+    ids = {name: [u["id"] for u in fold.utterances(name)] for name in splits.SPLITS}
     results = {
         "dataset": config.data.dataset,
         "fold": config.data.fold,
@@ -359,8 +358,9 @@ def _final_results(
         "examples_per_second": float(np.median([r["examples_per_second"] for r in history])),
         "speakers": fold.speakers,
         "evaluation": config.evaluation,
-        "split_fingerprint": evaluation.fingerprint(fold),
-        "speaker_independent": True,
+        "split_fingerprint": splits.split_fingerprint(ids),
+        **fold.protocol,  # protocol, speaker_independent and the protocol's details
+        "text_overlap": protocols.text_overlap(config.data.dataset, ids),
         "bootstrap": {"resamples": config.bootstrap_resamples, "seed": config.seed},
         "temperature": temperature,
         **{split: summary for split, (summary, _) in scored.items()},
@@ -370,52 +370,9 @@ def _final_results(
             calibration.save(run.workdir, fitted)
         for split, (_, predictions) in scored.items():
             evaluation.write_predictions(run.workdir, split, predictions)
-        title = f"{config.data.dataset} fold {config.data.fold}, test"
+        # The pictures of a speaker-dependent split say so, as they are shown without the JSON.
+        dependent = "" if results["speaker_independent"] else ", speaker-dependent split"
+        title = f"{config.data.dataset} fold {config.data.fold}{dependent}, test"
         report.write_results(run.workdir, results, history, title)
         print(report.format_table(results))
     return results
-
-
-def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
-    """Scores a run's best-validation state on `split`; writes `evaluation_<name>.json` and `.png`.
-
-    With `config.cross_corpus.dataset` set, the split is that corpus's (`all`: every speaker),
-    its labels mapped onto the run's classes and predictions restricted to the mapped classes;
-    `<name>` is then `<corpus>_<split>`.
-
-    Raises:
-      FileNotFoundError: `workdir` holds no trained run.
-      locks.LockedError: another process is using `workdir` (training it, say).
-    """
-    config_check.check(config)
-    if not storage.isdir(workdir):  # holding the lock would create it
-        raise FileNotFoundError(f"no run in {workdir}: train this run first")
-    with _holding(workdir):
-        return _evaluate_run(config, workdir, split)
-
-
-def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
-    target = evaluation.target(config, split)
-    fold = dataclasses.replace(target.fold, normalization=normalization.load(config, workdir))
-    mesh, replicated, batch_sharding = _shardings()
-    # The optimizer state's structure, not its schedule's length, must match the checkpoint.
-    state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1), replicated)
-    state, best = checkpoints.restore_best(workdir, state)
-    eval_step = steps.jit_eval_step(config, mesh, len(fold.class_names), target.classes)
-    windowing = windows.Windowing.from_config(config)
-    result, predictions = evaluation.evaluate_with_predictions(
-        eval_step, state, fold, split, config.batch_size, batch_sharding, windowing
-    )
-    if target.classes is not None:
-        kept = np.ix_(target.classes, target.classes)
-        confusion = np.array(result["confusion_matrix"])[kept]
-        names = [fold.class_names[i] for i in target.classes]
-        result.update(metrics.summarize(confusion, names), **target.corpus)
-    temperature = calibration.load_temperature(workdir, best["step"])
-    result, _ = evaluation.with_uncertainty(result, predictions, config, temperature)
-    result.update(evaluation=config.evaluation, temperature=temperature)
-    result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
-    if jax.process_index() == 0:
-        report.write_evaluation(workdir, target.name, result)
-        print(report.format_evaluation(target.name, result))
-    return result

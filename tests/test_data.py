@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import windows
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import builders, corpora, pipeline, splits
+from emohrnet_jax.data import builders, corpora, cross_corpus, pipeline, splits
 from tests import helpers
 
 # Small features keep the builds fast; the code paths are the same as the defaults'.
@@ -459,8 +459,8 @@ def test_linear_baseline_scores_every_test_example(synthetic_config):
 def test_label_maps_pair_shared_names_or_the_listed_pairs():
     ours = ("neutral", "happy", "angry", "sad")
     theirs = ("anger", "joy", "neutral", "calm")
-    assert pipeline.parse_label_map("", theirs, ours) == {"neutral": "neutral"}
-    assert pipeline.parse_label_map(" joy=happy,anger = angry", theirs, ours) == {
+    assert cross_corpus.parse_label_map("", theirs, ours) == {"neutral": "neutral"}
+    assert cross_corpus.parse_label_map(" joy=happy,anger = angry", theirs, ours) == {
         "joy": "happy",
         "anger": "angry",
     }
@@ -470,9 +470,9 @@ def test_label_maps_pair_shared_names_or_the_listed_pairs():
         ("joy=glad", "'glad' is not one of"),
     ]:
         with pytest.raises(ValueError, match=match):
-            pipeline.parse_label_map(text, theirs, ours)
+            cross_corpus.parse_label_map(text, theirs, ours)
     with pytest.raises(ValueError, match="no class of"):
-        pipeline.parse_label_map("", ("joy", "calm"), ours)
+        cross_corpus.parse_label_map("", ("joy", "calm"), ours)
 
 
 def test_an_unprepared_corpus_names_the_command_that_prepares_it(tmp_path):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from emohrnet_jax import cross_validation, locks, run_config, train
+from emohrnet_jax import cross_validation, locks, rescoring, run_config, train
 from tests import helpers
 from tests.test_runs_config import last_line
 
@@ -53,7 +53,7 @@ def test_a_second_run_on_a_workdir_in_use_refuses_at_once(data_dir, held):
         train.train_and_evaluate(config, str(workdir))
     assert time.perf_counter() - started < 5
     with pytest.raises(locks.LockedError, match=f"in use by process {holder.pid} "):
-        train.evaluate_run(config, str(workdir), "test")
+        rescoring.evaluate_run(config, str(workdir), "test")
     assert sorted(os.listdir(workdir)) == [".lock"]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from emohrnet_jax import checkpoints, cross_validation, report, steps, storage, train
+from emohrnet_jax import checkpoints, cross_validation, report, rescoring, steps, storage, train
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import builders, pipeline
 from tests import helpers
@@ -254,7 +254,7 @@ def test_results_carry_intervals_calibration_predictions_and_the_split(uninterru
 
 def test_evaluate_mode_rescores_the_best_state(uninterrupted, data_dir):
     results, workdir = uninterrupted
-    result = train.evaluate_run(helpers.tiny_config(data_dir), str(workdir), "test")
+    result = rescoring.evaluate_run(helpers.tiny_config(data_dir), str(workdir), "test")
     assert result["confusion_matrix"] == results["test"]["confusion_matrix"]
     for key in ("ci95", "per_speaker_ua", "worst_speaker"):
         assert result[key] == results["test"][key], key
@@ -268,7 +268,7 @@ def test_evaluate_mode_rescores_the_best_state(uninterrupted, data_dir):
 
 def test_evaluate_mode_needs_a_trained_run(data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="train this run first"):
-        train.evaluate_run(helpers.tiny_config(data_dir), str(tmp_path), "test")
+        rescoring.evaluate_run(helpers.tiny_config(data_dir), str(tmp_path), "test")
 
 
 def _state_like(workdir):
@@ -397,7 +397,7 @@ def test_cross_corpus_evaluation_maps_labels_and_counts_the_rest(uninterrupted, 
         },
     )
     _labelled_folder_corpus(tmp_path, config.data)
-    result = train.evaluate_run(config, str(workdir), "all")
+    result = rescoring.evaluate_run(config, str(workdir), "all")
     assert result["left_out"] == {"calm": 4}
     assert result["label_map"] == {"anger": "angry", "joy": "happy", "neutral": "neutral"}
     assert list(result["per_class_recall"]) == ["neutral", "happy", "angry"]
@@ -411,7 +411,7 @@ def test_cross_corpus_evaluation_maps_labels_and_counts_the_rest(uninterrupted, 
 
 def test_all_speakers_of_the_training_corpus_is_refused(uninterrupted, data_dir):
     with pytest.raises(ValueError, match="training speakers included"):
-        train.evaluate_run(helpers.tiny_config(data_dir), str(uninterrupted[1]), "all")
+        rescoring.evaluate_run(helpers.tiny_config(data_dir), str(uninterrupted[1]), "all")
 
 
 def test_cross_validation_summarizes_folds_and_skips_finished_ones(

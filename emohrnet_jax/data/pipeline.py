@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import paths, windows
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import balance, builders, csv_corpus, remote, sources, splits
+from emohrnet_jax.data import balance, builders, csv_corpus, protocols, remote, sources
 
 UTTERANCE_KEYS = ("id", "speaker", "label")
 SAMPLING = ("shuffle", "balanced")  # config.data.sampling's values
@@ -145,7 +145,8 @@ def _check_sources(builder: tfds.core.DatasetBuilder, data_config: ml_collection
 
 @dataclasses.dataclass
 class FoldInput:
-    """The batches of one speaker-independent fold."""
+    """The batches of one fold: each split is its speakers' utterances, or where `ids` is set
+    (a protocol that splits utterances, `protocols.fold_split`) the utterances it lists."""
 
     builder: tfds.core.DatasetBuilder
     speakers: dict[str, list[str]]
@@ -154,6 +155,11 @@ class FoldInput:
     # Cross-corpus: stored label index -> model class index, -1 for a class left out.
     label_map: tuple[int, ...] | None = None
     normalization: features.Normalization = features.Normalization()  # noqa: RUF009 (frozen)
+    ids: dict[str, list[str]] | None = None
+    # What splits.json and results.json say of the protocol (`protocols.FoldSplit.about`).
+    protocol: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"protocol": "speaker", "speaker_independent": True}
+    )
     _counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def split(self, name: str) -> tf.data.Dataset:
@@ -172,7 +178,8 @@ class FoldInput:
 
     def _stored(self, name: str, decoders: Any = None) -> tf.data.Dataset:
         """The stored examples of a split, labels mapped onto the model's classes."""
-        dataset = _utterances_of(self.builder, self.speakers[name], decoders)
+        ids = None if self.ids is None else self.ids[name]
+        dataset = _utterances_of(self.builder, self.speakers[name], decoders, ids)
         if self.label_map is not None:
             table = tf.constant(self.label_map, tf.int64)
             dataset = dataset.map(lambda x: {**x, "label": tf.gather(table, x["label"])})
@@ -295,94 +302,32 @@ def _stacked(rows: list[tuple], size: int, shape: tuple[int, int]) -> dict[str, 
 
 
 def create_fold_input(config: ml_collections.ConfigDict) -> FoldInput:
-    """Loads the prepared dataset of `config.data` and selects fold `config.data.fold`."""
+    """Loads the prepared dataset of `config.data` and selects fold `config.data.fold` of its
+    protocol (`config.data.protocol`)."""
     builder = load_builder(config.data)
     speakers = builder.info.metadata["speakers"]
-    fold_speakers = splits.fold_speakers(
-        config.data.dataset, speakers, config.data.fold, config.data.get("num_folds")
-    )
+    rows = []
+    if protocols.needs_rows(config.data):
+        every = FoldInput(builder, {"all": speakers}, (), config.data.num_frames)
+        rows = [protocols.Row(**utterance) for utterance in every.utterances("all")]
+    fold = protocols.fold_split(config.data, speakers, rows)
     return FoldInput(
         builder=builder,
-        speakers=fold_speakers,
+        speakers=fold.speakers,
         class_names=tuple(builder.info.features["label"].names),
         num_frames=config.data.num_frames,
+        ids=fold.ids,
+        protocol=fold.about,
     )
-
-
-def parse_label_map(
-    text: str, corpus_classes: Sequence[str], model_classes: Sequence[str]
-) -> dict[str, str]:
-    """Reads "theirs=ours,..." pairs; an empty text pairs the classes that share a name.
-
-    Raises:
-      ValueError: on a malformed pair, a name that is not a class, or a mapping that is empty.
-    """
-    if not text.strip():
-        mapping = {name: name for name in corpus_classes if name in model_classes}
-    else:
-        mapping = {}
-        for pair in text.split(","):
-            theirs, sep, ours = (part.strip() for part in pair.partition("="))
-            if not sep or not theirs or not ours:
-                raise ValueError(f"label_map entry {pair!r} is not of the form theirs=ours")
-            if theirs not in corpus_classes:
-                raise ValueError(f"label_map: {theirs!r} is not one of {list(corpus_classes)}")
-            if ours not in model_classes:
-                raise ValueError(f"label_map: {ours!r} is not one of {list(model_classes)}")
-            mapping[theirs] = ours
-    if not mapping:
-        raise ValueError(
-            f"no class of {list(corpus_classes)} maps onto the model's {list(model_classes)}; "
-            "set config.cross_corpus.label_map, e.g. 'joy=happy,anger=angry'"
-        )
-    return mapping
-
-
-def create_cross_corpus_input(
-    config: ml_collections.ConfigDict, split: str
-) -> tuple[FoldInput, dict[str, str], dict[str, int]]:
-    """Corpus `config.cross_corpus.dataset`, prepared with the run's features, labels mapped.
-
-    `split` is `all` (every speaker) or that corpus's `train`, `validation` or `test` speakers of
-    fold `config.data.fold` (its own protocol). Returns the input (model class names, mapped
-    labels), the mapping and the number of examples of each class left out.
-    """
-    cross = config.cross_corpus
-    data_config = ml_collections.ConfigDict(config.data.to_dict())
-    data_config.dataset = cross.dataset
-    data_config.label_set = cross.label_set
-    data_config.csv = cross.get("csv")
-    builder = load_builder(data_config, prepare_synthetic=False, check_classes=False)
-    corpus_classes = list(builder.info.metadata["class_names"])
-    model_classes = list(config.data.class_names)
-    mapping = parse_label_map(cross.label_map, corpus_classes, model_classes)
-    speakers = list(builder.info.metadata["speakers"])
-    if split == "all":
-        fold_speakers = {"all": speakers}
-    else:
-        fold_speakers = splits.fold_speakers(cross.dataset, speakers, config.data.fold)
-    fold = FoldInput(
-        builder=builder,
-        speakers=fold_speakers,
-        class_names=tuple(model_classes),
-        num_frames=config.data.num_frames,
-        label_map=tuple(
-            model_classes.index(mapping[name]) if name in mapping else -1 for name in corpus_classes
-        ),
-    )
-    stored = _utterances_of(builder, fold_speakers[split], {"mel": tfds.decode.SkipDecoding()})
-    labels = [int(label) for label in tfds.as_numpy(stored.map(lambda x: x["label"]))]
-    left_out = {
-        name: labels.count(i) for i, name in enumerate(corpus_classes) if name not in mapping
-    }
-    return fold, mapping, left_out
 
 
 def _utterances_of(
-    builder: tfds.core.DatasetBuilder, speakers: Sequence[str], decoders: Any = None
+    builder: tfds.core.DatasetBuilder,
+    speakers: Sequence[str],
+    decoders: Any = None,
+    ids: Sequence[str] | None = None,
 ) -> tf.data.Dataset:
-    """The stored utterances of `speakers`, in stored order."""
-    wanted = tf.constant(list(speakers))
+    """The stored utterances of `speakers` (or, given `ids`, of those ids), in stored order."""
     # No tfds auto-cache: every epoch and split builds a new dataset, so a cache would only copy
     # the data (and warn when an epoch stops before its end).
     dataset = builder.as_dataset(
@@ -391,6 +336,14 @@ def _utterances_of(
         decoders=decoders,
         read_config=tfds.ReadConfig(try_autocache=False),
     )
+    if ids is not None:
+        # A hash lookup per example: a split lists thousands of ids.
+        keys = tf.constant(list(ids), tf.string)
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int64)), 0
+        )
+        return dataset.filter(lambda x: table.lookup(x["id"]) > 0)
+    wanted = tf.constant(list(speakers))
     return dataset.filter(lambda x: tf.reduce_any(tf.equal(x["speaker"], wanted)))
 
 

@@ -1,4 +1,4 @@
-"""Speaker-independent cross-validation folds.
+"""Speaker-independent cross-validation folds (the `speaker` protocol of `protocols`).
 
 Every corpus's speakers are partitioned into ordered groups; fold k tests on group k, validates on
 group k + 1 (cyclically) and trains on the rest, so no speaker is in two of train, validation and
@@ -16,6 +16,7 @@ test, and validation speakers are always drawn from the speakers not tested on:
 import hashlib
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -87,11 +88,13 @@ def save_splits(
     splits: dict[str, list[str]],
     build: str | None = None,
     fingerprint: str | None = None,
+    protocol: dict[str, Any] | None = None,
 ) -> None:
-    """Writes the fold's speakers, the build's source fingerprint and the split's fingerprint
-    (`split_fingerprint`) as JSON, atomically."""
+    """Writes the fold's speakers, the build's source fingerprint, the split's fingerprint
+    (`split_fingerprint`) and what `protocol` says of the fold's protocol as JSON, atomically."""
     storage.write_json_atomically(
         path,
         {"dataset": dataset, "fold": fold, "build": build, "split_fingerprint": fingerprint}
+        | (protocol or {})
         | splits,
     )

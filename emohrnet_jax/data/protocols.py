@@ -1,0 +1,312 @@
+"""Which stored utterances form a fold's train, validation and test splits, under which protocol.
+
+`config.data.protocol` chooses:
+
+- `speaker` (default): the speaker-independent folds of `splits.fold_speakers`.
+- `random`: a stratified utterance-level split, as many published tables used. Every speaker is
+  in every split (speaker-dependent), so its scores are not comparable with speaker-independent
+  ones. The utterances of each class, in id order, are shuffled by `config.data.split_seed` (not
+  `config.seed`: the folds of a cross-validation stay the same for every training seed) and dealt
+  to `num_folds` folds in turn; fold k tests on fold k, validates on fold k + 1 and trains on the
+  rest, so every split has the corpus's class proportions (within one utterance per class).
+- `emobox`: an EmoBox fold (Ma et al., 2024): `config.data.fold_file` is the fold's train jsonl
+  (`<corpus>_train_fold_<k>.jsonl`, its test file `<corpus>_test_fold_<k>.jsonl` beside it) or
+  "TRAIN.jsonl,TEST.jsonl". Each line's `wav` file stem (or its `key` less the `<corpus>-` prefix)
+  is our utterance id; lines matching no stored utterance are counted. EmoBox has no validation
+  split: as many speakers as its test split has (IEMOCAP: sessions) are drawn by `split_seed` from
+  its train speakers that are not test speakers. `config.data.fold` is not read.
+
+`config.data.iemocap_dialogs="improvised"` keeps only IEMOCAP's improvised dialogs in every split.
+No TensorFlow here: the pipeline passes the stored utterances in (`Row`s).
+"""
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from emohrnet_jax import config_check, storage
+from emohrnet_jax.data import splits
+
+RANDOM_WARNING = (
+    "config.data.protocol='random' splits utterances, not speakers: every test speaker is also a "
+    "training speaker, so these results are speaker-dependent and not comparable with "
+    "speaker-independent ones"
+)
+# Ses01F_impro01_F000, Ses01F_script01_1_M012: the dialog's name between session and turn.
+_IEMOCAP_ID = re.compile(r"Ses\d\d[FM]_(.+)_[FM]\d+")
+# What text_overlap compares: RAVDESS's statement (2), EMOVO's sentence (14), IEMOCAP's script.
+TEXT_UNITS = {"ravdess": "sentence", "emovo": "sentence", "iemocap": "script"}
+# How many unmatched fold-file lines results.json names (all are counted).
+_EXAMPLES = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A stored utterance: its id, speaker and stored label index."""
+
+    id: str
+    speaker: str
+    label: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldSplit:
+    """A fold's splits: each split's speakers and, unless the speakers alone select it, its
+    utterance ids; `about` is what splits.json and results.json say of the protocol."""
+
+    speakers: dict[str, list[str]]
+    ids: dict[str, list[str]] | None
+    about: dict[str, Any]
+
+
+def num_folds(data_config: ml_collections.ConfigDict) -> int:
+    """The number of folds of `config.data`'s protocol: an EmoBox fold file is one fold."""
+    protocol, requested = _protocol(data_config), data_config.get("num_folds")
+    if protocol == "emobox":
+        return 1
+    if protocol == "random":
+        folds = splits.GENERIC_NUM_FOLDS if requested is None else requested
+        if folds < 3:
+            raise ValueError(f"need at least 3 folds (train, validation, test), got {folds}")
+        return folds
+    return splits.num_folds(data_config.dataset, requested)
+
+
+def needs_rows(data_config: ml_collections.ConfigDict) -> bool:
+    """Whether the fold is chosen by utterance (the pipeline must list the stored ones)."""
+    return _protocol(data_config) != "speaker" or _dialogs(data_config) != "all"
+
+
+def fold_split(
+    data_config: ml_collections.ConfigDict, speakers: Sequence[str], rows: Sequence[Row] = ()
+) -> FoldSplit:
+    """The splits of fold `config.data.fold` under `config.data.protocol`.
+
+    Args:
+      data_config: `config.data`.
+      speakers: the corpus's speakers.
+      rows: every stored utterance, in stored order (needed where `needs_rows`).
+
+    Raises:
+      ValueError: a protocol, fold or fold file that cannot give three non-empty splits.
+    """
+    config_check.check_protocol(data_config)
+    protocol, dialogs = _protocol(data_config), _dialogs(data_config)
+    about: dict[str, Any] = {"protocol": protocol}
+    if data_config.dataset == "iemocap":
+        about["iemocap_dialogs"] = dialogs
+    kept = [row for row in rows if dialogs == "all" or is_improvised(row.id)]
+    if protocol == "random":
+        logging.warning(RANDOM_WARNING)
+        ids = random_split(kept, data_config.fold, num_folds(data_config), _seed(data_config))
+        split = _from_ids(kept, ids)
+        return FoldSplit(split.speakers, ids, about | {"speaker_independent": False})
+    if protocol == "emobox":
+        # Matched against every stored utterance: a scripted line left out is not "unmatched".
+        ids, emobox = emobox_split(data_config, rows)
+        kept_ids = {row.id for row in kept}
+        ids = {name: [i for i in group if i in kept_ids] for name, group in ids.items()}
+        split = _from_ids(kept, ids)
+        independent = not set(split.speakers["test"]) & {
+            s for name in ("train", "validation") for s in split.speakers[name]
+        }
+        about |= {"speaker_independent": independent, "emobox": emobox}
+        return FoldSplit(split.speakers, ids, about)
+    by_speaker = splits.fold_speakers(
+        data_config.dataset, speakers, data_config.fold, data_config.get("num_folds")
+    )
+    about["speaker_independent"] = True
+    if dialogs == "all":
+        return FoldSplit(by_speaker, None, about)
+    ids = {name: [r.id for r in kept if r.speaker in group] for name, group in by_speaker.items()}
+    return FoldSplit(by_speaker, ids, about)
+
+
+def _protocol(data_config: ml_collections.ConfigDict) -> str:
+    return data_config.get("protocol", "speaker")
+
+
+def _dialogs(data_config: ml_collections.ConfigDict) -> str:
+    return data_config.get("iemocap_dialogs", "all")
+
+
+def _seed(data_config: ml_collections.ConfigDict) -> int:
+    return data_config.get("split_seed", 0)
+
+
+def _from_ids(rows: Sequence[Row], ids: dict[str, list[str]]) -> FoldSplit:
+    """The speakers of each split of `ids`, refusing an empty split."""
+    speaker_of = {row.id: row.speaker for row in rows}
+    for name in splits.SPLITS:
+        if not ids[name]:
+            raise ValueError(f"the {name} split of this fold holds no utterance")
+    speakers = {name: sorted({speaker_of[i] for i in ids[name]}) for name in splits.SPLITS}
+    return FoldSplit(speakers, ids, {})
+
+
+def random_split(rows: Sequence[Row], fold: int, folds: int, seed: int) -> dict[str, list[str]]:
+    """The stratified utterance-level split of the module docstring (ids in stored order)."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"config.data.fold={fold} is out of range for {folds} folds")
+    rng = np.random.default_rng(seed)
+    dealt = []
+    for label in sorted({row.label for row in rows}):
+        of_class = sorted(row.id for row in rows if row.label == label)
+        dealt += [of_class[i] for i in rng.permutation(len(of_class))]
+    # Dealing the classes one after another, in turn, keeps each fold within one per class.
+    fold_of = {utterance: position % folds for position, utterance in enumerate(dealt)}
+    validation = (fold + 1) % folds
+    named = {fold: "test", validation: "validation"}
+    ids = {name: [] for name in splits.SPLITS}
+    for row in rows:
+        ids[named.get(fold_of[row.id], "train")].append(row.id)
+    return ids
+
+
+def is_improvised(utterance_id: str) -> bool:
+    """Whether an IEMOCAP utterance id is of an improvised dialog (`Ses01F_impro01_F000`)."""
+    match = _IEMOCAP_ID.fullmatch(utterance_id)
+    return bool(match) and match.group(1).startswith("impro")
+
+
+def emobox_files(fold_file: str) -> tuple[str, str]:
+    """The train and test jsonl files that `config.data.fold_file` names (module docstring)."""
+    parts = [part.strip() for part in fold_file.split(",") if part.strip()]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    folder, name = os.path.split(parts[0]) if len(parts) == 1 else ("", "")
+    if "_train_fold_" not in name:
+        raise ValueError(
+            f"config.data.fold_file={fold_file!r} is neither an EmoBox "
+            "<corpus>_train_fold_<k>.jsonl nor a 'TRAIN.jsonl,TEST.jsonl' pair"
+        )
+    return parts[0], os.path.join(folder, name.replace("_train_fold_", "_test_fold_"))
+
+
+def read_fold_file(path: str) -> list[dict[str, Any]]:
+    """The utterances of an EmoBox jsonl file: one JSON object a line, with `key` (and `wav`)."""
+    entries = []
+    for number, line in enumerate(storage.read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number} is not JSON: {error}") from error
+        if not isinstance(entry, dict) or "key" not in entry:
+            raise ValueError(f'{path} line {number} has no "key" (EmoBox\'s utterance name)')
+        entries.append(entry)
+    return entries
+
+
+def emobox_id(entry: dict[str, Any], dataset: str, stored: set[str]) -> str | None:
+    """Our id of an EmoBox line: its wav file's stem, or its key less "<corpus>-"; None if
+    neither is a stored utterance."""
+    key = str(entry["key"])
+    candidates = [
+        os.path.splitext(os.path.basename(str(entry.get("wav") or "")))[0],
+        key.removeprefix(f"{entry.get('dataset') or dataset}-"),
+        key,
+    ]
+    return next((c for c in candidates if c in stored), None)
+
+
+def emobox_split(
+    data_config: ml_collections.ConfigDict, rows: Sequence[Row]
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """The ids of an EmoBox fold's splits (validation carved out of its train part) and what
+    results.json records of the fold file."""
+    paths = dict(zip(("train", "test"), emobox_files(data_config.fold_file), strict=True))
+    stored = {row.id for row in rows}
+    matched, unmatched = {}, {}
+    for name, path in paths.items():
+        entries = read_fold_file(path)
+        ours = [emobox_id(entry, data_config.dataset, stored) for entry in entries]
+        matched[name] = {i for i in ours if i is not None}
+        unmatched[name] = [str(e["key"]) for e, i in zip(entries, ours, strict=True) if i is None]
+    both = sorted(matched["train"] & matched["test"])
+    if both:
+        raise ValueError(
+            f"{len(both)} utterances are in both {paths['train']} and {paths['test']}, "
+            f"e.g. {both[:_EXAMPLES]}: not a fold"
+        )
+    speaker_of = {row.id: row.speaker for row in rows}
+    validation = carve_validation(
+        data_config.dataset,
+        {speaker_of[i] for i in matched["train"]},
+        {speaker_of[i] for i in matched["test"]},
+        _seed(data_config),
+    )
+    ids = {name: [] for name in splits.SPLITS}
+    for row in rows:
+        if row.id in matched["test"]:
+            ids["test"].append(row.id)
+        elif row.id in matched["train"]:
+            ids["validation" if row.speaker in validation else "train"].append(row.id)
+    about = {
+        "train_file": paths["train"],
+        "test_file": paths["test"],
+        "matched": {name: len(matched[name]) for name in paths},
+        "unmatched": {name: len(unmatched[name]) for name in paths},
+        "unmatched_examples": sorted(unmatched["train"] + unmatched["test"])[:_EXAMPLES],
+        "stored_not_in_fold": len(stored - matched["train"] - matched["test"]),
+        "validation_speakers": sorted(validation),
+    }
+    return ids, about
+
+
+def carve_validation(
+    dataset: str, train_speakers: set[str], test_speakers: set[str], seed: int
+) -> set[str]:
+    """Validation speakers drawn (by `seed`) from the train speakers that are not test speakers:
+    as many as the test split has, in whole sessions for IEMOCAP, leaving at least one to train."""
+    unit = (lambda speaker: speaker[:5]) if dataset == "iemocap" else (lambda speaker: speaker)
+    test_units = {unit(s) for s in test_speakers}
+    candidates = sorted({unit(s) for s in train_speakers} - test_units)
+    count = min(max(len(test_units), 1), len(candidates) - 1)
+    if count < 1:
+        raise ValueError(
+            f"the fold file's train part has {len(candidates)} speakers outside its test part "
+            f"({candidates}): at least 2 are needed to carve validation speakers out of it"
+        )
+    chosen = {
+        candidates[i] for i in np.random.default_rng(seed).permutation(len(candidates))[:count]
+    }
+    return {speaker for speaker in train_speakers if unit(speaker) in chosen}
+
+
+def text_unit(dataset: str, utterance_id: str) -> str | None:
+    """The sentence or script an utterance speaks, from its id; None where it has none known.
+
+    RAVDESS `03-01-05-01-02-01-12`: the statement (5th field). EMOVO `dis-f1-b1`: the sentence
+    (3rd field). IEMOCAP `Ses01F_script01_1_F000`: the scripted dialog (`script01_1`, the same
+    text in every session); improvised dialogs share a scenario, not their words, so they have
+    none.
+    """
+    if dataset == "ravdess":
+        fields = utterance_id.split("-")
+        return fields[4] if len(fields) == 7 else None
+    if dataset == "emovo":
+        fields = utterance_id.split("-")
+        return fields[2] if len(fields) == 3 else None
+    if dataset == "iemocap":
+        match = _IEMOCAP_ID.fullmatch(utterance_id)
+        return match.group(1) if match and match.group(1).startswith("script") else None
+    return None
+
+
+def text_overlap(dataset: str, ids: dict[str, Sequence[str]]) -> dict[str, Any] | None:
+    """How many test utterances speak a sentence or script that a training utterance speaks:
+    `{"unit", "test_utterances", "of"}`, or None for a corpus without known text."""
+    if dataset not in TEXT_UNITS:
+        return None
+    trained = {text_unit(dataset, i) for i in ids["train"]} - {None}
+    shared = sum(text_unit(dataset, i) in trained for i in ids["test"])
+    return {"unit": TEXT_UNITS[dataset], "test_utterances": shared, "of": len(ids["test"])}
