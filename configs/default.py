@@ -71,6 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Training order: "shuffle" (the paper) or "balanced": as many examples per epoch, every class
     # drawn equally often (each class's examples reshuffled and repeated as needed).
     config.data.sampling = "shuffle"
+    # "utterance" (the paper): one mean and variance over all of an utterance's cells, keeping
+    # the spectral tilt (a cue of vocal effort); "utterance_band": each Mel band's own over the
+    # utterance's frames (removes the tilt and the channel's colour, like CMVN); "training_band":
+    # each band's over all frames of the fold's training split (saved in normalization.json).
+    config.data.normalization = "utterance"
     config.data.num_frames = 188  # Crop (and scoring window) in frames: 1 + 3 s * 16000 / 256.
     # Built-in synthetic corpus (used when dataset == "synthetic").
     config.data.synthetic_speakers = 40  # Synthetic speakers (split by speaker into folds).

@@ -16,6 +16,8 @@ CLASS_WEIGHTS = ("none", "balanced")
 SAMPLING = ("shuffle", "balanced")
 # As emohrnet_jax.windows names them (it imports librosa, so not from there).
 EVALUATIONS = ("utterance", "centre_crop")
+# As emohrnet_jax.audio.features names them (librosa again).
+NORMALIZATIONS = ("utterance", "utterance_band", "training_band")
 # As emohrnet_jax.data.protocols reads them.
 PROTOCOLS = ("speaker", "random", "emobox")
 IEMOCAP_DIALOGS = ("all", "improvised")
@@ -63,6 +65,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     _one_of("augment.mask_value", config.augment.mask_value, MASK_VALUES)
     _one_of("class_weights", config.class_weights, CLASS_WEIGHTS)
     _one_of("data.sampling", config.data.sampling, SAMPLING)
+    _one_of("data.normalization", config.data.get("normalization", "utterance"), NORMALIZATIONS)
     check_protocol(config.data)
     classes = tuple(config.data.class_names)
     if config.model.num_classes != len(classes):

@@ -14,6 +14,9 @@ writes to `--output`:
       tf.saved_model.load(path).signatures["serving_default"](mel=mel)
 - `metadata.json`: class names, feature parameters, normalization, window length, input and
   output shapes, the checkpoint's epoch and validation UA: what a server needs to make inputs.
+  `normalization` gives the run's mode and formula (`utterance`: one mean and variance over the
+  clip; `utterance_band`: each Mel band's over the clip's frames) and, for `training_band`, the
+  training split's per-band `mean` and `scale`: the models take windows already normalized.
 
 A non-empty `--output` is refused; with `--overwrite` it may be a previous export (its
 `metadata.json` names it so, and it holds nothing else), which is replaced. A folder that is or
@@ -43,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from emohrnet_jax import calibration, cli, models, paths, runs, storage
+from emohrnet_jax import calibration, cli, models, normalization, paths, runs, storage
 from emohrnet_jax.audio import features
 
 JAX_FILE = "model.jax_exported"
@@ -106,10 +109,38 @@ def export_saved_model(serve, config, platforms: Sequence[str], path: str) -> No
     tf.saved_model.save(module, path, signatures={SIGNATURE: module.serve.get_concrete_function()})
 
 
+def normalization_metadata(normalizing: features.Normalization) -> dict[str, Any]:
+    """How a server normalizes a clip's log-Mel (`metadata.json`'s `normalization`): the mode, the
+    formula and, for `training_band`, the training split's per-band `mean` and `scale`."""
+    how = {
+        features.UTTERANCE: "one mean and variance over all of the clip's cells: "
+        "(mel - mean) / sqrt(variance + epsilon)",
+        features.UTTERANCE_BAND: "each Mel band's mean and variance over the clip's frames: "
+        "(mel[band] - mean[band]) / sqrt(variance[band] + epsilon)",
+        features.TRAINING_BAND: "the training split's statistics below, the same for every clip: "
+        "(mel[band] - mean[band]) / scale[band], scale = sqrt(variance + epsilon)",
+    }[normalizing.mode]
+    info = {"mode": normalizing.mode, "formula": how, "epsilon": features.NORMALIZATION_EPSILON}
+    if normalizing.mode == features.TRAINING_BAND:
+        info.update(mean=list(normalizing.mean), scale=list(normalizing.scale))
+    return info
+
+
 def metadata(
-    config, best: dict[str, Any], platforms: Sequence[str], formats, temperature: float = 1.0
+    config,
+    best: dict[str, Any],
+    platforms: Sequence[str],
+    formats,
+    temperature: float = 1.0,
+    normalizing: features.Normalization | None = None,
 ) -> dict[str, Any]:
-    """What a server needs besides the model: how to make inputs and read outputs."""
+    """What a server needs besides the model: how to make inputs and read outputs.
+
+    `normalizing`: the run's (`normalization.load`; default: the config's mode, which must then
+    not be `training_band`).
+    """
+    if normalizing is None:
+        normalizing = features.Normalization(normalization.mode(config))
     n_mels, num_frames = int(config.data.n_mels), int(config.data.num_frames)
     num_classes = len(config.data.class_names)
     return {
@@ -117,9 +148,10 @@ def metadata(
         "feature_params": runs.feature_params(config).as_dict(),
         "features": (
             "mono, resampled to sample_rate; natural-log Mel power (librosa, centred frames, "
-            "power floored at log_floor); rounded to float16; one mean and variance per clip: "
-            "(mel - mean) / sqrt(variance + normalization_epsilon)"
+            "power floored at log_floor); rounded to float16; normalized with the whole clip "
+            "as `normalization` says"
         ),
+        "normalization": normalization_metadata(normalizing),
         "normalization_epsilon": features.NORMALIZATION_EPSILON,
         "windows": {
             "num_frames": num_frames,
@@ -177,7 +209,8 @@ def export_run(
     variables, best = runs.load_best_variables(workdir, config)
     temperature = calibration.load_temperature(workdir, best["step"])
     serve = serving_function(config, variables, temperature)
-    info = metadata(config, best, platforms, formats, temperature)
+    normalizing = normalization.load(config, workdir)
+    info = metadata(config, best, platforms, formats, temperature, normalizing)
     if storage.is_url(output):
         with tempfile.TemporaryDirectory(prefix="emohrnet_jax_export_") as staging:
             _write_files(staging, serve, config, platforms, formats, info)

@@ -7,13 +7,15 @@ r"""Emotion predictions for audio files with a trained run's best-validation sta
 Any file that soundfile decodes (WAV, FLAC, OGG, ...), at any sample rate, mono or multichannel,
 of any length. Features are made exactly as for the run's prepared training data: downmix,
 resample to the run's rate, log-Mel with the run's parameters, rounding to the stored float16,
-one mean and variance per clip. The model sees windows of the training crop's length
-(`config.data.num_frames`): a shorter clip is zero-padded at the end (as in training), a longer
-one is cut into windows every `--hop_frames` (half a window by default, the last window ending
-at the clip's end) whose logits are averaged before the softmax (emohrnet_jax.windows: the
-windows training's evaluation scores too), divided by the temperature fitted on the run's
-validation split where it has one (`calibration.json`). Files are decoded in blocks
-and only their float16 log-Mel is kept (~57 MB per hour at 128 bands), so memory stays bounded.
+normalization as `config.data.normalization` (statistics of the whole clip, or with
+`training_band` those of the run's `normalization.json`). The model sees windows of the training
+crop's length (`config.data.num_frames`): a shorter clip is zero-padded at the end (as in
+training), a longer one is cut into windows every `--hop_frames` (half a window by default, the
+last window ending at the clip's end) whose logits are averaged before the softmax
+(emohrnet_jax.windows: the windows training's evaluation scores too), divided by the temperature
+fitted on the run's validation split where it has one (`calibration.json`). Files are decoded in
+blocks and only their float16 log-Mel is kept (~57 MB per hour at 128 bands), so memory stays
+bounded.
 
 Folders are walked recursively in sorted order, following linked folders (each real folder
 once), picking up audio extensions only (.wav .flac .ogg .oga .opus .mp3 .aif .aiff); a file
@@ -56,6 +58,7 @@ from emohrnet_jax import (
     compilation_cache,
     files,
     models,
+    normalization,
     paths,
     runs,
     storage,
@@ -126,6 +129,8 @@ class Predictor:
         self.hop_frames = self.windowing.hop_frames
         self.batch_size = batch_size
         self.block_seconds = block_seconds
+        # As the run was trained (training_band: the statistics in its normalization.json).
+        self.normalization = normalization.load(self.config, workdir)
         self.variables, self.best = runs.load_best_variables(workdir, self.config)
         # Fitted on the validation split when the run was trained (1.0: none).
         self.temperature = calibration.load_temperature(workdir, self.best["step"])
@@ -142,7 +147,8 @@ class Predictor:
         Raises:
           features.AudioError: empty, non-finite, silent or too short (as in data preparation).
         """
-        return features.normalize(self._stored_mel(waveform, sample_rate)[0])
+        mel = self._stored_mel(waveform, sample_rate)[0]
+        return features.normalize(mel, self.normalization.statistics(mel))
 
     def _stored_mel(self, waveform: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
         """The float16 log-Mel of a clip, as the prepared datasets store it, and its samples."""
@@ -187,7 +193,7 @@ class Predictor:
           features.AudioError: a clip that data preparation would also have rejected.
         """
         mel, samples = self._stored_mel(waveform, sample_rate)
-        windows = self.windowing.windows(mel)
+        windows = self.windowing.windows(mel, self.normalization.statistics(mel))
         return self._prediction(self.window_logits(windows), self._seconds(samples))
 
     def _prediction(self, window_logits: np.ndarray, seconds: float) -> Prediction:
@@ -206,15 +212,13 @@ class Predictor:
     def _seconds(self, samples: int) -> float:
         return samples / self.feature_params.sample_rate
 
-    def _file_mel(
-        self, path: str
-    ) -> tuple[np.ndarray, tuple[float, float], float] | features.AudioError:
+    def _file_mel(self, path: str) -> tuple[np.ndarray, tuple, float] | features.AudioError:
         """A file's stored-dtype log-Mel, its normalization statistics and its seconds."""
         try:
             loaded = streaming.file_log_mel(path, self.feature_params, self.block_seconds)
         except features.AudioError as error:
             return error
-        statistics = features.normalization_statistics(loaded.mel)
+        statistics = self.normalization.statistics(loaded.mel)
         return loaded.mel, statistics, self._seconds(loaded.samples)
 
     def predict_files(

@@ -1,6 +1,7 @@
 """`--mode=evaluate`: a finished run's best-validation state scored again, on a split of its
 corpus or on another corpus (cross-corpus), with the run's windows and temperature."""
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -13,6 +14,7 @@ from emohrnet_jax import (
     config_check,
     evaluation,
     metrics,
+    normalization,
     report,
     steps,
     storage,
@@ -41,7 +43,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) ->
 
 def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, Any]:
     target = evaluation.target(config, split)
-    fold = target.fold
+    fold = dataclasses.replace(target.fold, normalization=normalization.load(config, workdir))
     mesh, replicated, batch_sharding = steps.shardings()
     # The optimizer state's structure, not its schedule's length, must match the checkpoint.
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch=1), replicated)

@@ -27,6 +27,7 @@ from emohrnet_jax import (
     config_check,
     evaluation,
     locks,
+    normalization,
     report,
     run_config,
     steps,
@@ -160,6 +161,8 @@ def _set_up(
 ) -> tuple[_Run, steps.TrainState, list[dict[str, Any]]]:
     """The run, and its state and epoch history: fresh, or resumed from the latest checkpoint."""
     fold = _start_run(config, workdir)
+    fold_normalization = normalization.for_run(config, workdir, fold, jax.process_index() == 0)
+    fold = dataclasses.replace(fold, normalization=fold_normalization)
     mesh, replicated, batch_sharding = steps.shardings()
     steps_per_epoch = steps.steps_per_epoch(fold.count("train"), config.batch_size)
     state = jax.device_put(steps.create_train_state(config, steps_per_epoch), replicated)

@@ -1,10 +1,11 @@
 """The windows a clip is scored with, shared by evaluation and prediction (no TensorFlow here).
 
-The model sees windows of the training crop's length (`num_frames`). In `UTTERANCE` mode a clip of
-at most `num_frames` frames is one window, zero-padded at the end (the clip's mean once
-normalized, as in training), and a longer one is cut into windows every `hop_frames` frames, the
-last one ending at the clip's end. `CENTRE_CROP` mode scores the one window at the clip's middle
-(the crop that training's evaluation used before whole utterances). A clip's logits are the mean
+The model sees windows of the training crop's length (`num_frames`), normalized as in training
+with the whole clip's statistics (`features.Normalization`). In `UTTERANCE` mode a clip of at most
+`num_frames` frames is one window, zero-padded at the end (the mean, once normalized, as in
+training), and a longer one is cut into windows every `hop_frames` frames, the last one ending at
+the clip's end. `CENTRE_CROP` mode scores the one window at the clip's middle (the crop that
+training's evaluation used before whole utterances). A clip's logits are the mean
 of its windows' logits, and its probabilities their softmax, at the run's temperature.
 """
 
@@ -62,11 +63,10 @@ class Windowing:
             starts.append(excess)
         return starts
 
-    def windows(
-        self, mel: np.ndarray, statistics: tuple[float, float] | None = None
-    ) -> Iterator[np.ndarray]:
+    def windows(self, mel: np.ndarray, statistics: tuple | None = None) -> Iterator[np.ndarray]:
         """The float32 `(n_mels, num_frames)` windows of a stored log-Mel `(n_mels, frames)`,
-        normalized with the whole clip's `statistics` (default: those of `mel`).
+        normalized with the whole clip's `statistics` (`features.Normalization.statistics`;
+        default: the per-utterance ones of `mel`).
 
         One at a time: an hour's windows overlap, and stacked they would take 4x the float16 clip.
         """

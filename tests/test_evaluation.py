@@ -1,6 +1,8 @@
 """Tests of whole-utterance evaluation (the windows `predict` scores) and temperature scaling."""
 
+import dataclasses
 import json
+import os
 import shutil
 
 import jax
@@ -8,7 +10,16 @@ import numpy as np
 import pytest
 import soundfile
 
-from emohrnet_jax import calibration, evaluation, export, predict, steps, windows
+from emohrnet_jax import (
+    calibration,
+    evaluation,
+    export,
+    predict,
+    run_config,
+    steps,
+    storage,
+    windows,
+)
 from emohrnet_jax.audio import features
 from emohrnet_jax.data import builders, pipeline
 from tests import helpers
@@ -154,9 +165,25 @@ def test_whole_utterance_evaluation_equals_predict_on_the_same_files(tmp_path):
     }
     # Utterances of 1 to 9 windows, in batches of one shape: one compiled evaluation program.
     assert eval_step._cache_size() == 1
-    predictor = predict.Predictor(run.workdir, batch_size=8)
-    for summary, predictions in scored.values():
-        files = [str(tmp_path / "corpus" / f"{u['id']}.wav") for u in predictions.utterances]
+    _assert_predict_scores_the_same(run.workdir, scored.values(), tmp_path / "corpus")
+    # Per-band normalization too (test split only: the same code path, half the time).
+    config.data.normalization = features.UTTERANCE_BAND
+    storage.write_json_atomically(
+        os.path.join(run.workdir, "config.json"), run_config.as_json(config)
+    )
+    fold = dataclasses.replace(fold, normalization=features.Normalization(features.UTTERANCE_BAND))
+    banded = evaluation.evaluate_with_predictions(
+        eval_step, run.best, fold, "test", 8, sharding, windows.Windowing.from_config(config)
+    )
+    assert not np.allclose(banded[1].logits, scored["test"][1].logits, atol=1e-3)
+    _assert_predict_scores_the_same(run.workdir, [banded], tmp_path / "corpus")
+
+
+def _assert_predict_scores_the_same(workdir, scored, corpus):
+    """`predict` of the files of each `(summary, predictions)` gives the evaluation's scores."""
+    predictor = predict.Predictor(workdir, batch_size=8)
+    for summary, predictions in scored:
+        files = [str(corpus / f"{u['id']}.wav") for u in predictions.utterances]
         served = [prediction for _, prediction in predictor.predict_files(files)]
         assert sum(p.windows for p in served) == summary["windows"] > len(files)
         np.testing.assert_allclose(

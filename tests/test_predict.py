@@ -65,21 +65,28 @@ def _run_cli(*args, cwd=None, env=None):
     )
 
 
-def test_numpy_features_equal_the_training_pipeline(predictor):
-    """Per-utterance normalization and padding agree with `data.pipeline` (TensorFlow)."""
+@pytest.mark.parametrize("mode", features.NORMALIZATIONS)
+def test_numpy_features_equal_the_training_pipeline(predictor, mode):
+    """Normalization (every mode) and padding agree with `data.pipeline` (TensorFlow)."""
     from emohrnet_jax.data import pipeline  # TensorFlow: this test only.
 
     rng = np.random.default_rng(0)
+    fixed = (tuple(rng.normal(-6.0, 1.0, 32)), tuple(rng.uniform(2.0, 5.0, 32)))
+    normalizing = features.Normalization(mode, *(fixed if mode == features.TRAINING_BAND else ()))
     for frames in (19, 32):  # shorter than the window, and exactly one window
-        stored = (rng.normal(-6.0, 4.0, (32, frames))).astype(features.STORED_DTYPE)
+        # Bands of different levels: per-band and per-utterance statistics differ.
+        levels = np.linspace(-12.0, 0.0, 32)[:, None]
+        stored = (levels + rng.normal(0.0, 4.0, (32, frames))).astype(features.STORED_DTYPE)
         example = {"mel": stored, "label": 0, "speaker": "s", "id": "i"}
         # No longer than the window: any (seeded) crop is the whole clip, zero-padded.
         seed = np.zeros(2, np.int64)
-        expected = pipeline._crop(pipeline._normalized(example), 32, seed)["mel"].numpy()
-        ours = predictor.windows(features.normalize(stored))
-        chex.assert_shape(ours, (1, 32, 32))
+        normalized = pipeline._normalized(example, normalizing)
+        expected = pipeline._crop(normalized, 32, seed)["mel"].numpy()
+        ours = list(predictor.windowing.windows(stored, normalizing.statistics(stored)))
+        assert len(ours) == 1 and ours[0].shape == (32, 32)
         np.testing.assert_allclose(ours[0], expected, atol=1e-5)
-    assert pipeline.NORMALIZATION_EPSILON == features.NORMALIZATION_EPSILON
+        if mode == features.UTTERANCE:  # the Predictor's own path
+            np.testing.assert_array_equal(predictor.windows(features.normalize(stored)), [ours[0]])
 
 
 def test_the_best_validation_checkpoint_is_served(saved_run, predictor):

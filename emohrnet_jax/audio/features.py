@@ -16,9 +16,12 @@ from emohrnet_jax.audio import synthetic
 
 # A clip whose peak absolute amplitude is below this is digital silence (or a mute channel).
 SILENCE_PEAK = 1e-4
-# Added to an utterance's variance before normalizing; training (TensorFlow) and prediction
-# (numpy) share it.
+# Added to a variance before normalizing; training (TensorFlow) and prediction (numpy) share it.
 NORMALIZATION_EPSILON = 1e-5
+# config.data.normalization: one mean and variance per utterance (keeps the spectral tilt), per
+# Mel band over the utterance's frames, or per Mel band over the training split's frames.
+UTTERANCE, UTTERANCE_BAND, TRAINING_BAND = "utterance", "utterance_band", "training_band"
+NORMALIZATIONS = (UTTERANCE, UTTERANCE_BAND, TRAINING_BAND)
 # The prepared datasets store log-Mels in this dtype; prediction rounds its features the same way.
 STORED_DTYPE = np.float16
 # Frames per slice when normalizing: float64 copies of a whole hour-long log-Mel would take GBs.
@@ -194,29 +197,66 @@ def log_mel(waveform: np.ndarray, params: FeatureParams, center: bool = True) ->
     return np.log(np.maximum(mel, params.log_floor)).astype(np.float32)
 
 
-def normalization_statistics(mel: np.ndarray) -> tuple[float, float]:
-    """The mean and `sqrt(variance + NORMALIZATION_EPSILON)` of all of a log-Mel's cells.
+def normalization_statistics(mel: np.ndarray, mode: str = UTTERANCE) -> tuple[Any, Any]:
+    """The mean and `sqrt(variance + NORMALIZATION_EPSILON)` of a log-Mel `(n_mels, frames)`.
 
-    float64 sums over slices of frames: closer to exact than either float32 reduction (so numpy
-    and TensorFlow both agree with it), without a float64 copy of the whole clip.
+    `UTTERANCE`: floats, over all of its cells; `UTTERANCE_BAND`: `(n_mels, 1)` float64 arrays,
+    each band over its frames. float64 sums over slices of frames: closer to exact than either
+    float32 reduction (so numpy and TensorFlow both agree with it), without a float64 copy of the
+    whole clip.
     """
+    if mode not in (UTTERANCE, UTTERANCE_BAND):
+        raise ValueError(f"no per-clip statistics for normalization {mode!r}")
+    axis, keep = (None, False) if mode == UTTERANCE else (-1, True)
+    count = mel.size if mode == UTTERANCE else mel.shape[-1]
     slices = range(0, mel.shape[-1], _STATISTICS_FRAMES)
-    mean = sum(np.sum(mel[..., i : i + _STATISTICS_FRAMES], dtype=np.float64) for i in slices)
-    mean /= mel.size
-    squares = sum(
-        np.square(mel[..., i : i + _STATISTICS_FRAMES].astype(np.float64) - mean).sum()
+    mean = sum(
+        np.sum(mel[..., i : i + _STATISTICS_FRAMES], axis=axis, dtype=np.float64, keepdims=keep)
         for i in slices
     )
-    return float(mean), float(np.sqrt(squares / mel.size + NORMALIZATION_EPSILON))
+    mean /= count
+    squares = sum(
+        np.square(mel[..., i : i + _STATISTICS_FRAMES].astype(np.float64) - mean).sum(
+            axis=axis, keepdims=keep
+        )
+        for i in slices
+    )
+    scale = np.sqrt(squares / count + NORMALIZATION_EPSILON)
+    return (float(mean), float(scale)) if mode == UTTERANCE else (mean, scale)
 
 
-def normalize(mel: np.ndarray, statistics: tuple[float, float] | None = None) -> np.ndarray:
-    """Per-utterance normalization, as the input pipeline does it: one mean and one variance over
-    all of the utterance's cells, float32 out.
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """How log-Mels are normalized (`config.data.normalization`), the same in training (TF) and
+    in evaluation and prediction (numpy).
+
+    `mean` and `scale` (`sqrt(variance + NORMALIZATION_EPSILON)`, one per Mel band): the training
+    split's, for `TRAINING_BAND` only (emohrnet_jax.data.normalization computes and stores them).
+    """
+
+    mode: str = UTTERANCE
+    mean: tuple[float, ...] | None = None
+    scale: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.mode not in NORMALIZATIONS:
+            raise ValueError(f"normalization {self.mode!r} is not one of {list(NORMALIZATIONS)}")
+        if (self.mode == TRAINING_BAND) != (self.mean is not None and self.scale is not None):
+            raise ValueError("the training split's mean and scale go with training_band only")
+
+    def statistics(self, mel: np.ndarray) -> tuple[Any, Any]:
+        """`(mean, scale)` to normalize `mel` (a whole clip) with, as `normalize` takes them."""
+        if self.mode == TRAINING_BAND:
+            return np.array(self.mean)[:, None], np.array(self.scale)[:, None]
+        return normalization_statistics(mel, self.mode)
+
+
+def normalize(mel: np.ndarray, statistics: tuple[Any, Any] | None = None) -> np.ndarray:
+    """`(mel - mean) / scale` in float64, float32 out: the input pipeline's normalization.
 
     The numpy twin of `data.pipeline`'s TensorFlow version (a test keeps them equal), for code that
-    must not import TensorFlow. `statistics`: the whole clip's `normalization_statistics`, for
-    normalizing a slice of it (default: those of `mel`).
+    must not import TensorFlow. `statistics`: the whole clip's `Normalization.statistics`, for
+    normalizing a slice of it (default: the per-utterance ones of `mel`).
     """
     mean, scale = normalization_statistics(mel) if statistics is None else statistics
     return ((np.asarray(mel, np.float64) - mean) / scale).astype(np.float32)

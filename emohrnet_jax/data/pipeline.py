@@ -1,11 +1,9 @@
 """Input pipeline: prepared TFRecords to normalized, fixed-length numpy batches for one fold.
 
-- Normalization is per utterance: mean 0 and variance 1 over all of the utterance's cells, so no
-  statistic comes from another split. One scalar pair (not one per Mel band) keeps the spectral
-  tilt, a cue of vocal effort, while removing the recording's gain.
+- Normalization: `features.Normalization` (`config.data.normalization`; see docs/data.md).
 - Training takes a random `num_frames` crop of each utterance; evaluation scores the windows of
   emohrnet_jax.windows (the whole utterance, as `predict` does, or its centre crop). Shorter
-  utterances are padded at the end with zeros (the utterance mean after normalization).
+  utterances are padded at the end with zeros (the mean after normalization).
 - Training order and crops are a pure function of (seed, epoch): a resumed run sees the same data.
   The order is a shuffle, or (`sampling="balanced"`) `balance.balanced_order`'s class-balanced
   draws.
@@ -28,7 +26,6 @@ from emohrnet_jax import paths, windows
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import balance, builders, csv_corpus, protocols, remote, sources
 
-NORMALIZATION_EPSILON = features.NORMALIZATION_EPSILON
 UTTERANCE_KEYS = ("id", "speaker", "label")
 SAMPLING = ("shuffle", "balanced")  # config.data.sampling's values
 
@@ -157,6 +154,7 @@ class FoldInput:
     num_frames: int
     # Cross-corpus: stored label index -> model class index, -1 for a class left out.
     label_map: tuple[int, ...] | None = None
+    normalization: features.Normalization = features.Normalization()  # noqa: RUF009 (frozen)
     ids: dict[str, list[str]] | None = None
     # What splits.json and results.json say of the protocol (`protocols.FoldSplit.about`).
     protocol: dict[str, Any] = dataclasses.field(
@@ -166,7 +164,8 @@ class FoldInput:
 
     def split(self, name: str) -> tf.data.Dataset:
         """Normalized float32 examples of a split (a key of `speakers`), in stored order."""
-        return self._stored(name).map(_normalized, num_parallel_calls=tf.data.AUTOTUNE)
+        normalized = lambda x: _normalized(x, self.normalization)  # noqa: E731
+        return self._stored(name).map(normalized, num_parallel_calls=tf.data.AUTOTUNE)
 
     def utterances(self, name: str) -> list[dict[str, Any]]:
         """The `id`, `speaker` and (model class) `label` of each example of a split, in stored
@@ -283,7 +282,8 @@ class FoldInput:
         """`(window, label, index)` of every window of every example of a split, in order."""
         examples = tfds.as_numpy(self._stored(name).prefetch(tf.data.AUTOTUNE))
         for index, example in enumerate(examples):
-            for window in windowing.windows(example["mel"]):
+            statistics = self.normalization.statistics(example["mel"])
+            for window in windowing.windows(example["mel"], statistics):
                 yield window, example["label"], index
 
 
@@ -351,16 +351,16 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _normalized(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+def _normalized(example: dict[str, tf.Tensor], normalization: features.Normalization) -> dict:
     mel = tf.cast(example["mel"], tf.float32)
-    mean, variance = tf.nn.moments(mel, axes=[0, 1], keepdims=True)
-    mel = (mel - mean) * tf.math.rsqrt(variance + NORMALIZATION_EPSILON)
-    return {
-        "mel": mel,
-        "label": example["label"],
-        "speaker": example["speaker"],
-        "id": example["id"],
-    }
+    if normalization.mode == features.TRAINING_BAND:
+        mean, scale = normalization.statistics(mel)
+        mean, inverse = tf.constant(mean, tf.float32), tf.constant(1 / scale, tf.float32)
+    else:
+        axes = [0, 1] if normalization.mode == features.UTTERANCE else [1]
+        mean, variance = tf.nn.moments(mel, axes=axes, keepdims=True)
+        inverse = tf.math.rsqrt(variance + features.NORMALIZATION_EPSILON)
+    return {k: example[k] for k in UTTERANCE_KEYS} | {"mel": (mel - mean) * inverse}
 
 
 def _crop(example: dict[str, tf.Tensor], num_frames: int, seed: tf.Tensor):
