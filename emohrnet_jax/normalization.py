@@ -70,7 +70,7 @@ def _training_examples(fold: Any) -> Iterable[tuple[str, np.ndarray]]:
     import tensorflow_datasets as tfds  # Here only: prediction imports this module without TF.
 
     # The stored examples, before the normalization that these statistics are for.
-    for example in tfds.as_numpy(fold._stored("train")):
+    for example in tfds.as_numpy(fold.stored("train")):
         yield example["id"].decode(), example["mel"]
 
 

@@ -157,6 +157,8 @@ def test_whole_utterance_evaluation_equals_predict_on_the_same_files(tmp_path):
     mesh = steps.make_mesh()
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     eval_step = steps.jit_eval_step(config, mesh, 4)
+    # Shared with other tests of this tiny model, which may have compiled it for other inputs.
+    compiled = eval_step._cache_size()
     scored = {
         split: evaluation.evaluate_with_predictions(
             eval_step, run.best, fold, split, 8, sharding, windows.Windowing.from_config(config)
@@ -164,7 +166,7 @@ def test_whole_utterance_evaluation_equals_predict_on_the_same_files(tmp_path):
         for split in ("validation", "test")
     }
     # Utterances of 1 to 9 windows, in batches of one shape: one compiled evaluation program.
-    assert eval_step._cache_size() == 1
+    assert eval_step._cache_size() - compiled <= 1
     _assert_predict_scores_the_same(run.workdir, scored.values(), tmp_path / "corpus")
     # Per-band normalization too (test split only: the same code path, half the time).
     config.data.normalization = features.UTTERANCE_BAND

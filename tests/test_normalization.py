@@ -120,7 +120,7 @@ def test_training_band_statistics_come_from_the_training_split_only(tiny_corpus,
     assert normalization.for_run(config, str(tmp_path), fold) == normalizing
     fold = dataclasses.replace(fold, normalization=normalizing)
     example = next(iter(tfds.as_numpy(fold.split("validation"))))
-    raw = next(iter(tfds.as_numpy(fold._stored("validation"))))["mel"]
+    raw = next(iter(tfds.as_numpy(fold.stored("validation"))))["mel"]
     np.testing.assert_allclose(
         example["mel"], features.normalize(raw, normalizing.statistics(raw)), atol=1e-5
     )

@@ -165,18 +165,18 @@ class FoldInput:
     def split(self, name: str) -> tf.data.Dataset:
         """Normalized float32 examples of a split (a key of `speakers`), in stored order."""
         normalized = lambda x: _normalized(x, self.normalization)  # noqa: E731
-        return self._stored(name).map(normalized, num_parallel_calls=tf.data.AUTOTUNE)
+        return self.stored(name).map(normalized, num_parallel_calls=tf.data.AUTOTUNE)
 
     def utterances(self, name: str) -> list[dict[str, Any]]:
         """The `id`, `speaker` and (model class) `label` of each example of a split, in stored
         order: the rows `eval_batches`' `index` points to."""
-        dataset = self._stored(name, {"mel": tfds.decode.SkipDecoding()})
+        dataset = self.stored(name, {"mel": tfds.decode.SkipDecoding()})
         return [
             {"id": x["id"].decode(), "speaker": x["speaker"].decode(), "label": int(x["label"])}
             for x in tfds.as_numpy(dataset.map(lambda x: {k: x[k] for k in UTTERANCE_KEYS}))
         ]
 
-    def _stored(self, name: str, decoders: Any = None) -> tf.data.Dataset:
+    def stored(self, name: str, decoders: Any = None) -> tf.data.Dataset:
         """The stored examples of a split, labels mapped onto the model's classes."""
         ids = None if self.ids is None else self.ids[name]
         dataset = _utterances_of(self.builder, self.speakers[name], decoders, ids)
@@ -280,7 +280,7 @@ class FoldInput:
 
     def _windows(self, name: str, windowing: windows.Windowing) -> Iterator[tuple]:
         """`(window, label, index)` of every window of every example of a split, in order."""
-        examples = tfds.as_numpy(self._stored(name).prefetch(tf.data.AUTOTUNE))
+        examples = tfds.as_numpy(self.stored(name).prefetch(tf.data.AUTOTUNE))
         for index, example in enumerate(examples):
             statistics = self.normalization.statistics(example["mel"])
             for window in windowing.windows(example["mel"], statistics):
