@@ -101,9 +101,16 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         )
 
 
-def check_splits(workdir: str, speakers: dict[str, list[str]], build: str | None = None) -> None:
-    """Raises RunConfigError when `workdir/splits.json` names other speakers than `speakers`, or
-    another build of the data (`build`: its source fingerprint; None for a corpus made by code).
+def check_splits(
+    workdir: str,
+    speakers: dict[str, list[str]],
+    build: str | None = None,
+    fingerprint: str | None = None,
+) -> None:
+    """Raises RunConfigError when `workdir/splits.json` names other speakers than `speakers`,
+    another build of the data (`build`: its source fingerprint; None for a corpus made by code),
+    or other utterances in a split (`fingerprint`: the split's; an EmoBox fold file edited in
+    place, say, keeps the config and can keep the speakers).
     """
     path = os.path.join(workdir, "splits.json")
     if not storage.exists(path):
@@ -124,4 +131,11 @@ def check_splits(workdir: str, speakers: dict[str, list[str]], build: str | None
         raise RunConfigError(
             f"{workdir} holds a run on another build of {saved.get('dataset')} (prepared again "
             f"since: {saved['build']} -> {build}); its data changed: give a new --workdir"
+        )
+    # Nor a run saved before splits were fingerprinted.
+    if saved.get("split_fingerprint") and fingerprint and saved["split_fingerprint"] != fingerprint:
+        raise RunConfigError(
+            f"{workdir} holds a run on other utterances of the same speakers (split fingerprint "
+            f"{saved['split_fingerprint'][:12]}... -> {fingerprint[:12]}...): the split changed, "
+            "an edited fold file perhaps; give a new --workdir"
         )

@@ -92,9 +92,9 @@ def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.Fold
     if jax.process_index() != 0:
         return pipeline.create_fold_input(config)
     build = fold.builder.info.metadata.get(sources.METADATA_KEY)
-    run_config.check_splits(workdir, fold.speakers, build)
-    path = os.path.join(workdir, "splits.json")
     fingerprint = evaluation.fingerprint(fold)
+    run_config.check_splits(workdir, fold.speakers, build, fingerprint)
+    path = os.path.join(workdir, "splits.json")
     splits.save_splits(
         path,
         config.data.dataset,

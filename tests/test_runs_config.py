@@ -205,3 +205,15 @@ def test_a_run_saved_before_whole_utterance_evaluation_resumes_only_with_the_cen
     ]
     config.evaluation = "centre_crop"
     assert run_config.differences(saved, run_config.as_json(config)) == []
+
+
+def test_a_split_of_other_utterances_of_the_same_speakers_is_refused(tmp_path):
+    speakers = {"train": ["s1", "s2"], "validation": ["s3"], "test": ["s4"]}
+    saved = {"dataset": "synthetic", "build": None, "split_fingerprint": "a" * 64, **speakers}
+    (tmp_path / "splits.json").write_text(json.dumps(saved))
+    run_config.check_splits(str(tmp_path), speakers, None, "a" * 64)
+    with pytest.raises(run_config.RunConfigError, match="other utterances of the same speakers"):
+        run_config.check_splits(str(tmp_path), speakers, None, "b" * 64)
+    del saved["split_fingerprint"]  # a run saved before splits were fingerprinted
+    (tmp_path / "splits.json").write_text(json.dumps(saved))
+    run_config.check_splits(str(tmp_path), speakers, None, "b" * 64)
