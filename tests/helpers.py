@@ -21,6 +21,8 @@ def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
     config.data.synthetic_speakers, config.data.synthetic_utterances_per_speaker = 8, 8
     config.data.num_folds = 4
     config.model.variant = "tiny"
+    # Whole utterances in windows that do not overlap: half the windows of the default hop.
+    config.evaluation_hop_frames = 32
     # Augmented, unlike the demo: the tests train through every part of the step.
     config.augment.spec_augment = config.augment.time_shift = True
     config.augment.freq_mask_width, config.augment.time_mask_width = 4, 4
@@ -45,6 +47,7 @@ def tiny_flags(data_dir) -> list[str]:
         "--config.data.synthetic_utterances_per_speaker=8",
         "--config.data.num_folds=4",
         "--config.model.variant=tiny",
+        "--config.evaluation_hop_frames=32",
         "--config.augment.spec_augment=True",
         "--config.augment.time_shift=True",
         "--config.augment.freq_mask_width=4",
