@@ -3,8 +3,8 @@
 Each builder lists its corpus with `corpora` (or plans the synthetic one), extracts log-Mel features
 in worker processes (every core) or on Apache Beam (`beam_build`), and writes one split,
 `utterances`, of variable-length examples: `mel` (float16, `(n_mels, n_frames)`), `num_frames`,
-`label`, `speaker`, `id`, `file`, `duration`.
-Speaker-independent folds are selected at load time (`splits`), so one build serves every fold.
+`label`, `speaker`, `id`, `file`, `duration`. Folds are selected at load time (`splits`,
+`protocols`), so one build serves every fold.
 
 The feature parameters are the builder config (its name carries a digest of them, and for a
 labelled folder of the CSV's real path) and are stored in the dataset's metadata; loading with
@@ -219,8 +219,7 @@ def example(utterance: corpora.Utterance, result: dict[str, Any]) -> dict[str, A
 def _exit_with_parent(parent: int) -> None:
     """Pool initializer: the worker exits as soon as the process that started it is gone."""
 
-    # A watcher thread rather than prctl(PR_SET_PDEATHSIG): that signal fires when the spawning
-    # *thread* ends (not the process) and exists on Linux only.
+    # A watcher thread, not prctl(PR_SET_PDEATHSIG): that fires when the spawning *thread* ends.
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -330,8 +329,7 @@ class LabelledFolder(_EmotionBuilder):
 class Synthetic(_EmotionBuilder):
     """The built-in corpus: source-filter synthetic speech, no download."""
 
-    # The corpus is code: a change to the synthesizer is a new version, so that a corpus prepared
-    # by an older synthesizer is rebuilt instead of silently reused.
+    # The corpus is code: a new synthesizer is a new version, so an older corpus is rebuilt.
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
         "1.0.0": "Initial release.",
@@ -380,10 +378,9 @@ def prepare(
     """Builds `dataset`'s TFRecords and returns the build summary; with `beam_options`
     (`beam_build.pipeline_options`), the features are extracted on Apache Beam.
 
-    A build whose sources are unchanged is kept; one whose sources changed (or that predates
-    source fingerprints) is rebuilt, and the summary's `rebuilt` says why. A build is kept as it
-    is when its raw files are not at hand (`manual_dir` missing). For `labelled_folder`, `options`
-    holds `csv_path` and optionally `class_names` (default: the CSV's sorted labels).
+    A build is kept when its sources are unchanged or its raw files (`manual_dir`) are not at
+    hand, else rebuilt (so is one older than source fingerprints) and `rebuilt` says why.
+    `labelled_folder`'s `options`: `csv_path`, optionally `class_names` (default: sorted labels).
 
     Raises:
       locks.LockedError: another process is building the same dataset and config (its build

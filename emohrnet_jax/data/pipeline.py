@@ -238,9 +238,12 @@ class FoldInput:
             [u["label"] for u in self.utterances("train")], num_draws, seed, epoch
         )
         positions = np.flatnonzero(mine(np.arange(num_draws)))
-        wanted = tf.constant(np.unique(order[positions]))
+        # One lookup per stored example, not a scan of the drawn indices.
+        wanted = np.zeros(self.count("train"), bool)
+        wanted[order[positions]] = True
+        wanted = tf.constant(wanted)
         stored = self.split("train").enumerate()
-        stored = stored.filter(lambda i, _: tf.reduce_any(tf.equal(i, wanted)))
+        stored = stored.filter(lambda i, _: tf.gather(wanted, i))
         examples = dict(tfds.as_numpy(stored))
         return tf.data.Dataset.from_generator(
             lambda: ((i, examples[order[i]]) for i in positions),
