@@ -89,7 +89,7 @@ _IEMOCAP_EXPECTED = (
 )
 
 
-def _require_dir(path: str, expected: str) -> None:
+def require_dir(path: str, expected: str) -> None:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: expected {expected}")
     if not os.path.isdir(path):
@@ -113,7 +113,7 @@ def storable(path: str, excluded: dict[str, list[str]]) -> bool:
     return True
 
 
-def _named_files(
+def named_files(
     root: str, pattern: re.Pattern, excluded: dict[str, list[str]]
 ) -> Iterator[tuple[str, str, re.Match]]:
     """(path, stem, match) of the audio files whose stem matches `pattern`; the rest are counted
@@ -133,7 +133,7 @@ def _named_files(
         yield path, stem, match
 
 
-def _keep_first_of_each_id(
+def keep_first_of_each_id(
     utterances: list[Utterance], excluded: dict[str, list[str]]
 ) -> list[Utterance]:
     # Two copies of a file (an archive extracted twice) would put one recording in two splits.
@@ -174,9 +174,9 @@ def ravdess(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
     Returns:
       The listing; speakers are "Actor_AA" taken from the file name, not the folder.
     """
-    _require_dir(manual_dir, _RAVDESS_EXPECTED)
+    require_dir(manual_dir, _RAVDESS_EXPECTED)
     utterances, excluded = [], collections.defaultdict(list)
-    for path, stem, match in _named_files(manual_dir, _RAVDESS_NAME, excluded):
+    for path, stem, match in named_files(manual_dir, _RAVDESS_NAME, excluded):
         modality, channel, emotion, _, _, _, actor = match.groups()
         if modality != "03":
             excluded[f"modality {modality} (not audio-only)"].append(path)
@@ -192,7 +192,7 @@ def ravdess(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
         else:
             label = RAVDESS_CLASSES[int(emotion) - 1]
             utterances.append(Utterance(path, label, f"Actor_{actor}", stem))
-    utterances = _keep_first_of_each_id(utterances, excluded)
+    utterances = keep_first_of_each_id(utterances, excluded)
     return finish(utterances, excluded, manual_dir, _RAVDESS_EXPECTED)
 
 
@@ -207,9 +207,9 @@ def emovo(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
     Returns:
       The listing; speakers are the name's speaker field ("f1".."m3").
     """
-    _require_dir(manual_dir, _EMOVO_EXPECTED)
+    require_dir(manual_dir, _EMOVO_EXPECTED)
     utterances, excluded = [], collections.defaultdict(list)
-    for path, stem, match in _named_files(manual_dir, _EMOVO_NAME, excluded):
+    for path, stem, match in named_files(manual_dir, _EMOVO_NAME, excluded):
         code, speaker = match.group(1).lower(), match.group(2).lower()
         if code not in _EMOVO_CODES:
             if not skip_unknown_labels:
@@ -220,7 +220,7 @@ def emovo(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
             excluded[f"unknown emotion code {code}"].append(path)
             continue
         utterances.append(Utterance(path, _EMOVO_CODES[code], speaker, stem))
-    utterances = _keep_first_of_each_id(utterances, excluded)
+    utterances = keep_first_of_each_id(utterances, excluded)
     return finish(utterances, excluded, manual_dir, _EMOVO_EXPECTED)
 
 
@@ -333,7 +333,7 @@ def iemocap(manual_dir: str, label_set: str = "4class") -> Listing:
         raise ValueError(
             f"unknown IEMOCAP label set {label_set!r}; choose one of {sorted(IEMOCAP_LABEL_SETS)}"
         )
-    _require_dir(manual_dir, _IEMOCAP_EXPECTED)
+    require_dir(manual_dir, _IEMOCAP_EXPECTED)
     sessions = sorted(
         os.path.join(manual_dir, name)
         for name in os.listdir(manual_dir)
