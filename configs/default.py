@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.temperature_scaling = True
 
     config.data = ml_collections.ConfigDict()
-    config.data.dataset = "synthetic"  # tfds name: synthetic, ravdess, iemocap, emovo, ...
+    config.data.dataset = "synthetic"  # tfds name (synthetic, ravdess, iemocap, ...) or "mixture"
     config.data.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default.
     # labelled_folder: the CSV the corpus was prepared from (each CSV is its own build).
     config.data.csv = config_dict.placeholder(str)
@@ -57,6 +57,14 @@ def get_config() -> ml_collections.ConfigDict:
     # "emobox": the fold's <corpus>_train_fold_<k>.jsonl (test file beside it) or "TRAIN,TEST".
     config.data.fold_file = config_dict.placeholder(str)
     config.data.iemocap_dialogs = "all"  # IEMOCAP: "all" or "improvised" (every split).
+    # Several corpora in one run (docs/data.md#several-corpora): dataset="mixture" and one
+    # ConfigDict per corpus (dataset, name, label_map onto class_names, weight, its own csv,
+    # label_set, protocol, ...), e.g. configs/multi_corpus.py. protocol may then also be
+    # "leave_one_corpus_out" (fold k tests on corpus k).
+    config.data.datasets = ()
+    # Each corpus's share of a training epoch: "size" (every utterance once), "equal" or "given"
+    # (the entries' weights).
+    config.data.mixture = "size"
     config.data.class_names = ("neutral", "happy", "angry", "sad")  # Label order of the logits.
     config.data.sample_rate = 16000  # Hz; audio is resampled to this before the STFT.
     config.data.n_fft = 1024  # STFT size in samples (64 ms at 16 kHz).

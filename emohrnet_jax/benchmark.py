@@ -294,11 +294,11 @@ def benchmark_input_pipeline(
     `config.data` is not prepared (the benchmark never prepares data).
     """
     try:
-        from emohrnet_jax.data import pipeline
+        from emohrnet_jax.data import loading, pipeline
     except ImportError as error:
         return {"notes": [f"input pipeline skipped: {error}"]}
     try:
-        pipeline.load_builder(config.data, prepare_synthetic=False)
+        loading.load_builder(config.data, prepare_synthetic=False)
     except FileNotFoundError as error:
         return {"notes": [f"input pipeline skipped: {error}"]}
     fold = pipeline.create_fold_input(config)

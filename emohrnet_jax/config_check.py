@@ -6,6 +6,8 @@ command starting, instead of as a library's message after ~7 s of imports (or an
 
 import ml_collections
 
+from emohrnet_jax import mixture_spec
+
 LR_SCHEDULES = ("constant", "cosine")
 # As emohrnet_jax.models and emohrnet_jax.augment accept them (they import JAX, so not from there).
 DTYPES = ("float32", "bfloat16", "float16")
@@ -19,7 +21,7 @@ EVALUATIONS = ("utterance", "centre_crop")
 # As emohrnet_jax.audio.features names them (librosa again).
 NORMALIZATIONS = ("utterance", "utterance_band", "training_band")
 # As emohrnet_jax.data.protocols reads them.
-PROTOCOLS = ("speaker", "random", "emobox")
+PROTOCOLS = ("speaker", "random", "emobox", "leave_one_corpus_out")
 IEMOCAP_DIALOGS = ("all", "improvised")
 
 
@@ -67,6 +69,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     _one_of("data.sampling", config.data.sampling, SAMPLING)
     _one_of("data.normalization", config.data.get("normalization", "utterance"), NORMALIZATIONS)
     check_protocol(config.data)
+    try:
+        mixture_spec.check(config.data)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     classes = tuple(config.data.class_names)
     if config.model.num_classes != len(classes):
         raise ConfigError(

@@ -148,6 +148,26 @@ def uncertainty(predictions: Predictions, config: ml_collections.ConfigDict) -> 
     }
 
 
+def by_corpus(predictions: Predictions, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A mixture's split scored corpus by corpus (ids "corpus/id"): each corpus's UA, WA,
+    macro-F1, confusion matrix and `uncertainty`, in the order the corpora come."""
+    corpora = [u["id"].split("/", 1)[0] for u in predictions.utterances]
+    num_classes = predictions.probabilities.shape[1]
+    class_names = tuple(config.data.class_names)
+    scored = {}
+    for corpus in dict.fromkeys(corpora):
+        rows = np.array([c == corpus for c in corpora])
+        part = Predictions(
+            [u for u, keep in zip(predictions.utterances, rows, strict=True) if keep],
+            predictions.probabilities[rows],
+            None if predictions.logits is None else predictions.logits[rows],
+        )
+        predicted = part.probabilities.argmax(axis=1)
+        confusion = metrics.confusion(part.labels, predicted, num_classes)
+        scored[corpus] = metrics.summarize(confusion, class_names) | uncertainty(part, config)
+    return scored
+
+
 def fingerprint(fold: pipeline.FoldInput) -> str:
     """`splits.split_fingerprint` of the fold's utterance ids."""
     return splits.split_fingerprint(
@@ -194,16 +214,19 @@ def with_uncertainty(
     predictions: Predictions,
     config: ml_collections.ConfigDict,
     temperature: float = 1.0,
+    corpora: bool = False,
 ) -> tuple[dict[str, Any], Predictions]:
     """A split's summary with the `uncertainty` of its predictions at `temperature`, and those
     predictions; another temperature than 1 keeps the ECE and Brier score before it as
-    `uncalibrated`."""
+    `uncalibrated`; a mixture's (`corpora`) has each corpus's scores as `per_corpus`."""
     scaled = predictions.at_temperature(temperature)
     summary = summary | uncertainty(scaled, config)
     if temperature != 1.0:
         summary["uncalibrated"] = statistics.calibration(
             predictions.labels, predictions.probabilities
         )
+    if corpora:
+        summary["per_corpus"] = by_corpus(scaled, config)
     return summary, scaled
 
 

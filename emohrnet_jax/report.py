@@ -12,14 +12,19 @@ from emohrnet_jax import plots, storage
 def write_results(
     workdir: str, results: dict[str, Any], history: Sequence[dict[str, Any]], title: str
 ) -> None:
-    """Writes a finished run's `results.json`, `confusion_matrix.png` (test) and `curves.png`."""
+    """Writes a finished run's `results.json`, `confusion_matrix.png` (test; a mixture's also
+    `confusion_matrix_<corpus>.png` for each corpus it tests on) and `curves.png`."""
     storage.write_json_atomically(os.path.join(workdir, "results.json"), results)
-    plots.plot_confusion_matrix(
-        np.array(results["test"]["confusion_matrix"]),
-        results["class_names"],
-        os.path.join(workdir, "confusion_matrix.png"),
-        title=title,
-    )
+    tested = {"": results["test"]} | {
+        f"_{corpus}": summary for corpus, summary in results["test"].get("per_corpus", {}).items()
+    }
+    for suffix, summary in tested.items():
+        plots.plot_confusion_matrix(
+            np.array(summary["confusion_matrix"]),
+            results["class_names"],
+            os.path.join(workdir, f"confusion_matrix{suffix}.png"),
+            title=title + (f" ({suffix[1:]})" if suffix else ""),
+        )
     plots.plot_curves(history, os.path.join(workdir, "curves.png"))
 
 
@@ -85,6 +90,13 @@ def _protocol_lines(results: dict) -> list[str]:
         )
     elif "protocol" in results:
         lines.append(f"protocol {results['protocol']}: speaker-independent")
+    for corpus in results.get("corpora", []):
+        left_out = {name: n for name, n in corpus.get("left_out", {}).items() if n}
+        lines.append(
+            f"corpus {corpus['name']} ({corpus['dataset']}, {results.get('mixture')} mixture): "
+            + ", ".join(f"{theirs}->{ours}" for theirs, ours in corpus["label_map"].items())
+            + (f"; left out {left_out}" if left_out else "")
+        )
     overlap = results.get("text_overlap")
     if overlap:
         lines.append(
@@ -110,13 +122,18 @@ def format_table(results: dict) -> str:
     splits = [split for split in ("validation", "test") if results.get(split) is not None]
     if not splits:
         return "no results"
-    row = "{:<10}  {:>7}  {:>7}  {:>10}  {:>7}  {}"
+    rows = []
+    for split in splits:  # a mixture's splits are followed by a row per corpus ("  test a")
+        rows.append((split, results[split]))
+        per_corpus = results[split].get("per_corpus", {})
+        rows.extend((f"  {split} {corpus}", summary) for corpus, summary in per_corpus.items())
+    width = max(10, *(len(label) for label, _ in rows))
+    row = "{:<" + str(width) + "}  {:>7}  {:>7}  {:>10}  {:>7}  {}"
     lines = [row.format("split", "UA %", "WA %", "macro-F1 %", "N", "UA 95% CI")]
-    for split in splits:
-        summary = results[split]
+    for label, summary in rows:
         lines.append(
             row.format(
-                split,
+                label,
                 _percent(summary["ua"]),
                 _percent(summary["wa"]),
                 _percent(summary["macro_f1"]),

@@ -59,7 +59,8 @@ def _evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str) -
         names = [fold.class_names[i] for i in target.classes]
         result.update(metrics.summarize(confusion, names), **target.corpus)
     temperature = calibration.load_temperature(workdir, best["step"])
-    result, _ = evaluation.with_uncertainty(result, predictions, config, temperature)
+    corpora = bool(fold.corpora)
+    result, _ = evaluation.with_uncertainty(result, predictions, config, temperature, corpora)
     result.update(evaluation=config.evaluation, temperature=temperature)
     result.update(split=split, best_epoch=best["epoch"], speakers=fold.speakers[split])
     if jax.process_index() == 0:

@@ -35,7 +35,7 @@ from emohrnet_jax import (
     summaries,
     windows,
 )
-from emohrnet_jax.data import balance, pipeline, protocols, sources, splits
+from emohrnet_jax.data import balance, pipeline, protocols, splits
 
 TRAIN_KEYS = ("mel", "label")
 # The exit status of a run stopped by SIGTERM after saving: sysexits.h's EX_TEMPFAIL, which
@@ -91,7 +91,7 @@ def _start_run(config: ml_collections.ConfigDict, workdir: str) -> pipeline.Fold
     wait_for_all(key=f"emohrnet_jax: the input of {workdir}", timeout_ms=_PREPARE_TIMEOUT_MS)
     if jax.process_index() != 0:
         return pipeline.create_fold_input(config)
-    build = fold.builder.info.metadata.get(sources.METADATA_KEY)
+    build = fold.build
     fingerprint = evaluation.fingerprint(fold)
     run_config.check_splits(workdir, fold.speakers, build, fingerprint)
     path = os.path.join(workdir, "splits.json")
@@ -344,7 +344,9 @@ def _final_results(
         fitted = calibration.fit(validation.logits, validation.labels, best["step"])
         temperature = fitted["temperature"]
     scored = {
-        split: evaluation.with_uncertainty(summary, predictions, config, temperature)
+        split: evaluation.with_uncertainty(
+            summary, predictions, config, temperature, corpora=bool(fold.corpora)
+        )
         for split, (summary, predictions) in raw.items()
     }
     ids = {name: [u["id"] for u in fold.utterances(name)] for name in splits.SPLITS}

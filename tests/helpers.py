@@ -71,8 +71,8 @@ def speech(seconds: float, sample_rate: int = 16000, index: int = 0):
 
 def prepared_tiny_corpus(tmp_path_factory) -> pathlib.Path:
     """A data_dir holding the synthetic corpus of `tiny_config`, prepared once per caller."""
-    from emohrnet_jax.data import pipeline  # TensorFlow: only for the tests that need it.
+    from emohrnet_jax.data import loading  # TensorFlow: only for the tests that need it.
 
     path = tmp_path_factory.mktemp("synthetic")
-    pipeline.load_builder(tiny_config(path).data)
+    loading.load_builder(tiny_config(path).data)
     return path

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import locks, paths
 from emohrnet_jax.audio import features
-from emohrnet_jax.data import builders, pipeline
+from emohrnet_jax.data import builders, loading
 from tests import helpers
 
 PARAMS = features.FeatureParams(n_mels=32, n_fft=512, hop_length=256)
@@ -73,13 +73,13 @@ def test_an_edited_csv_is_refused_by_training_then_rebuilt_with_its_new_labels(t
     assert _prepare_labelled(data_dir, csv_path)["kept"] == 3
     assert "rebuilt" not in _prepare_labelled(data_dir, csv_path)  # unchanged: kept as it is
     data = _data_config(data_dir, csv_path, ("calm", "tense"))
-    assert _labels(pipeline.load_builder(data)) == {"a": "calm", "b": "tense", "c": "calm"}
+    assert _labels(loading.load_builder(data)) == {"a": "calm", "b": "tense", "c": "calm"}
 
     rows[2] = ("c.wav", "tense", "s2")  # a label fixed
     rows.append(("d.wav", "calm", "s2"))  # a row added
     _labelled(tmp_path / "corpus", rows)
     with pytest.raises(ValueError, match=r"clips.csv changed since it was prepared") as error:
-        pipeline.load_builder(data)
+        loading.load_builder(data)
     message = str(error.value)
     assert "1 file added, 1 file relabelled" in message and "\n" not in message
     assert f"re-run python tools/prepare_data.py --dataset=labelled_folder --csv={csv_path}" in (
@@ -89,7 +89,7 @@ def test_an_edited_csv_is_refused_by_training_then_rebuilt_with_its_new_labels(t
     summary = _prepare_labelled(data_dir, csv_path)
     assert summary["kept"] == 4
     assert "1 file added, 1 file relabelled, clips.csv edited" in summary["rebuilt"]
-    assert _labels(pipeline.load_builder(data)) == {
+    assert _labels(loading.load_builder(data)) == {
         "a": "calm",
         "b": "tense",
         "c": "tense",
@@ -103,13 +103,13 @@ def test_two_csvs_in_one_data_dir_are_two_builds(tmp_path):
     data_dir = tmp_path / "tfds"
     built = [_prepare_labelled(data_dir, csv) for csv in (first, second)]
     assert built[0]["data_dir"] != built[1]["data_dir"]
-    assert _labels(pipeline.load_builder(_data_config(data_dir, first, "xy"))) == {
+    assert _labels(loading.load_builder(_data_config(data_dir, first, "xy"))) == {
         "a": "x",
         "b": "y",
     }
     # A relative spelling of the same CSV finds the same build.
     os.chdir(tmp_path)
-    assert _labels(pipeline.load_builder(_data_config(data_dir, "two/clips.csv", "yz"))) == {
+    assert _labels(loading.load_builder(_data_config(data_dir, "two/clips.csv", "yz"))) == {
         "c": "y",
         "d": "z",
     }
@@ -119,13 +119,13 @@ def test_training_on_a_labelled_folder_needs_its_csv(tmp_path):
     data = _data_config(tmp_path, "unused.csv", ("calm",))
     data.csv = None
     with pytest.raises(ValueError, match=r"config.data.csv is not set"):
-        pipeline.load_builder(data)
+        loading.load_builder(data)
     data.csv = str(tmp_path / "never_prepared.csv")
     with pytest.raises(FileNotFoundError, match=r"--csv=.*never_prepared.csv --data_dir="):
-        pipeline.load_builder(data)
+        loading.load_builder(data)
     data.data_dir = "s3://bucket/tfds"
     with pytest.raises(paths.PathError, match=r"config.data.data_dir=s3://"):
-        pipeline.load_builder(data)
+        loading.load_builder(data)
 
 
 def _emovo_tree(root):
@@ -271,6 +271,6 @@ def test_a_build_prepared_with_skip_unknown_labels_is_the_one_training_reads(tmp
     assert summary["kept"] == 2
     data = _data_config(tmp_path / "tfds", csv_path, ("happy", "sad"))
     with pytest.raises(FileNotFoundError, match="not prepared"):
-        pipeline.load_builder(data)
+        loading.load_builder(data)
     data.skip_unknown_labels = True
-    assert _labels(pipeline.load_builder(data)) == {"a": "happy", "b": "sad"}
+    assert _labels(loading.load_builder(data)) == {"a": "happy", "b": "sad"}

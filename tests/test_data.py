@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import windows
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import builders, corpora, cross_corpus, pipeline, splits
+from emohrnet_jax.data import builders, corpora, cross_corpus, loading, pipeline, splits
 from tests import helpers
 
 # Small features keep the builds fast; the code paths are the same as the defaults'.
@@ -167,7 +167,7 @@ def test_synthetic_corpus_is_prepared_on_first_use_balanced_and_deterministic(
     assert np.bincount(labels).tolist() == [12, 12, 12, 12]
     # A second build elsewhere gives the same features, byte for byte.
     synthetic_config.data.data_dir = str(tmp_path)
-    again = pipeline.load_builder(synthetic_config.data).as_dataset(split=builders.SPLIT)
+    again = loading.load_builder(synthetic_config.data).as_dataset(split=builders.SPLIT)
     first = {
         e["id"]: e["mel"].tobytes() for e in tfds.as_numpy(builder.as_dataset(split="utterances"))
     }
@@ -297,12 +297,12 @@ def test_config_must_match_the_prepared_dataset(synthetic_config):
     config = synthetic_config.copy_and_resolve_references()
     config.data.class_names = ("happy", "neutral", "angry", "sad")
     with pytest.raises(ValueError, match="class_names"):
-        pipeline.load_builder(config.data)
+        loading.load_builder(config.data)
     config = synthetic_config.copy_and_resolve_references()
     config.data.dataset = "ravdess"
     config.data.data_dir = "/nonexistent"
     with pytest.raises(FileNotFoundError, match=r"tools/prepare_data\.py --dataset=ravdess"):
-        pipeline.load_builder(config.data)
+        loading.load_builder(config.data)
 
 
 # Folds
@@ -391,7 +391,7 @@ def test_prepare_data_builds_a_labelled_folder_that_reads_back_by_name(tmp_path)
     data_config = helpers.load_config("default").data
     data_config.dataset, data_config.data_dir = "labelled_folder", str(data_dir)
     data_config.csv, data_config.class_names = str(raw / "labels.csv"), ("calm", "tense")
-    builder = pipeline.load_builder(data_config)
+    builder = loading.load_builder(data_config)
     assert builder.info.features["label"].names == ["calm", "tense"]
     examples = list(tfds.as_numpy(builder.as_dataset(split=builders.SPLIT)))
     assert sorted(e["id"].decode() for e in examples) == ["clip0", "clip1", "clip2"]
@@ -479,11 +479,11 @@ def test_an_unprepared_corpus_names_the_command_that_prepares_it(tmp_path):
     config = helpers.load_config("demo")
     config.data.data_dir = str(tmp_path)
     with pytest.raises(FileNotFoundError, match="--dataset=synthetic --data_dir=") as error:
-        pipeline.load_builder(config.data, prepare_synthetic=False)
+        loading.load_builder(config.data, prepare_synthetic=False)
     assert "manual_dir" not in str(error.value)
     config.data.dataset, config.data.class_names = (
         "emovo",
         helpers.load_config("emovo").data.class_names,
     )
     with pytest.raises(FileNotFoundError, match="--dataset=emovo --manual_dir=RAW"):
-        pipeline.load_builder(config.data)
+        loading.load_builder(config.data)

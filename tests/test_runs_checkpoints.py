@@ -17,7 +17,7 @@ import pytest
 from flax.training import train_state
 
 from emohrnet_jax import checkpoints, models, runs, steps, train
-from emohrnet_jax.data import pipeline
+from emohrnet_jax.data import loading
 from tests import helpers, saved_run
 
 
@@ -49,7 +49,7 @@ def trained(tmp_path_factory):
     """A finished 2-epoch tiny run keeping both epochs' checkpoints (steps 4 and 8)."""
     data_dir = tmp_path_factory.mktemp("synthetic")
     config = helpers.tiny_config(data_dir, keep_checkpoints=2)
-    pipeline.load_builder(config.data)
+    loading.load_builder(config.data)
     workdir = tmp_path_factory.mktemp("trained")
     results = train.train_and_evaluate(config, str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "8"]

@@ -87,12 +87,12 @@ def _beam_options():
 
 
 def _options(dataset: str) -> dict:
-    from emohrnet_jax.data import pipeline
+    from emohrnet_jax.data import loading
 
     data_config = _CONFIG.value.data.copy_and_resolve_references()
     data_config.unlock()
     data_config.dataset = dataset
-    options = {} if dataset == "labelled_folder" else pipeline.builder_options(data_config)
+    options = {} if dataset == "labelled_folder" else loading.builder_options(data_config)
     if dataset == "labelled_folder":
         options["csv_path"] = paths.local(_CSV.value, "--csv")
         if _CLASS_NAMES.value:

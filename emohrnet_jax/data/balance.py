@@ -1,4 +1,5 @@
-"""Class imbalance: the training loss's class weights and a class-balanced training order.
+"""Class imbalance and corpus mixtures: the training loss's class weights, and training orders
+that draw classes (or corpora) in given shares.
 
 Both are plain numpy functions of the training split's labels (in stored order), so they can be
 tested on hand-made labels; no TensorFlow or JAX here.
@@ -40,12 +41,41 @@ def balanced_order(labels: Sequence[int], num_draws: int, seed: int, epoch: int)
     present = np.unique(labels)
     # Evenly tiled, not drawn one by one: the classes' counts differ by at most one.
     position_class = rng.permutation(np.resize(rng.permutation(present), num_draws))
-    order = np.empty(num_draws, np.int64)
+    return _fill(position_class, labels, present, rng)
+
+
+def weighted_order(
+    groups: Sequence[int], shares: dict[int, float], num_draws: int, seed: int, epoch: int
+) -> np.ndarray:
+    """`num_draws` indices into `groups` (e.g. each training example's corpus), each group drawn
+    in proportion to its share (largest remainders: within one draw of exact).
+
+    Examples are taken from each group as in `balanced_order`, a pure function of (`seed`,
+    `epoch`). Groups with no share, or no examples, are not drawn.
+    """
+    groups = np.asarray(groups, np.int64)
+    rng = np.random.default_rng([seed, epoch])
+    present = np.array([g for g in np.unique(groups) if shares.get(int(g), 0.0) > 0], np.int64)
+    weights = np.array([shares[int(g)] for g in present], np.float64)
+    exact = num_draws * weights / weights.sum()
+    quotas = np.floor(exact).astype(np.int64)
+    # The draws left after rounding down go to the largest remainders (ties: the lower group).
+    quotas[np.argsort(quotas - exact, kind="stable")[: num_draws - quotas.sum()]] += 1
+    position_group = rng.permutation(np.repeat(present, quotas))
+    return _fill(position_group, groups, present, rng)
+
+
+def _fill(
+    position_group: np.ndarray, groups: np.ndarray, present: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """The example drawn at each position: its group's examples, from a stream of reshuffled
+    copies of that group."""
+    order = np.empty(len(position_group), np.int64)
     for c in present:
-        positions = np.flatnonzero(position_class == c)
-        members = np.flatnonzero(labels == c)
+        positions = np.flatnonzero(position_group == c)
+        members = np.flatnonzero(groups == c)
         copies = -(-len(positions) // len(members))
-        # Reshuffled copies, not draws with replacement: an example repeats only after its class.
+        # Reshuffled copies, not draws with replacement: an example repeats only after its group.
         stream = np.concatenate([rng.permutation(members) for _ in range(copies)])
         order[positions] = stream[: len(positions)]
     return order

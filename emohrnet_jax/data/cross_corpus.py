@@ -8,13 +8,17 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from emohrnet_jax.data import pipeline, splits
+from emohrnet_jax.data import loading, pipeline, splits
 
 
 def parse_label_map(
-    text: str, corpus_classes: Sequence[str], model_classes: Sequence[str]
+    text: str,
+    corpus_classes: Sequence[str],
+    model_classes: Sequence[str],
+    field: str = "config.cross_corpus.label_map",
 ) -> dict[str, str]:
-    """Reads "theirs=ours,..." pairs; an empty text pairs the classes that share a name.
+    """Reads "theirs=ours,..." pairs (the config's `field`); an empty text pairs the classes that
+    share a name.
 
     Raises:
       ValueError: on a malformed pair, a name that is not a class, or a mapping that is empty.
@@ -26,16 +30,16 @@ def parse_label_map(
         for pair in text.split(","):
             theirs, sep, ours = (part.strip() for part in pair.partition("="))
             if not sep or not theirs or not ours:
-                raise ValueError(f"label_map entry {pair!r} is not of the form theirs=ours")
+                raise ValueError(f"{field}: entry {pair!r} is not of the form theirs=ours")
             if theirs not in corpus_classes:
-                raise ValueError(f"label_map: {theirs!r} is not one of {list(corpus_classes)}")
+                raise ValueError(f"{field}: {theirs!r} is not one of {list(corpus_classes)}")
             if ours not in model_classes:
-                raise ValueError(f"label_map: {ours!r} is not one of {list(model_classes)}")
+                raise ValueError(f"{field}: {ours!r} is not one of {list(model_classes)}")
             mapping[theirs] = ours
     if not mapping:
         raise ValueError(
             f"no class of {list(corpus_classes)} maps onto the model's {list(model_classes)}; "
-            "set config.cross_corpus.label_map, e.g. 'joy=happy,anger=angry'"
+            f"set {field}, e.g. 'joy=happy,anger=angry'"
         )
     return mapping
 
@@ -54,7 +58,7 @@ def create_input(
     data_config.dataset = cross.dataset
     data_config.label_set = cross.label_set
     data_config.csv = cross.get("csv")
-    builder = pipeline.load_builder(data_config, prepare_synthetic=False, check_classes=False)
+    builder = loading.load_builder(data_config, prepare_synthetic=False, check_classes=False)
     corpus_classes = list(builder.info.metadata["class_names"])
     model_classes = list(config.data.class_names)
     mapping = parse_label_map(cross.label_map, corpus_classes, model_classes)
@@ -72,7 +76,12 @@ def create_input(
             model_classes.index(mapping[name]) if name in mapping else -1 for name in corpus_classes
         ),
     )
-    unmapped = pipeline.FoldInput(builder, fold_speakers, tuple(corpus_classes), fold.num_frames)
+    unmapped = pipeline.FoldInput(
+        builder=builder,
+        speakers=fold_speakers,
+        class_names=tuple(corpus_classes),
+        num_frames=fold.num_frames,
+    )
     labels = [utterance["label"] for utterance in unmapped.utterances(split)]
     left_out = {
         name: labels.count(i) for i, name in enumerate(corpus_classes) if name not in mapping

@@ -13,7 +13,6 @@
 """
 
 import dataclasses
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,145 +21,55 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from emohrnet_jax import paths, windows
-from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import balance, builders, csv_corpus, protocols, remote, sources
+from emohrnet_jax import mixture_spec, windows
+from emohrnet_jax.audio import features
+from emohrnet_jax.data import balance, builders, loading, protocols, sources
 
 UTTERANCE_KEYS = ("id", "speaker", "label")
 SAMPLING = ("shuffle", "balanced")  # config.data.sampling's values
 
 
-def builder_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The builder options that `config.data` implies for its dataset."""
-    options = _corpus_options(data_config)
-    # Part of the build's name: a build prepared with --skip_unknown_labels is found only so.
-    if data_config.get("skip_unknown_labels") and data_config.dataset != "synthetic":
-        options["skip_unknown_labels"] = True
-    return options
+@dataclasses.dataclass(kw_only=True)
+class Input:
+    """The batches of one fold, from one corpus (`FoldInput`) or several (`mixture`): each split
+    is what `stored` gives for it; the rest is common."""
 
-
-def _corpus_options(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
-    dataset = data_config.dataset
-    if dataset == "labelled_folder":
-        csv_path = paths.local(data_config.get("csv"), "config.data.csv")
-        if not csv_path:
-            raise ValueError(
-                "config.data.csv is not set: labelled_folder needs the CSV it was prepared from "
-                "(--config.data.csv=PATH, as given to tools/prepare_data.py --csv)"
-            )
-        return {"csv_path": os.path.realpath(csv_path)}
-    if dataset == "iemocap":
-        return {"label_set": data_config.get("label_set", "4class")}
-    if dataset == "synthetic":
-        return {
-            "corpus": synthetic.CorpusSpec(
-                num_speakers=data_config.synthetic_speakers,
-                utterances_per_speaker=data_config.synthetic_utterances_per_speaker,
-                seed=data_config.synthetic_seed,
-            )
-        }
-    return {}
-
-
-def load_builder(
-    data_config: ml_collections.ConfigDict,
-    prepare_synthetic: bool = True,
-    check_classes: bool = True,
-) -> tfds.core.DatasetBuilder:
-    """The prepared dataset of `config.data`, checked against the config's features and classes.
-
-    The synthetic corpus is prepared on first use; a corpus that needs raw files is an error that
-    says how to prepare it, and a labelled folder whose CSV or audio changed since it was prepared
-    is refused. `check_classes=False` accepts any stored classes (cross-corpus).
-    """
-    params = features.FeatureParams.from_config(data_config)
-    dataset = data_config.dataset
-    if dataset not in builders.BUILDERS:
-        raise ValueError(
-            f"unknown config.data.dataset={dataset!r}; choose one of {sorted(builders.BUILDERS)}"
-        )
-    data_dir = paths.location(data_config.data_dir, "config.data.data_dir")
-    options = builder_options(data_config)
-    config = builders.make_config(dataset, params, **options)
-    local = remote.local_data_dir(data_dir, dataset, config)
-    builder = tfds.builder(dataset, data_dir=local, config=config)
-    if not builder.is_prepared():
-        if not (dataset == "synthetic" and prepare_synthetic):
-            where = data_dir if local != data_dir else builder.data_dir
-            raise FileNotFoundError(
-                f"{dataset} with these features is not prepared in {where}; run "
-                f"`{_prepare_command(data_config)}` with the same feature parameters ({params})"
-            )
-        remote.prepare(dataset, data_dir, feature_params=params, **options)
-        builder = tfds.builder(dataset, data_dir=local, config=config)
-    if dataset == "labelled_folder":
-        _check_sources(builder, data_config)
-    stored = builder.info.metadata
-    if stored.get("feature_params") != params.as_dict():
-        raise ValueError(
-            f"prepared features {stored.get('feature_params')} differ from the config's {params}"
-        )
-    if check_classes and list(stored["class_names"]) != list(data_config.class_names):
-        raise ValueError(
-            f"config.data.class_names={list(data_config.class_names)} but {dataset} was prepared "
-            f"with classes {stored['class_names']} (the logits must follow the dataset's order)"
-        )
-    return builder
-
-
-def _prepare_command(data_config: ml_collections.ConfigDict) -> str:
-    """The tools/prepare_data.py command line that prepares `config.data`'s corpus."""
-    dataset = data_config.dataset
-    source = {"synthetic": "", "labelled_folder": f" --csv={data_config.get('csv')}"}
-    skip = (
-        " --skip_unknown_labels" if builder_options(data_config).get("skip_unknown_labels") else ""
-    )
-    return (
-        f"python tools/prepare_data.py --dataset={dataset}"
-        f"{source.get(dataset, ' --manual_dir=RAW')}{skip} "
-        f"--data_dir={data_config.data_dir or '~/tensorflow_datasets'}"
-    )
-
-
-def _check_sources(builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict):
-    """Refuses a labelled-folder build whose CSV or audio files changed since it was prepared."""
-    config = builder.builder_config
-    stored = builder.info.metadata
-    try:
-        listing, _ = csv_corpus.labelled_folder(
-            config.csv_path, stored["class_names"], config.skip_unknown_labels
-        )
-        change = sources.what_changed(
-            stored, builder.data_dir, sources.record(listing, stored["class_names"])
-        )
-    except (ValueError, OSError) as error:
-        change = str(error)
-    if change is None:
-        return
-    raise ValueError(
-        f"{data_config.csv} changed since it was prepared ({change}): re-run "
-        f"{_prepare_command(data_config)} (with the same feature parameters)"
-    )
-
-
-@dataclasses.dataclass
-class FoldInput:
-    """The batches of one fold: each split is its speakers' utterances, or where `ids` is set
-    (a protocol that splits utterances, `protocols.fold_split`) the utterances it lists."""
-
-    builder: tfds.core.DatasetBuilder
     speakers: dict[str, list[str]]
     class_names: tuple[str, ...]
     num_frames: int
-    # Cross-corpus: stored label index -> model class index, -1 for a class left out.
-    label_map: tuple[int, ...] | None = None
     normalization: features.Normalization = features.Normalization()  # noqa: RUF009 (frozen)
-    ids: dict[str, list[str]] | None = None
     # What splits.json and results.json say of the protocol (`protocols.FoldSplit.about`).
     protocol: dict[str, Any] = dataclasses.field(
         default_factory=lambda: {"protocol": "speaker", "speaker_independent": True}
     )
     _counts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_mels(self) -> int:
+        """The stored log-Mel height."""
+        raise NotImplementedError
+
+    @property
+    def corpora(self) -> tuple[str, ...]:
+        """The names of a mixture's corpora, whose results are also given one by one; () for
+        one corpus."""
+        return ()
+
+    @property
+    def build(self) -> str | None:
+        """The source fingerprint of the build(s) read (`sources`), checked on resume."""
+        raise NotImplementedError
+
+    def stored(self, name: str, decoders: Any = None) -> tf.data.Dataset:
+        """The stored examples of a split, labels mapped onto the model's classes."""
+        raise NotImplementedError
+
+    def training_order(self, num_draws: int, seed: int, epoch: int, sampling: str):
+        """Indices into the training split, one per draw of the epoch, or None for a shuffle."""
+        if sampling != "balanced":
+            return None
+        labels = [u["label"] for u in self.utterances("train")]
+        return balance.balanced_order(labels, num_draws, seed, epoch)
 
     def split(self, name: str) -> tf.data.Dataset:
         """Normalized float32 examples of a split (a key of `speakers`), in stored order."""
@@ -175,16 +84,6 @@ class FoldInput:
             {"id": x["id"].decode(), "speaker": x["speaker"].decode(), "label": int(x["label"])}
             for x in tfds.as_numpy(dataset.map(lambda x: {k: x[k] for k in UTTERANCE_KEYS}))
         ]
-
-    def stored(self, name: str, decoders: Any = None) -> tf.data.Dataset:
-        """The stored examples of a split, labels mapped onto the model's classes."""
-        ids = None if self.ids is None else self.ids[name]
-        dataset = _utterances_of(self.builder, self.speakers[name], decoders, ids)
-        if self.label_map is not None:
-            table = tf.constant(self.label_map, tf.int64)
-            dataset = dataset.map(lambda x: {**x, "label": tf.gather(table, x["label"])})
-            dataset = dataset.filter(lambda x: x["label"] >= 0)
-        return dataset
 
     def count(self, name: str) -> int:
         """Number of examples in a split (counted once)."""
@@ -204,8 +103,9 @@ class FoldInput:
         """One epoch of shuffled, randomly cropped training batches for this host.
 
         `batch_size` is the global batch; each host yields `batch_size // process_count` examples
-        per step, and the incomplete last global batch is dropped. `sampling="balanced"` draws
-        the epoch's examples (as many) from `balance.balanced_order` instead of a shuffle.
+        per step, and the incomplete last global batch is dropped. Where `training_order` gives
+        an order (`sampling="balanced"`, a mixture's shares), the epoch's examples (as many) are
+        drawn in that order instead of a shuffle.
         """
         if batch_size % process_count:
             raise ValueError(f"batch size {batch_size} does not divide over {process_count} hosts")
@@ -217,8 +117,9 @@ class FoldInput:
         # Host p keeps rows p * host_batch... of each global batch: the hosts' rows, stacked in
         # process order, are the one-host batch row for row (hence the same augmentation).
         mine = lambda i: i // host_batch % process_count == process_index  # noqa: E731
-        if sampling == "balanced":
-            dataset = self._drawn(steps * batch_size, seed, epoch, mine)
+        order = self.training_order(steps * batch_size, seed, epoch, sampling)
+        if order is not None:
+            dataset = self._drawn(order, mine)
         else:
             dataset = self.split("train").shuffle(self.count("train"), seed=epoch_seed)
             dataset = dataset.take(steps * batch_size).enumerate()
@@ -231,13 +132,10 @@ class FoldInput:
         dataset = dataset.batch(host_batch, drop_remainder=True)
         yield from tfds.as_numpy(dataset.prefetch(tf.data.AUTOTUNE))
 
-    def _drawn(self, num_draws: int, seed: int, epoch: int, mine) -> tf.data.Dataset:
-        """(position, example) at this host's positions of the class-balanced order; the examples
-        they draw are held in memory (at most the split, as the shuffle's buffer is)."""
-        order = balance.balanced_order(
-            [u["label"] for u in self.utterances("train")], num_draws, seed, epoch
-        )
-        positions = np.flatnonzero(mine(np.arange(num_draws)))
+    def _drawn(self, order: np.ndarray, mine) -> tf.data.Dataset:
+        """(position, example) at this host's positions of `order`; the examples they draw are
+        held in memory (at most the split, as the shuffle's buffer is)."""
+        positions = np.flatnonzero(mine(np.arange(len(order))))
         # One lookup per stored example, not a scan of the drawn indices.
         wanted = np.zeros(self.count("train"), bool)
         wanted[order[positions]] = True
@@ -269,7 +167,7 @@ class FoldInput:
         if batch_size % process_count:
             raise ValueError(f"batch size {batch_size} does not divide over {process_count} hosts")
         host_batch = batch_size // process_count
-        shape = (self.builder.info.features["mel"].shape[0], windowing.num_frames)
+        shape = (self.n_mels, windowing.num_frames)
         rows, position = [], 0
         for row in self._windows(name, windowing):
             if position // host_batch % process_count == process_index:
@@ -290,6 +188,39 @@ class FoldInput:
                 yield window, example["label"], index
 
 
+@dataclasses.dataclass(kw_only=True)
+class FoldInput(Input):
+    """A fold of one prepared corpus: each split is its speakers' utterances, or where `ids` is
+    set (a protocol that splits utterances, `protocols.fold_split`) the utterances it lists."""
+
+    builder: tfds.core.DatasetBuilder
+    # Cross-corpus: stored label index -> model class index, -1 for a class left out.
+    label_map: tuple[int, ...] | None = None
+    ids: dict[str, list[str]] | None = None
+
+    @property
+    def n_mels(self) -> int:
+        return self.builder.info.features["mel"].shape[0]
+
+    @property
+    def build(self) -> str | None:
+        return self.builder.info.metadata.get(sources.METADATA_KEY)
+
+    def has(self, name: str) -> bool:
+        """Whether split `name` selects any utterance."""
+        return bool(self.speakers[name] if self.ids is None else self.ids[name])
+
+    def stored(self, name: str, decoders: Any = None) -> tf.data.Dataset:
+        """The stored examples of a split, labels mapped onto the model's classes."""
+        ids = None if self.ids is None else self.ids[name]
+        dataset = _utterances_of(self.builder, self.speakers[name], decoders, ids)
+        if self.label_map is not None:
+            table = tf.constant(self.label_map, tf.int64)
+            dataset = dataset.map(lambda x: {**x, "label": tf.gather(table, x["label"])})
+            dataset = dataset.filter(lambda x: x["label"] >= 0)
+        return dataset
+
+
 def _stacked(rows: list[tuple], size: int, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """An evaluation batch of `size` rows: `rows` (window, label, index), then zero padding."""
     mel = np.zeros((size, *shape), np.float32)
@@ -304,16 +235,15 @@ def _stacked(rows: list[tuple], size: int, shape: tuple[int, int]) -> dict[str, 
     }
 
 
-def create_fold_input(config: ml_collections.ConfigDict) -> FoldInput:
+def create_fold_input(config: ml_collections.ConfigDict) -> Input:
     """Loads the prepared dataset of `config.data` and selects fold `config.data.fold` of its
-    protocol (`config.data.protocol`)."""
-    builder = load_builder(config.data)
-    speakers = builder.info.metadata["speakers"]
-    rows = []
-    if protocols.needs_rows(config.data):
-        every = FoldInput(builder, {"all": speakers}, (), config.data.num_frames)
-        rows = [protocols.Row(**utterance) for utterance in every.utterances("all")]
-    fold = protocols.fold_split(config.data, speakers, rows)
+    protocol (`config.data.protocol`); several corpora (`mixture_spec`) make a `mixture` input."""
+    if mixture_spec.is_mixture(config.data):
+        from emohrnet_jax.data import mixture  # it builds on this module's Input
+
+        return mixture.create_input(config)
+    builder = loading.load_builder(config.data)
+    fold = select_fold(builder, config.data)
     return FoldInput(
         builder=builder,
         speakers=fold.speakers,
@@ -322,6 +252,18 @@ def create_fold_input(config: ml_collections.ConfigDict) -> FoldInput:
         ids=fold.ids,
         protocol=fold.about,
     )
+
+
+def select_fold(
+    builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict
+) -> protocols.FoldSplit:
+    """Fold `data_config.fold` of a prepared corpus under `data_config.protocol`."""
+    speakers = builder.info.metadata["speakers"]
+    rows = []
+    if protocols.needs_rows(data_config):
+        every = FoldInput(builder=builder, speakers={"all": speakers}, class_names=(), num_frames=1)
+        rows = [protocols.Row(**utterance) for utterance in every.utterances("all")]
+    return protocols.fold_split(data_config, speakers, rows)
 
 
 def _utterances_of(

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from emohrnet_jax import config_check, storage
+from emohrnet_jax import config_check, mixture_spec, storage
 from emohrnet_jax.data import splits
 
 RANDOM_WARNING = (
@@ -67,7 +67,10 @@ class FoldSplit:
 
 
 def num_folds(data_config: ml_collections.ConfigDict) -> int:
-    """The number of folds of `config.data`'s protocol: an EmoBox fold file is one fold."""
+    """The number of folds of `config.data`'s protocol: an EmoBox fold file is one fold (and a
+    mixture's, `mixture_spec.num_folds`)."""
+    if mixture_spec.is_mixture(data_config):
+        return mixture_spec.num_folds(data_config)
     protocol, requested = _protocol(data_config), data_config.get("num_folds")
     if protocol == "emobox":
         return 1
