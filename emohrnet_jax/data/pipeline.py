@@ -313,7 +313,8 @@ def create_fold_input(config: ml_collections.ConfigDict) -> FoldInput:
     if protocols.needs_rows(config.data):
         every = FoldInput(builder, {"all": speakers}, (), config.data.num_frames)
         rows = [protocols.Row(**utterance) for utterance in every.utterances("all")]
-    fold = protocols.fold_split(config.data, speakers, rows)
+    partitions = builder.info.metadata.get(builders.PARTITIONS_KEY)
+    fold = protocols.fold_split(config.data, speakers, rows, partitions)
     return FoldInput(
         builder=builder,
         speakers=fold.speakers,
