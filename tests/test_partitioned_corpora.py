@@ -296,3 +296,75 @@ def test_protocol_checks(dataset, protocol, fields, message):
         config_check.check_protocol(_data_config(dataset, protocol, **fields))
     config_check.check_protocol(_data_config("esd", "speaker"))
     config_check.check_protocol(_data_config("msp_podcast", test_partition="Test2"))
+
+
+# One small build of each, through builders.prepare and the official fold
+
+
+def _tone_wav(path, frequency: float) -> None:
+    import soundfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(0.6 * 16000)) / 16000
+    soundfile.write(str(path), 0.3 * np.sin(2 * np.pi * frequency * t), 16000)
+
+
+def _fold_config(dataset, data_dir):
+    from tests import helpers
+
+    config = helpers.load_config(dataset)
+    config.data.data_dir = str(data_dir)
+    config.data.n_mels, config.data.n_fft = 32, 512
+    config.data.protocol = "official"
+    return config
+
+
+@pytest.mark.slow
+def test_esd_and_msp_podcast_build_and_select_the_official_fold(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from emohrnet_jax.audio import features
+    from emohrnet_jax.data import builders, pipeline
+
+    params = features.FeatureParams(n_mels=32, n_fft=512, hop_length=256)
+    esd_raw, msp_raw = tmp_path / "esd", tmp_path / "msp"
+    for i, number in enumerate((1, 21, 51, 351, 371, 401)):
+        _tone_wav(_esd_path(esd_raw, 11, number, subset=True), 150 + 30 * i)
+    msp_rows = list(zip("ASHN", ("Train", "Development", "Test1", "Test2"), strict=True))
+    for i in range(len(msp_rows)):
+        _tone_wav(msp_raw / "Audios" / f"MSP-PODCAST_000{i}_0001.wav", 150 + 30 * i)
+    (msp_raw / "Labels").mkdir()
+    (msp_raw / "Labels" / "labels_consensus.csv").write_text(
+        "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set\n"
+        + "".join(
+            f"MSP-PODCAST_000{i}_0001.wav,{c},4,4,4,{'Unknown' if i == 0 else i},Male,{p}\n"
+            for i, (c, p) in enumerate(msp_rows)
+        )
+    )
+    for dataset, raw, kept in (("esd", esd_raw, 6), ("msp_podcast", msp_raw, 4)):
+        data_dir = tmp_path / "tfds"
+        summary = builders.prepare(dataset, str(data_dir), str(raw), params, num_workers=0)
+        assert summary["kept"] == kept
+        fold = pipeline.create_fold_input(_fold_config(dataset, data_dir))
+        stored = fold.builder.info.metadata
+        assert stored["class_names"] == list(fold.class_names)
+        examples = list(tfds.as_numpy(fold.builder.as_dataset(split=builders.SPLIT)))
+        by_id = {e["id"].decode(): e for e in examples}
+        assert sorted(by_id) == sorted(i for ids in stored["partitions"].values() for i in ids)
+        for example in examples:
+            assert example["mel"].shape == (32, example["num_frames"])
+        assert {name: len(fold.ids[name]) for name in fold.ids} == (
+            {"train": 2, "validation": 2, "test": 2}
+            if dataset == "esd"
+            else {"train": 1, "validation": 1, "test": 1}
+        )
+        assert fold.protocol["speaker_independent"] is (dataset == "msp_podcast")
+    example = by_id["MSP-PODCAST_0002_0001"]
+    assert stored["class_names"][example["label"]] == "happy"
+    assert by_id["MSP-PODCAST_0000_0001"]["speaker"] == b"Unknown:MSP-PODCAST_0000_0001"
+    assert stored["partitions"] == {
+        "Development": ["MSP-PODCAST_0001_0001"],
+        "Test1": ["MSP-PODCAST_0002_0001"],
+        "Test2": ["MSP-PODCAST_0003_0001"],
+        "Train": ["MSP-PODCAST_0000_0001"],
+    }
