@@ -21,7 +21,10 @@ EVALUATIONS = ("utterance", "centre_crop")
 # As emohrnet_jax.audio.features names them (librosa again).
 NORMALIZATIONS = ("utterance", "utterance_band", "training_band")
 # As emohrnet_jax.data.protocols reads them.
-PROTOCOLS = ("speaker", "random", "emobox", "leave_one_corpus_out")
+PROTOCOLS = ("speaker", "random", "emobox", "official", "leave_one_corpus_out")
+# The corpora released with partitions (`official`), and those whose folds must be them.
+OFFICIAL_DATASETS = ("esd", "msp_podcast")
+ONLY_OFFICIAL = ("msp_podcast",)
 IEMOCAP_DIALOGS = ("all", "improvised")
 
 
@@ -88,6 +91,7 @@ def check_protocol(data_config: ml_collections.ConfigDict) -> None:
     """
     protocol = data_config.get("protocol", "speaker")
     _one_of("data.protocol", protocol, PROTOCOLS)
+    _check_official(data_config, protocol)
     dialogs = data_config.get("iemocap_dialogs", "all")
     _one_of("data.iemocap_dialogs", dialogs, IEMOCAP_DIALOGS)
     if dialogs != "all" and data_config.dataset != "iemocap":
@@ -105,4 +109,24 @@ def check_protocol(data_config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.data.fold_file is set but config.data.protocol={protocol!r}: set "
             "--config.data.protocol=emobox to use the fold file"
+        )
+
+
+def _check_official(data_config: ml_collections.ConfigDict, protocol: str) -> None:
+    """Refuses `official` on a corpus without partitions, and any other on MSP-Podcast."""
+    dataset = data_config.dataset
+    if protocol == "official" and dataset not in OFFICIAL_DATASETS:
+        raise ConfigError(
+            f"config.data.protocol='official' needs a corpus released with partitions "
+            f"{OFFICIAL_DATASETS}, not {dataset}"
+        )
+    if dataset in ONLY_OFFICIAL and protocol != "official":
+        raise ConfigError(
+            f"config.data.protocol={protocol!r}: {dataset}'s folds are its official partitions "
+            "(no re-splitting); set --config.data.protocol=official"
+        )
+    if data_config.get("test_partition") and protocol != "official":
+        raise ConfigError(
+            f"config.data.test_partition is set but config.data.protocol={protocol!r}: it "
+            "chooses the test partition of protocol 'official'"
         )

@@ -29,7 +29,7 @@ from emohrnet_jax.data import corpora
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
 # The names of emohrnet_jax.data.builders.BUILDERS, whose import loads TensorFlow (~7 s).
-DATASETS = ("emovo", "iemocap", "labelled_folder", "ravdess", "synthetic")
+DATASETS = ("emovo", "esd", "iemocap", "labelled_folder", "msp_podcast", "ravdess", "synthetic")
 
 _DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "Corpus to build.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the raw corpus.")

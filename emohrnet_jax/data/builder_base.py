@@ -34,6 +34,8 @@ from emohrnet_jax.data import build_summary, corpora, sources
 
 SPLIT = "utterances"
 SUMMARY_FILE = "prepare_summary.json"
+# Metadata of a corpus released with partitions: {partition: sorted ids} (`protocols` reads it).
+PARTITIONS_KEY = "partitions"
 
 
 @dataclasses.dataclass(eq=False)
@@ -196,6 +198,8 @@ class EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "class_names": list(self.class_names()),
             }
         )
+        if self._listing is not None and self._listing.partitions:
+            self.info.metadata[PARTITIONS_KEY] = by_partition(self._listing.partitions)
         if self._fingerprint is not None:
             self.info.metadata[sources.METADATA_KEY] = self._fingerprint["digest"]
             sources.save(self.data_dir, self._fingerprint)
@@ -214,6 +218,14 @@ def example(utterance: corpora.Utterance, result: dict[str, Any]) -> dict[str, A
         "file": utterance.path,
         "duration": result["duration"],
     }
+
+
+def by_partition(partitions: dict[str, str]) -> dict[str, list[str]]:
+    """`{partition: sorted ids}` of `Listing.partitions` (utterance id -> partition)."""
+    grouped: dict[str, list[str]] = {name: [] for name in sorted(set(partitions.values()))}
+    for utterance_id, name in sorted(partitions.items()):
+        grouped[name].append(utterance_id)
+    return grouped
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -12,8 +12,9 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import storage
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import corpora, csv_corpus, sources
+from emohrnet_jax.data import corpora, csv_corpus, partitioned_corpora, sources
 from emohrnet_jax.data.builder_base import (
+    PARTITIONS_KEY,
     SPLIT,
     SUMMARY_FILE,
     EmotionBuilder,
@@ -21,7 +22,7 @@ from emohrnet_jax.data.builder_base import (
     make_config,
 )
 
-__all__ = ["BUILDERS", "SPLIT", "SUMMARY_FILE", "make_config", "prepare"]
+__all__ = ["BUILDERS", "PARTITIONS_KEY", "SPLIT", "SUMMARY_FILE", "make_config", "prepare"]
 
 
 class Ravdess(EmotionBuilder):
@@ -150,7 +151,44 @@ class Synthetic(EmotionBuilder):
     _extract = staticmethod(features.extract_synthetic)
 
 
-BUILDERS = {b.name: b for b in (Ravdess, Iemocap, Emovo, LabelledFolder, Synthetic)}
+class Esd(EmotionBuilder):
+    """ESD: 35,000 clips, 5 emotions, 10 Mandarin and 10 English speakers, official partitions."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    ESD (Emotional Speech Dataset) is obtained as https://github.com/HLTSingapore/Emotional-Speech-Data
+    says (licence there: research use). Unzip it into the manual folder, giving
+    0001/Angry/[train/]0001_000351.wav, ... (with or without the train/evaluation/test folders).
+    """
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    def class_names(self):
+        return partitioned_corpora.ESD_CLASSES
+
+    def listing(self, manual_dir):
+        return partitioned_corpora.esd(manual_dir)
+
+
+class MspPodcast(EmotionBuilder):
+    """MSP-Podcast: the 8 primary classes, in the release's Split_Set partitions."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    MSP-Podcast is licensed by the MSP Lab, UT Dallas
+    (https://ecs.utdallas.edu/research/researchlabs/msp-lab/MSP-Podcast.html). Put the release
+    folder's Labels/labels_consensus.csv and Audios/*.wav in the manual folder.
+    """
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    def class_names(self):
+        return partitioned_corpora.MSP_PODCAST_CLASSES
+
+    def listing(self, manual_dir):
+        skip = self.builder_config.skip_unknown_labels
+        return partitioned_corpora.msp_podcast(manual_dir, skip)
+
+
+BUILDERS = {
+    b.name: b for b in (Ravdess, Iemocap, Emovo, LabelledFolder, Synthetic, Esd, MspPodcast)
+}
 
 # The default configs, so that `tfds.builder(NAME, data_dir=...)` finds what prepare_data built.
 for _builder in BUILDERS.values():

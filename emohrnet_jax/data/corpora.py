@@ -31,6 +31,8 @@ class Listing:
     utterances: list[Utterance]  # sorted by id
     excluded: dict[str, list[str]]  # reason -> sorted paths (or utterance ids)
     inputs: list[str] = dataclasses.field(default_factory=list)  # label files or CSV read
+    # Utterance id -> official partition, for corpora released with one (`partitioned_corpora`).
+    partitions: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class UnknownLabelError(ValueError):

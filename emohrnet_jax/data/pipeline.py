@@ -263,7 +263,8 @@ def select_fold(
     if protocols.needs_rows(data_config):
         every = FoldInput(builder=builder, speakers={"all": speakers}, class_names=(), num_frames=1)
         rows = [protocols.Row(**utterance) for utterance in every.utterances("all")]
-    return protocols.fold_split(data_config, speakers, rows)
+    partitions = builder.info.metadata.get(builders.PARTITIONS_KEY)
+    return protocols.fold_split(data_config, speakers, rows, partitions)
 
 
 def _utterances_of(

@@ -15,6 +15,11 @@
   is our utterance id; lines matching no stored utterance are counted. EmoBox has no validation
   split: as many speakers as its test split has (IEMOCAP: sessions) are drawn by `split_seed` from
   its train speakers that are not test speakers. `config.data.fold` is not read.
+- `official`: the partitions a corpus is released with (ESD, MSP-Podcast; the only protocol of
+  MSP-Podcast), no re-splitting: train, validation and test are the `OFFICIAL_PARTITIONS`, the
+  test one `config.data.test_partition` where set. Speaker-independent only if no speaker is in
+  two splits (computed; ESD's partitions split every speaker's files, so it warns, as `random`).
+  `config.data.fold` is not read.
 
 `config.data.iemocap_dialogs="improvised"` keeps only IEMOCAP's improvised dialogs in every split.
 No TensorFlow here: the pipeline passes the stored utterances in (`Row`s).
@@ -38,6 +43,16 @@ RANDOM_WARNING = (
     "config.data.protocol='random' splits utterances, not speakers: every test speaker is also a "
     "training speaker, so these results are speaker-dependent and not comparable with "
     "speaker-independent ones"
+)
+# Corpus -> its (train, validation, test) partitions; the first present of several names is used
+# (MSP-Podcast's validation partition: Development; an older release's name: Validation).
+OFFICIAL_PARTITIONS = {
+    "esd": (("train",), ("evaluation",), ("test",)),
+    "msp_podcast": (("Train",), ("Development", "Validation"), ("Test1",)),
+}
+OFFICIAL_WARNING = (
+    "the official partitions of %s share speakers between splits: these results are "
+    "speaker-dependent and not comparable with speaker-independent ones"
 )
 # Ses01F_impro01_F000, Ses01F_script01_1_M012: the dialog's name between session and turn.
 _IEMOCAP_ID = re.compile(r"Ses\d\d[FM]_(.+)_[FM]\d+")
@@ -72,7 +87,7 @@ def num_folds(data_config: ml_collections.ConfigDict) -> int:
     if mixture_spec.is_mixture(data_config):
         return mixture_spec.num_folds(data_config)
     protocol, requested = _protocol(data_config), data_config.get("num_folds")
-    if protocol == "emobox":
+    if protocol in ("emobox", "official"):
         return 1
     if protocol == "random":
         folds = splits.GENERIC_NUM_FOLDS if requested is None else requested
@@ -88,7 +103,10 @@ def needs_rows(data_config: ml_collections.ConfigDict) -> bool:
 
 
 def fold_split(
-    data_config: ml_collections.ConfigDict, speakers: Sequence[str], rows: Sequence[Row] = ()
+    data_config: ml_collections.ConfigDict,
+    speakers: Sequence[str],
+    rows: Sequence[Row] = (),
+    partitions: dict[str, Sequence[str]] | None = None,
 ) -> FoldSplit:
     """The splits of fold `config.data.fold` under `config.data.protocol`.
 
@@ -96,6 +114,8 @@ def fold_split(
       data_config: `config.data`.
       speakers: the corpus's speakers.
       rows: every stored utterance, in stored order (needed where `needs_rows`).
+      partitions: the build's official partitions, `{partition: ids}` (its metadata's
+        `partitions`; needed by `official`).
 
     Raises:
       ValueError: a protocol, fold or fold file that cannot give three non-empty splits.
@@ -111,6 +131,17 @@ def fold_split(
         ids = random_split(kept, data_config.fold, num_folds(data_config), _seed(data_config))
         split = _from_ids(kept, ids)
         return FoldSplit(split.speakers, ids, about | {"speaker_independent": False})
+    if protocol == "official":
+        ids, official = official_split(data_config, kept, partitions)
+        split = _from_ids(kept, ids)
+        independent = not any(
+            set(split.speakers[a]) & set(split.speakers[b])
+            for a, b in (("train", "validation"), ("train", "test"), ("validation", "test"))
+        )
+        if not independent:
+            logging.warning(OFFICIAL_WARNING, data_config.dataset)
+        about |= {"speaker_independent": independent, "official": official}
+        return FoldSplit(split.speakers, ids, about)
     if protocol == "emobox":
         # Matched against every stored utterance: a scripted line left out is not "unmatched".
         ids, emobox = emobox_split(data_config, rows)
@@ -171,6 +202,46 @@ def random_split(rows: Sequence[Row], fold: int, folds: int, seed: int) -> dict[
     for row in rows:
         ids[named.get(fold_of[row.id], "train")].append(row.id)
     return ids
+
+
+def official_split(
+    data_config: ml_collections.ConfigDict,
+    rows: Sequence[Row],
+    partitions: dict[str, Sequence[str]] | None,
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """The ids (in stored order) of the official partitions that form train, validation and
+    test, and what results.json records of them: the partitions used and the ids of each."""
+    dataset = data_config.dataset
+    if not partitions:
+        raise ValueError(
+            f"this {dataset} build stores no official partitions: prepare it again with "
+            "tools/prepare_data.py"
+        )
+    train, validation, test = (
+        next((name for name in names if name in partitions), names[0])
+        for names in OFFICIAL_PARTITIONS[dataset]
+    )
+    test = data_config.get("test_partition") or test
+    present = sorted(partitions)
+    for split, name in (("train", train), ("validation", validation), ("test", test)):
+        if name not in partitions:
+            field = "config.data.test_partition=" if split == "test" else f"the {split} partition "
+            raise ValueError(f"{field}{name!r} is not a partition of this build: it has {present}")
+    if test in (train, validation):
+        role = "train" if test == train else "validation"
+        raise ValueError(
+            f"config.data.test_partition={test!r} is {dataset}'s {role} partition: choose "
+            f"another of {present}"
+        )
+    names = {"train": train, "validation": validation, "test": test}
+    members = {split: set(partitions[name]) for split, name in names.items()}
+    ids = {split: [row.id for row in rows if row.id in members[split]] for split in names}
+    about = {
+        "partitions": names,
+        "listed": {name: len(partitions[name]) for name in present},
+        "unused_partitions": [name for name in present if name not in names.values()],
+    }
+    return ids, about
 
 
 def is_improvised(utterance_id: str) -> bool:

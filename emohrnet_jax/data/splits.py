@@ -9,6 +9,9 @@ test, and validation speakers are always drawn from the speakers not tested on:
 - RAVDESS: 6 folds of 4 consecutive actors (Actor_01-04, ...), two male and two female each.
 - EMOVO: 6 folds of one speaker in the order f1, m1, f2, m2, f3, m3 (so validation is always the
   other gender); `num_folds=3` gives the pairs (f1, m1), (f2, m2), (f3, m3) instead.
+- ESD: 5 folds of 4 speakers, two Mandarin and two English each ((0001, 0002, 0011, 0012), ...),
+  so every split holds both languages; its official partitions are the `official` protocol.
+- MSP-Podcast: none; its folds are its official partitions (`protocols`, `official`).
 - Any other corpus (synthetic, labelled_folder): the sorted speakers in `num_folds` (default 5)
   near-equal groups.
 """
@@ -22,7 +25,7 @@ import numpy as np
 
 from emohrnet_jax import storage
 
-DEFAULT_NUM_FOLDS = {"iemocap": 5, "ravdess": 6, "emovo": 6}
+DEFAULT_NUM_FOLDS = {"iemocap": 5, "ravdess": 6, "emovo": 6, "esd": 5}
 GENERIC_NUM_FOLDS = 5
 SPLITS = ("train", "validation", "test")
 
@@ -50,6 +53,11 @@ def speaker_groups(
     elif dataset == "emovo":
         alternating = sorted(speakers, key=lambda s: (s[1:], s[0]))  # f1, m1, f2, m2, ...
         groups = [list(g) for g in np.array_split(np.array(alternating, dtype=object), folds)]
+    elif dataset == "esd":
+        # Mandarin 0001-0010 and English 0011-0020: each group takes a share of both.
+        languages = ([s for s in speakers if int(s) <= 10], [s for s in speakers if int(s) > 10])
+        shares = [np.array_split(np.array(group, dtype=object), folds) for group in languages]
+        groups = [[*mandarin, *english] for mandarin, english in zip(*shares, strict=True)]
     else:
         groups = [list(g) for g in np.array_split(np.array(speakers, dtype=object), folds)]
     if len(groups) != folds or any(not group for group in groups):
