@@ -198,6 +198,7 @@ def test_msp_podcast_counts(tmp_path, labels, audio):
     unknown = [u for u in listing.utterances if u.speaker.startswith("Unknown:")]
     assert len(unknown) == 8 * 3  # rows 0, 5 and 10 of each class's 12 Train rows
     assert {u.speaker for u in unknown} == {f"Unknown:{u.id}" for u in unknown}
+    assert listing.noted == {partitioned_corpora.UNKNOWN_SPEAKER_NOTE: 8 * 3}
     assert listing.inputs == [str(tmp_path / "Labels" / labels)]
 
 
@@ -345,6 +346,8 @@ def test_esd_and_msp_podcast_build_and_select_the_official_fold(tmp_path):
         data_dir = tmp_path / "tfds"
         summary = builders.prepare(dataset, str(data_dir), str(raw), params, num_workers=0)
         assert summary["kept"] == kept
+        noted = {partitioned_corpora.UNKNOWN_SPEAKER_NOTE: 1} if dataset == "msp_podcast" else None
+        assert summary.get("noted") == noted
         fold = pipeline.create_fold_input(_fold_config(dataset, data_dir))
         stored = fold.builder.info.metadata
         assert stored["class_names"] == list(fold.class_names)

@@ -51,6 +51,7 @@ def summarize(
         "speakers": sorted(merged["speakers"]),
         "skipped_files": {reason: sorted(paths) for reason, paths in sorted(skipped.items())},
         "excluded_files": {r: sorted(p) for r, p in sorted(listing.excluded.items())},
+        **({"noted": dict(sorted(listing.noted.items()))} if listing.noted else {}),
     }
     if not kept:
         raise nothing_kept(dataset, merged)

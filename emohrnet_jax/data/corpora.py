@@ -33,6 +33,8 @@ class Listing:
     inputs: list[str] = dataclasses.field(default_factory=list)  # label files or CSV read
     # Utterance id -> official partition, for corpora released with one (`partitioned_corpora`).
     partitions: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Kept utterances worth counting, by what is noted of them (MSP-Podcast: speaker unknown).
+    noted: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class UnknownLabelError(ValueError):

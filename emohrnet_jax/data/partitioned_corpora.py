@@ -40,6 +40,7 @@ _MSP_AUDIO_DIRS = ("Audios", "Audio")
 _MSP_COLUMNS = ("FileName", "EmoClass", "SpkrID", "Split_Set")
 _MSP_EXPECTED = "MSP-Podcast's Labels/labels_consensus.csv and Audios/*.wav (the release folder)"
 MSP_UNKNOWN_SPEAKER = "Unknown"
+UNKNOWN_SPEAKER_NOTE = "speaker unknown (kept, one speaker per file)"
 _ANY_NAME = re.compile(r".+")
 
 
@@ -154,4 +155,7 @@ def msp_podcast(manual_dir: str, skip_unknown_labels: bool = False) -> corpora.L
         excluded[corpora.AUDIO_WITHOUT_LABEL].append(audio[stem])
     listing = corpora.finish(utterances, excluded, manual_dir, _MSP_EXPECTED, [labels_csv])
     listing.partitions = partitions
+    unknown = sum(u.speaker.startswith(f"{MSP_UNKNOWN_SPEAKER}:") for u in listing.utterances)
+    if unknown:
+        listing.noted[UNKNOWN_SPEAKER_NOTE] = unknown
     return listing
