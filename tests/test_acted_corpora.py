@@ -299,16 +299,16 @@ def test_savee_full_release(tmp_path, layout):
 def test_savee_left_out_files_are_counted(tmp_path):
     _write(tmp_path / "AudioData" / "DC", "a01.wav", "sa02.wav", "._a03.wav", "a1.wav")
     _write(tmp_path / "AudioData" / "XY", "a01.wav")
-    _write(tmp_path / "flat", "DC_a01.wav", "JK_n30.wav", "QQ_a01.wav")
+    _write(tmp_path / "flat", "DC_a01.wav", "JK_n30.wav", "KLsu15.wav", "QQ_a01.wav", "n01.wav")
     _write(tmp_path / "AudioData" / "JE", "x01.wav")
     with pytest.raises(corpora.UnknownLabelError, match=r"x01\.wav.*'x'"):
         acted_corpora.savee(str(tmp_path))
     listing = acted_corpora.savee(str(tmp_path), skip_unknown_labels=True)
-    assert [u.id for u in listing.utterances] == ["DC_a01", "DC_sa02", "JK_n30"]
+    assert [u.id for u in listing.utterances] == ["DC_a01", "DC_sa02", "JK_n30", "KL_su15"]
     assert _excluded(listing) == {
         corpora.DUPLICATE_FILE_NAME: 1,
         corpora.HIDDEN_FILE: 1,
-        corpora.UNRECOGNIZED_FILE_NAME: 1,
+        corpora.UNRECOGNIZED_FILE_NAME: 2,
         "no SAVEE speaker in the name or folder": 2,
         "unknown emotion code x": 1,
     }

