@@ -3,6 +3,8 @@
   python tools/prepare_data.py --dataset=ravdess --manual_dir=RAW --data_dir=OUT
   python tools/prepare_data.py --dataset=iemocap --manual_dir=IEMOCAP_full_release --data_dir=OUT
   python tools/prepare_data.py --dataset=emovo --manual_dir=RAW --data_dir=OUT
+  python tools/prepare_data.py --dataset=crema_d --manual_dir=CREMA-D --data_dir=OUT
+    (emodb, tess and savee alike: --manual_dir is the unpacked corpus)
   python tools/prepare_data.py --dataset=labelled_folder --csv=clips.csv --data_dir=OUT
   python tools/prepare_data.py --dataset=synthetic --data_dir=OUT
 
@@ -29,7 +31,19 @@ from emohrnet_jax.data import corpora
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
 # The names of emohrnet_jax.data.builders.BUILDERS, whose import loads TensorFlow (~7 s).
-DATASETS = ("emovo", "esd", "iemocap", "labelled_folder", "msp_podcast", "ravdess", "synthetic")
+DATASETS = (
+    "crema_d",
+    "emodb",
+    "emovo",
+    "esd",
+    "iemocap",
+    "labelled_folder",
+    "msp_podcast",
+    "ravdess",
+    "savee",
+    "synthetic",
+    "tess",
+)
 
 _DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "Corpus to build.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the raw corpus.")

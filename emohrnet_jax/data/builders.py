@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from emohrnet_jax import storage
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import corpora, csv_corpus, partitioned_corpora, sources
+from emohrnet_jax.data import acted_corpora, corpora, csv_corpus, partitioned_corpora, sources
 from emohrnet_jax.data.builder_base import (
     PARTITIONS_KEY,
     SPLIT,
@@ -83,6 +83,73 @@ class Emovo(EmotionBuilder):
 
     def listing(self, manual_dir):
         return corpora.emovo(manual_dir, self.builder_config.skip_unknown_labels)
+
+
+class CremaD(EmotionBuilder):
+    """CREMA-D: 7442 clips, 6 emotions, 91 actors, 12 sentences."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Clone https://github.com/CheyneyComputerScience/CREMA-D with git-lfs (`git lfs clone`; a plain
+    zip holds only lfs pointers) or get it from its GitLab mirror (Open Database License) and give
+    the folder holding AudioWAV/1001_DFA_ANG_XX.wav, ... as the manual folder.
+    """
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    def class_names(self):
+        return acted_corpora.CREMA_D_CLASSES
+
+    def listing(self, manual_dir):
+        return acted_corpora.crema_d(manual_dir, self.builder_config.skip_unknown_labels)
+
+
+class Emodb(EmotionBuilder):
+    """EmoDB (Berlin, German): 535 clips, 7 emotions, 10 speakers."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Download EmoDB from http://emodb.bilderbar.info (cite Burkhardt et al., Interspeech 2005, as
+    the site asks) and unzip it into the manual folder, giving wav/03a01Fa.wav, ...
+    """
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    def class_names(self):
+        return acted_corpora.EMODB_CLASSES
+
+    def listing(self, manual_dir):
+        return acted_corpora.emodb(manual_dir, self.builder_config.skip_unknown_labels)
+
+
+class Tess(EmotionBuilder):
+    """TESS (Toronto): 2800 clips, 7 emotions, 2 speakers, 200 words."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Download TESS from https://doi.org/10.5683/SP2/E8H2MF (Scholars Portal Dataverse, CC BY-NC-ND
+    4.0; also on Kaggle) and unzip it into the manual folder: OAF_angry/OAF_back_angry.wav, ...
+    (folder spellings vary between copies; the label is read from the file name).
+    """
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    def class_names(self):
+        return acted_corpora.TESS_CLASSES
+
+    def listing(self, manual_dir):
+        return acted_corpora.tess(manual_dir, self.builder_config.skip_unknown_labels)
+
+
+class Savee(EmotionBuilder):
+    """SAVEE (Surrey): 480 clips, 7 emotions, 4 male speakers."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Register at http://kahlan.eps.surrey.ac.uk/savee/ (see its terms) and unzip AudioData into
+    the manual folder, giving AudioData/DC/a01.wav, ...; the flat Kaggle copy (DC_a01.wav, ...)
+    is read as well.
+    """
+    BUILDER_CONFIGS: ClassVar[list[EmotionConfig]] = []
+
+    def class_names(self):
+        return acted_corpora.SAVEE_CLASSES
+
+    def listing(self, manual_dir):
+        return acted_corpora.savee(manual_dir, self.builder_config.skip_unknown_labels)
 
 
 class LabelledFolder(EmotionBuilder):
@@ -187,7 +254,11 @@ class MspPodcast(EmotionBuilder):
 
 
 BUILDERS = {
-    b.name: b for b in (Ravdess, Iemocap, Emovo, LabelledFolder, Synthetic, Esd, MspPodcast)
+    b.name: b
+    for b in (
+        *(Ravdess, Iemocap, Emovo, CremaD, Emodb, Tess, Savee),
+        *(LabelledFolder, Synthetic, Esd, MspPodcast),
+    )
 }
 
 # The default configs, so that `tfds.builder(NAME, data_dir=...)` finds what prepare_data built.

@@ -56,8 +56,16 @@ OFFICIAL_WARNING = (
 )
 # Ses01F_impro01_F000, Ses01F_script01_1_M012: the dialog's name between session and turn.
 _IEMOCAP_ID = re.compile(r"Ses\d\d[FM]_(.+)_[FM]\d+")
-# What text_overlap compares: RAVDESS's statement (2), EMOVO's sentence (14), IEMOCAP's script.
-TEXT_UNITS = {"ravdess": "sentence", "emovo": "sentence", "iemocap": "script"}
+# What text_overlap compares: RAVDESS's statement (2), EMOVO's sentence (14), IEMOCAP's script,
+# CREMA-D's sentence (12), EmoDB's text (10), TESS's word (200).
+TEXT_UNITS = {
+    "ravdess": "sentence",
+    "emovo": "sentence",
+    "iemocap": "script",
+    "crema_d": "sentence",
+    "emodb": "text",
+    "tess": "word",
+}
 # How many unmatched fold-file lines results.json names (all are counted).
 _EXAMPLES = 5
 
@@ -362,7 +370,8 @@ def text_unit(dataset: str, utterance_id: str) -> str | None:
     RAVDESS `03-01-05-01-02-01-12`: the statement (5th field). EMOVO `dis-f1-b1`: the sentence
     (3rd field). IEMOCAP `Ses01F_script01_1_F000`: the scripted dialog (`script01_1`, the same
     text in every session); improvised dialogs share a scenario, not their words, so they have
-    none.
+    none. CREMA-D `1001_DFA_ANG_XX` and TESS `OAF_back_angry`: the 2nd field (sentence, word).
+    EmoDB `03a01Fa`: the text code (`a01`).
     """
     if dataset == "ravdess":
         fields = utterance_id.split("-")
@@ -373,6 +382,11 @@ def text_unit(dataset: str, utterance_id: str) -> str | None:
     if dataset == "iemocap":
         match = _IEMOCAP_ID.fullmatch(utterance_id)
         return match.group(1) if match and match.group(1).startswith("script") else None
+    if dataset in ("crema_d", "tess"):
+        fields = utterance_id.split("_")
+        return fields[1] if len(fields) == (4 if dataset == "crema_d" else 3) else None
+    if dataset == "emodb":
+        return utterance_id[2:5] if len(utterance_id) == 7 else None
     return None
 
 

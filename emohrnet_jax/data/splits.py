@@ -9,6 +9,12 @@ test, and validation speakers are always drawn from the speakers not tested on:
 - RAVDESS: 6 folds of 4 consecutive actors (Actor_01-04, ...), two male and two female each.
 - EMOVO: 6 folds of one speaker in the order f1, m1, f2, m2, f3, m3 (so validation is always the
   other gender); `num_folds=3` gives the pairs (f1, m1), (f2, m2), (f3, m3) instead.
+- CREMA-D: 5 folds of 18-19 consecutive actor numbers (1001-1019, ...): 91 actors allow a
+  held-out fifth of them (~1,490 clips) per test fold, as for IEMOCAP's five.
+- EmoDB: leave-one-speaker-out, 10 folds (03, 08, ..., 16); SAVEE: leave-one-speaker-out, 4
+  folds (DC, JE, JK, KL: 2 train, 1 validation, 1 test speaker).
+- TESS: none. Its 2 speakers cannot give train, validation and test speakers: use
+  `config.data.protocol='random'` (speaker-dependent).
 - ESD: 5 folds of 4 speakers, two Mandarin and two English each ((0001, 0002, 0011, 0012), ...),
   so every split holds both languages; its official partitions are the `official` protocol.
 - MSP-Podcast: none; its folds are its official partitions (`protocols`, `official`).
@@ -25,13 +31,23 @@ import numpy as np
 
 from emohrnet_jax import storage
 
-DEFAULT_NUM_FOLDS = {"iemocap": 5, "ravdess": 6, "emovo": 6, "esd": 5}
+DEFAULT_NUM_FOLDS = {
+    **{"iemocap": 5, "ravdess": 6, "emovo": 6, "esd": 5},
+    **{"crema_d": 5, "emodb": 10, "savee": 4},
+}
+# Corpora whose speakers are too few for a speaker-independent train/validation/test split.
+TOO_FEW_SPEAKERS = {"tess": "TESS has 2 speakers (OAF, YAF)"}
 GENERIC_NUM_FOLDS = 5
 SPLITS = ("train", "validation", "test")
 
 
 def num_folds(dataset: str, requested: int | None = None) -> int:
     """The number of folds of a dataset's protocol (`requested` overrides where allowed)."""
+    if dataset in TOO_FEW_SPEAKERS:
+        raise ValueError(
+            f"{TOO_FEW_SPEAKERS[dataset]}, too few for the speaker protocol's train, validation "
+            "and test speakers: set --config.data.protocol=random (speaker-dependent)"
+        )
     if requested is None:
         return DEFAULT_NUM_FOLDS.get(dataset, GENERIC_NUM_FOLDS)
     if dataset == "iemocap" and requested != 5:
