@@ -15,6 +15,7 @@ them, each seed's mean, and a pooled `ci95` of the UA averaged over seeds (speak
 the same for every seed). `tools/cross_validate.py` is its command line.
 """
 
+import collections
 import os
 from typing import Any
 
@@ -281,6 +282,9 @@ def summarize(
         "pooled": metrics.summarize(confusion, names),
         **pooled_uncertainty,
     }
+    per_corpus = _per_corpus(results, names)
+    if per_corpus:
+        summary["per_corpus"] = per_corpus
     if run_seeds:
         summary["seeds"] = distinct
         summary["per_seed"] = [
@@ -288,6 +292,20 @@ def summarize(
             for d in distinct
         ]
     return summary
+
+
+def _per_corpus(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """A mixture's test scores corpus by corpus: the confusion of each corpus summed over the
+    runs that test on it, summarized, with those runs' count and mean UA ({} for one corpus)."""
+    tested = collections.defaultdict(list)
+    for result in results:
+        for corpus, scores in result["test"].get("per_corpus", {}).items():
+            tested[corpus].append(scores)
+    return {
+        corpus: metrics.summarize(np.sum([s["confusion_matrix"] for s in runs], axis=0), names)
+        | {"runs": len(runs), "mean_ua": float(np.mean([s["ua"] for s in runs]))}
+        for corpus, runs in tested.items()
+    }
 
 
 def _percent(value: float) -> str:
@@ -330,6 +348,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"pooled UA {_percent(summary['pooled']['ua'])}  95% CI "
             f"{_interval(summary['ci95']['ua'])} (speakers resampled{over})"
+        )
+    for corpus, scores in summary.get("per_corpus", {}).items():
+        lines.append(
+            f"corpus {corpus}: pooled UA {_percent(scores['ua'])}, mean UA "
+            f"{_percent(scores['mean_ua'])} over {scores['runs']} runs, N {scores['num_examples']}"
         )
     if summary["folds_done"] < summary["num_folds"]:
         lines.append(f"({summary['folds_done']} of {summary['num_folds']} folds)")

@@ -269,3 +269,7 @@ def test_leave_one_corpus_out_cross_validation_tests_on_each_corpus_in_turn(corp
         assert trained == validated == {"synthetic", "folder"} - {left_out}
         assert results["test"]["num_examples"] == {"synthetic": 64, "folder": 24}[left_out]
         assert results["protocol"] == "leave_one_corpus_out"
+    per_corpus = summary["per_corpus"]
+    assert {name: c["runs"] for name, c in per_corpus.items()} == {"synthetic": 1, "folder": 1}
+    assert per_corpus["folder"]["num_examples"] == 24
+    assert "corpus folder: pooled UA" in cross_validation.format_summary(summary)
