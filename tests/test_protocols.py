@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from emohrnet_jax import config_check, run_config
-from emohrnet_jax.data import pipeline, protocols, splits
+from emohrnet_jax.data import emobox, pipeline, protocols, splits
 from tests import helpers
 
 
@@ -191,27 +191,27 @@ def test_an_emobox_fold_testing_training_speakers_is_not_speaker_independent(dat
 
 
 def test_emobox_file_names_and_ids():
-    assert protocols.emobox_files("gs://b/ravdess/fold_1/ravdess_train_fold_1.jsonl") == (
+    assert emobox.files("gs://b/ravdess/fold_1/ravdess_train_fold_1.jsonl") == (
         "gs://b/ravdess/fold_1/ravdess_train_fold_1.jsonl",
         "gs://b/ravdess/fold_1/ravdess_test_fold_1.jsonl",
     )
-    assert protocols.emobox_files("a.jsonl, b.jsonl") == ("a.jsonl", "b.jsonl")
+    assert emobox.files("a.jsonl, b.jsonl") == ("a.jsonl", "b.jsonl")
     with pytest.raises(ValueError, match="neither"):
-        protocols.emobox_files("fold_1.jsonl")
+        emobox.files("fold_1.jsonl")
     stored = {"03-01-05-01-02-01-12", "Ses01F_impro01_F000"}
     entry = {"key": "ravdess-03-01-05-01-02-01-12", "dataset": "ravdess", "wav": "x/other.wav"}
-    assert protocols.emobox_id(entry, "ravdess", stored) == "03-01-05-01-02-01-12"
+    assert emobox.utterance_id(entry, "ravdess", stored) == "03-01-05-01-02-01-12"
     entry = {"key": "k", "wav": "downloads/iemocap/Session1/Ses01F_impro01_F000.wav"}
-    assert protocols.emobox_id(entry, "iemocap", stored) == "Ses01F_impro01_F000"
-    assert protocols.emobox_id({"key": "emovo-dis-f1-b1"}, "emovo", stored) is None
+    assert emobox.utterance_id(entry, "iemocap", stored) == "Ses01F_impro01_F000"
+    assert emobox.utterance_id({"key": "emovo-dis-f1-b1"}, "emovo", stored) is None
 
 
 def test_validation_is_carved_in_whole_iemocap_sessions():
     train = {f"Ses0{i}{g}" for i in (2, 3, 4, 5) for g in "FM"}
-    chosen = protocols.carve_validation("iemocap", train, {"Ses01F", "Ses01M"}, seed=0)
+    chosen = emobox.carve_validation("iemocap", train, {"Ses01F", "Ses01M"}, seed=0)
     assert len(chosen) == 2 and len({s[:5] for s in chosen}) == 1
     with pytest.raises(ValueError, match="at least 2"):
-        protocols.carve_validation("ravdess", {"Actor_01"}, {"Actor_02"}, seed=0)
+        emobox.carve_validation("ravdess", {"Actor_01"}, {"Actor_02"}, seed=0)
 
 
 def test_text_units_of_each_corpus():

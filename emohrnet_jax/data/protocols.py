@@ -9,10 +9,7 @@
   `config.seed`: the folds of a cross-validation stay the same for every training seed) and dealt
   to `num_folds` folds in turn; fold k tests on fold k, validates on fold k + 1 and trains on the
   rest, so every split has the corpus's class proportions (within one utterance per class).
-- `emobox`: an EmoBox fold (Ma et al., 2024): `config.data.fold_file` is the fold's train jsonl
-  (`<corpus>_train_fold_<k>.jsonl`, its test file `<corpus>_test_fold_<k>.jsonl` beside it) or
-  "TRAIN.jsonl,TEST.jsonl". Each line's `wav` file stem (or its `key` less the `<corpus>-` prefix)
-  is our utterance id; lines matching no stored utterance are counted. EmoBox has no validation
+- `emobox`: an EmoBox fold file (`emobox`, `config.data.fold_file`). EmoBox has no validation
   split: as many speakers as its test split has (IEMOCAP: sessions) are drawn by `split_seed` from
   its train speakers that are not test speakers. `config.data.fold` is not read.
 - `official`: the partitions a corpus is released with (ESD, MSP-Podcast; the only protocol of
@@ -26,8 +23,6 @@ No TensorFlow here: the pipeline passes the stored utterances in (`Row`s).
 """
 
 import dataclasses
-import json
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -36,8 +31,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from emohrnet_jax import config_check, mixture_spec, storage
-from emohrnet_jax.data import splits
+from emohrnet_jax import config_check, mixture_spec
+from emohrnet_jax.data import emobox, splits
 
 RANDOM_WARNING = (
     "config.data.protocol='random' splits utterances, not speakers: every test speaker is also a "
@@ -66,8 +61,6 @@ TEXT_UNITS = {
     "emodb": "text",
     "tess": "word",
 }
-# How many unmatched fold-file lines results.json names (all are counted).
-_EXAMPLES = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,14 +145,14 @@ def fold_split(
         return FoldSplit(split.speakers, ids, about)
     if protocol == "emobox":
         # Matched against every stored utterance: a scripted line left out is not "unmatched".
-        ids, emobox = emobox_split(data_config, rows)
+        ids, about_file = emobox.split(data_config, rows, _seed(data_config))
         kept_ids = {row.id for row in kept}
         ids = {name: [i for i in group if i in kept_ids] for name, group in ids.items()}
         split = _from_ids(kept, ids)
         independent = not set(split.speakers["test"]) & {
             s for name in ("train", "validation") for s in split.speakers[name]
         }
-        about |= {"speaker_independent": independent, "emobox": emobox}
+        about |= {"speaker_independent": independent, "emobox": about_file}
         return FoldSplit(split.speakers, ids, about)
     by_speaker = splits.fold_speakers(
         data_config.dataset, speakers, data_config.fold, data_config.get("num_folds")
@@ -256,112 +249,6 @@ def is_improvised(utterance_id: str) -> bool:
     """Whether an IEMOCAP utterance id is of an improvised dialog (`Ses01F_impro01_F000`)."""
     match = _IEMOCAP_ID.fullmatch(utterance_id)
     return bool(match) and match.group(1).startswith("impro")
-
-
-def emobox_files(fold_file: str) -> tuple[str, str]:
-    """The train and test jsonl files that `config.data.fold_file` names (module docstring)."""
-    parts = [part.strip() for part in fold_file.split(",") if part.strip()]
-    if len(parts) == 2:
-        return parts[0], parts[1]
-    folder, name = os.path.split(parts[0]) if len(parts) == 1 else ("", "")
-    if "_train_fold_" not in name:
-        raise ValueError(
-            f"config.data.fold_file={fold_file!r} is neither an EmoBox "
-            "<corpus>_train_fold_<k>.jsonl nor a 'TRAIN.jsonl,TEST.jsonl' pair"
-        )
-    return parts[0], os.path.join(folder, name.replace("_train_fold_", "_test_fold_"))
-
-
-def read_fold_file(path: str) -> list[dict[str, Any]]:
-    """The utterances of an EmoBox jsonl file: one JSON object a line, with `key` (and `wav`)."""
-    entries = []
-    for number, line in enumerate(storage.read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {number} is not JSON: {error}") from error
-        if not isinstance(entry, dict) or "key" not in entry:
-            raise ValueError(f'{path} line {number} has no "key" (EmoBox\'s utterance name)')
-        entries.append(entry)
-    return entries
-
-
-def emobox_id(entry: dict[str, Any], dataset: str, stored: set[str]) -> str | None:
-    """Our id of an EmoBox line: its wav file's stem, or its key less "<corpus>-"; None if
-    neither is a stored utterance."""
-    key = str(entry["key"])
-    candidates = [
-        os.path.splitext(os.path.basename(str(entry.get("wav") or "")))[0],
-        key.removeprefix(f"{entry.get('dataset') or dataset}-"),
-        key,
-    ]
-    return next((c for c in candidates if c in stored), None)
-
-
-def emobox_split(
-    data_config: ml_collections.ConfigDict, rows: Sequence[Row]
-) -> tuple[dict[str, list[str]], dict[str, Any]]:
-    """The ids of an EmoBox fold's splits (validation carved out of its train part) and what
-    results.json records of the fold file."""
-    paths = dict(zip(("train", "test"), emobox_files(data_config.fold_file), strict=True))
-    stored = {row.id for row in rows}
-    matched, unmatched = {}, {}
-    for name, path in paths.items():
-        entries = read_fold_file(path)
-        ours = [emobox_id(entry, data_config.dataset, stored) for entry in entries]
-        matched[name] = {i for i in ours if i is not None}
-        unmatched[name] = [str(e["key"]) for e, i in zip(entries, ours, strict=True) if i is None]
-    both = sorted(matched["train"] & matched["test"])
-    if both:
-        raise ValueError(
-            f"{len(both)} utterances are in both {paths['train']} and {paths['test']}, "
-            f"e.g. {both[:_EXAMPLES]}: not a fold"
-        )
-    speaker_of = {row.id: row.speaker for row in rows}
-    validation = carve_validation(
-        data_config.dataset,
-        {speaker_of[i] for i in matched["train"]},
-        {speaker_of[i] for i in matched["test"]},
-        _seed(data_config),
-    )
-    ids = {name: [] for name in splits.SPLITS}
-    for row in rows:
-        if row.id in matched["test"]:
-            ids["test"].append(row.id)
-        elif row.id in matched["train"]:
-            ids["validation" if row.speaker in validation else "train"].append(row.id)
-    about = {
-        "train_file": paths["train"],
-        "test_file": paths["test"],
-        "matched": {name: len(matched[name]) for name in paths},
-        "unmatched": {name: len(unmatched[name]) for name in paths},
-        "unmatched_examples": sorted(unmatched["train"] + unmatched["test"])[:_EXAMPLES],
-        "stored_not_in_fold": len(stored - matched["train"] - matched["test"]),
-        "validation_speakers": sorted(validation),
-    }
-    return ids, about
-
-
-def carve_validation(
-    dataset: str, train_speakers: set[str], test_speakers: set[str], seed: int
-) -> set[str]:
-    """Validation speakers drawn (by `seed`) from the train speakers that are not test speakers:
-    as many as the test split has, in whole sessions for IEMOCAP, leaving at least one to train."""
-    unit = (lambda speaker: speaker[:5]) if dataset == "iemocap" else (lambda speaker: speaker)
-    test_units = {unit(s) for s in test_speakers}
-    candidates = sorted({unit(s) for s in train_speakers} - test_units)
-    count = min(max(len(test_units), 1), len(candidates) - 1)
-    if count < 1:
-        raise ValueError(
-            f"the fold file's train part has {len(candidates)} speakers outside its test part "
-            f"({candidates}): at least 2 are needed to carve validation speakers out of it"
-        )
-    chosen = {
-        candidates[i] for i in np.random.default_rng(seed).permutation(len(candidates))[:count]
-    }
-    return {speaker for speaker in train_speakers if unit(speaker) in chosen}
 
 
 def text_unit(dataset: str, utterance_id: str) -> str | None:
