@@ -16,7 +16,7 @@ import soundfile
 
 from emohrnet_jax import config_check, cross_validation, mixture_spec, report, train
 from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import balance, builders, pipeline
+from emohrnet_jax.data import balance, builders, corpora, cross_corpus, pipeline
 from tests import helpers
 
 FOLDER_MAP = "anger=angry, joy=happy, neutral=neutral"  # "calm" has no class of the run
@@ -148,7 +148,7 @@ def _labelled_folder(folder, data_config) -> str:
 
 
 @pytest.fixture(scope="module")
-def corpora(tmp_path_factory):
+def prepared(tmp_path_factory):
     """(data_dir, csv) of both corpora, prepared once for the module."""
     data_dir = helpers.prepared_tiny_corpus(tmp_path_factory)
     folder = tmp_path_factory.mktemp("folder")
@@ -156,8 +156,8 @@ def corpora(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_fold_merges_each_corpus_fold_with_prefixed_ids_and_mapped_labels(corpora):
-    fold = pipeline.create_fold_input(mixture_config(*corpora))
+def test_a_fold_merges_each_corpus_fold_with_prefixed_ids_and_mapped_labels(prepared):
+    fold = pipeline.create_fold_input(mixture_config(*prepared))
     assert fold.corpora == ("synthetic", "folder")
     for split in ("train", "validation", "test"):
         utterances = fold.utterances(split)
@@ -175,8 +175,8 @@ def test_a_fold_merges_each_corpus_fold_with_prefixed_ids_and_mapped_labels(corp
 
 
 @pytest.mark.slow
-def test_an_equal_mixture_draws_each_corpus_half_of_the_epoch_deterministically(corpora):
-    fold = pipeline.create_fold_input(mixture_config(*corpora))
+def test_an_equal_mixture_draws_each_corpus_half_of_the_epoch_deterministically(prepared):
+    fold = pipeline.create_fold_input(mixture_config(*prepared))
     ids = [u["id"] for u in fold.utterances("train")]
     order = fold.training_order(fold.count("train"), seed=0, epoch=0, sampling="shuffle")
     drawn = collections.Counter(ids[i].split("/")[0] for i in order)
@@ -201,8 +201,8 @@ def _config_file(tmp_path, data_dir, csv) -> str:
 
 
 @pytest.mark.slow
-def test_a_two_corpus_run_reports_each_corpus_and_resumes_after_a_kill(corpora, tmp_path):
-    data_dir, csv = corpora
+def test_a_two_corpus_run_reports_each_corpus_and_resumes_after_a_kill(prepared, tmp_path):
+    data_dir, csv = prepared
     reference = tmp_path / "reference"
     results = train.train_and_evaluate(mixture_config(data_dir, csv), str(reference))
     for split in ("validation", "test"):
@@ -254,8 +254,8 @@ def test_a_two_corpus_run_reports_each_corpus_and_resumes_after_a_kill(corpora, 
 
 
 @pytest.mark.slow
-def test_leave_one_corpus_out_cross_validation_tests_on_each_corpus_in_turn(corpora, tmp_path):
-    config = mixture_config(*corpora, num_epochs=1)
+def test_leave_one_corpus_out_cross_validation_tests_on_each_corpus_in_turn(prepared, tmp_path):
+    config = mixture_config(*prepared, num_epochs=1)
     config.data.protocol = "leave_one_corpus_out"
     config.data.mixture = "size"
     summary = cross_validation.run_folds(config, str(tmp_path))
@@ -273,3 +273,35 @@ def test_leave_one_corpus_out_cross_validation_tests_on_each_corpus_in_turn(corp
     assert {name: c["runs"] for name, c in per_corpus.items()} == {"synthetic": 1, "folder": 1}
     assert per_corpus["folder"]["num_examples"] == 24
     assert "corpus folder: pooled UA" in cross_validation.format_summary(summary)
+
+
+def _classes(data) -> tuple[str, ...]:
+    """The classes a corpus is built with (IEMOCAP's by its label set)."""
+    if data.dataset == "iemocap":
+        return corpora.IEMOCAP_CLASSES[data.label_set]
+    return builders.BUILDERS[data.dataset].class_names(None)
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        p.stem
+        for p in helpers.CONFIGS.glob("*.py")
+        if p.stem not in ("__init__", "default", "demo", "multi_corpus")
+    ),
+)
+def test_each_corpus_config_passes_the_checks_with_its_corpus_classes(name):
+    config = helpers.load_config(name)
+    config_check.check(config)
+    assert tuple(config.data.class_names) == _classes(config.data)
+
+
+def test_the_multi_corpus_config_maps_every_corpus_onto_its_classes():
+    config = helpers.load_config("multi_corpus")
+    config_check.check(config)
+    assert mixture_spec.num_folds(config.data) == 5
+    for index, entry in enumerate(mixture_spec.entries(config.data)):
+        mapping = cross_corpus.parse_label_map(
+            entry.label_map, _classes(entry.data_config), config.data.class_names
+        )
+        assert sorted(mapping.values()) == sorted(config.data.class_names), index
