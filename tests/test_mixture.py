@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from emohrnet_jax import config_check, cross_validation, mixture_spec, report, train
+from emohrnet_jax import config_check, cross_validation, mixture_spec, predict, report, train
 from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import balance, builders, corpora, cross_corpus, pipeline
 from tests import helpers
@@ -251,6 +251,9 @@ def test_a_two_corpus_run_reports_each_corpus_and_resumes_after_a_kill(prepared,
                 resumed[split]["per_corpus"][corpus]["ua"]
                 == results[split]["per_corpus"][corpus]["ua"]
             )
+    # A mixture's run serves as any other: its features, classes and best state.
+    scored = predict.Predictor(str(killed)).predict(helpers.speech(1.0), 16000)
+    assert list(scored.probabilities) == results["class_names"]
 
 
 @pytest.mark.slow
