@@ -20,6 +20,7 @@ CLASSES = ("neutral", "happy", "angry", "sad")
 BOUNDARY_TOLERANCE = 1.0
 # Test UA the demo fixture's model must reach before a timeline test trusts it.
 DEMO_MIN_UA = 0.85
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _probabilities(labels, strength=0.9):
@@ -207,20 +208,20 @@ def test_cli_contract(saved_run, tmp_path):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """A run of configs/demo.py trained for 6 epochs (~4 min on 2 CPU cores), or the run that
+    """A run of configs/demo.py trained for 6 epochs (2-6 min on 2 CPU cores), or the run that
     EMOHRNET_JAX_DEMO_RUN names (to reuse one while developing)."""
     if os.environ.get("EMOHRNET_JAX_DEMO_RUN"):
         return os.environ["EMOHRNET_JAX_DEMO_RUN"]
     root = tmp_path_factory.mktemp("demo")
     env = dict(os.environ)
-    env.pop("XLA_FLAGS")  # Train as a user would: one device, XLA's optimizations on.
+    env.pop("XLA_FLAGS", None)  # Train as a user would: one device, XLA's optimizations on.
     subprocess.run(
         [
-            sys.executable, "-m", "emohrnet_jax.main", "--config=configs/demo.py",
+            sys.executable, "-m", "emohrnet_jax.main", f"--config={_REPOSITORY}/configs/demo.py",
             f"--workdir={root / 'run'}", "--config.num_epochs=6",
             f"--config.data.data_dir={root / 'data'}",
         ],
-        check=True, capture_output=True, timeout=1200, env=env,
+        check=True, capture_output=True, timeout=1200, env=env, cwd=_REPOSITORY,
     )  # fmt: skip
     return str(root / "run")
 
