@@ -6,6 +6,10 @@ from collections.abc import Iterable, Iterator
 
 from emohrnet_jax import storage
 
+# Extensions predict picks up when walking a folder; a file named on the command line is always
+# tried.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+
 
 def walk_files(root: str, extensions: Iterable[str]) -> Iterator[str]:
     """Files under the folder `root` whose extension is one of `extensions`, in sorted order.
@@ -53,3 +57,19 @@ def _walk_objects(root: str, extensions: tuple[str, ...]) -> Iterator[str]:
     ]
     for name in sorted(names, key=_walk_order):
         yield posixpath.join(root, name)
+
+
+def audio_paths(arguments: Iterable[str]) -> list[str]:
+    """Files named in `arguments`, folders walked recursively in sorted order (audio only).
+
+    Paths are joined onto the argument as given (not made absolute), so that the output names
+    files the way the user did; a gs:// argument is an object or a prefix, its files URLs. A
+    missing path is kept: it becomes an error line.
+    """
+    found = []
+    for argument in arguments:
+        if storage.isdir(argument):
+            found += walk_files(argument, AUDIO_EXTENSIONS)
+        else:
+            found.append(argument)
+    return found

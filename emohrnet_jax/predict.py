@@ -34,6 +34,8 @@ Output, one line per file in walk order, to stdout or `--output`:
     {"path": "clips/bad.wav", "error": "cannot decode audio", "detail": "..."}
 - CSV (`--format=csv`): a header, then path, label, a probability column per class (or with
   `--top_k` the columns top_1, probability_1, ...), error.
+- `--timeline`: the emotion over time of each file instead (emohrnet_jax.timeline_output: JSON
+  lines of `path` and `segments`, CSV, `--format=rttm`; `--timeline_png=DIR` a PNG per file).
 Exit status: 0; 3 when some files could not be scored (their lines say why, the others are
 scored); 1 when nothing could run (no such run, no checkpoint, a checkpoint that does not fit);
 141 (128 + SIGPIPE, like other tools) when the reader closed stdout early (`| head`).
@@ -56,23 +58,24 @@ from emohrnet_jax import (
     calibration,
     cli,
     compilation_cache,
-    files,
     models,
     normalization,
     paths,
     runs,
     storage,
+    timeline,
+    timeline_output,
     windows,
 )
+from emohrnet_jax import stream as live
 from emohrnet_jax.audio import features, streaming
+from emohrnet_jax.files import AUDIO_EXTENSIONS, audio_paths
 from emohrnet_jax.predict_output import check_output, write_file, write_predictions, write_stdout
 
 # Exit status when some inputs failed and the others were scored.
 EXIT_SOME_FAILED = 3
 # Exit status when the reader of standard output closed it early (`| head`): 128 + SIGPIPE.
 EXIT_BROKEN_PIPE = 141
-# Extensions picked up when walking a folder; a file named on the command line is always tried.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +199,23 @@ class Predictor:
         windows = self.windowing.windows(mel, self.normalization.statistics(mel))
         return self._prediction(self.window_logits(windows), self._seconds(samples))
 
+    def timeline(
+        self,
+        source: str | np.ndarray,
+        sample_rate: int | None = None,
+        params: timeline.TimelineParams | None = None,
+    ) -> timeline.Timeline:
+        """The emotion over time of a file (decoded in blocks) or a waveform at `sample_rate`:
+        `emohrnet_jax.timeline.score` with `params` (None: `TimelineParams()`)."""
+        return timeline.score(self, source, sample_rate, params or timeline.TimelineParams())
+
+    # A string: in the class body `timeline` is now the method above.
+    def stream(
+        self, sample_rate: int, channels: int = 1, params: "timeline.TimelineParams | None" = None
+    ) -> live.Stream:
+        """A `stream.Stream` scoring windows of live audio as its chunks arrive."""
+        return live.Stream(self, sample_rate, channels, params or timeline.TimelineParams())
+
     def _prediction(self, window_logits: np.ndarray, seconds: float) -> Prediction:
         logits = windows.clip_logits(window_logits)
         probabilities = windows.softmax(logits, self.temperature)
@@ -291,22 +311,6 @@ def _ordered_map(function: Callable, items: Sequence, workers: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def audio_paths(arguments: Iterable[str]) -> list[str]:
-    """Files named in `arguments`, folders walked recursively in sorted order (audio only).
-
-    Paths are joined onto the argument as given (not made absolute), so that the output names
-    files the way the user did; a gs:// argument is an object or a prefix, its files URLs. A
-    missing path is kept: it becomes an error line.
-    """
-    found = []
-    for argument in arguments:
-        if storage.isdir(argument):
-            found += files.walk_files(argument, AUDIO_EXTENSIONS)
-        else:
-            found.append(argument)
-    return found
-
-
 def _define_flags() -> None:
     # Defined only when run as a script, so that tests can import this module beside others.
     flags.DEFINE_string(
@@ -318,7 +322,10 @@ def _define_flags() -> None:
         "Write here (a file or gs:// object; atomically, once every file is done) instead of to "
         "stdout.",
     )
-    flags.DEFINE_enum("format", "jsonl", ["jsonl", "csv"], "JSON lines, or CSV with a header row.")
+    flags.DEFINE_enum(
+        "format", "jsonl", ["jsonl", "csv", "rttm"], "JSON lines, CSV (a header row), RTTM."
+    )
+    timeline_output.define_flags()
     flags.DEFINE_integer(
         "top_k",
         0,
@@ -361,6 +368,7 @@ def main(argv: list[str]) -> int:
         inputs = [paths.location(argument, "input") for argument in argv[1:]]
         if output:  # before the run is loaded: a missing bucket fails in seconds
             check_output(output)
+        timeline_output.check_flags(options)
     except (ValueError, OSError) as error:  # PathError is a ValueError, StorageError an OSError.
         sys.exit(f"predict: {error}")
     compilation_cache.enable(options.compilation_cache)
@@ -381,6 +389,8 @@ def main(argv: list[str]) -> int:
         top_k=options.top_k,
         workers=options.workers,
     )
+    if options.timeline:
+        write = timeline_output.writer(predictor, audio_files, options)
     try:
         failed = write_file(write, output) if output else write_stdout(write)
     except OSError as error:  # the upload of a gs:// --output

@@ -29,7 +29,7 @@ class FileMel:
     conversions: tuple[str, ...]  # As in `features.Clip`.
 
 
-class _Resampler:
+class Resampler:
     """Mono blocks at `rate` to the target rate, as `librosa.resample(res_type="soxr_hq")`."""
 
     def __init__(self, rate: int, target: int):
@@ -64,30 +64,29 @@ class _Resampler:
         return samples
 
 
-class _Framer:
+class Framer:
     """Log-Mel frames of a waveform given in pieces, equal to the centred frames of the whole."""
 
     def __init__(self, params: features.FeatureParams):
         self.params = params
         # The zeros that centring puts before the first frame.
         self.pending = np.zeros(params.n_fft // 2, np.float32)
-        self.parts: list[np.ndarray] = []
 
-    def push(self, samples: np.ndarray) -> None:
-        """Makes every frame that `samples` complete; keeps the context of the next ones."""
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """The stored-dtype frames `(n_mels, k)` that `samples` complete (k may be 0); keeps the
+        context of the next ones."""
         n_fft, hop = self.params.n_fft, self.params.hop_length
         self.pending = np.concatenate([self.pending, samples])
         frames = 1 + (len(self.pending) - n_fft) // hop if len(self.pending) >= n_fft else 0
-        if frames:
-            used = self.pending[: (frames - 1) * hop + n_fft]
-            mel = features.log_mel(used, self.params, center=False)
-            self.parts.append(mel.astype(features.STORED_DTYPE))
-            self.pending = self.pending[frames * hop :]
+        if not frames:
+            return np.zeros((self.params.n_mels, 0), features.STORED_DTYPE)
+        used = self.pending[: (frames - 1) * hop + n_fft]
+        self.pending = self.pending[frames * hop :]
+        return features.log_mel(used, self.params, center=False).astype(features.STORED_DTYPE)
 
     def finish(self) -> np.ndarray:
-        """All frames `(n_mels, frames)`, the last ones with centring's zeros after the end."""
-        self.push(np.zeros(self.params.n_fft // 2, np.float32))
-        return np.concatenate(self.parts, axis=1)
+        """The last frames, with centring's zeros after the end."""
+        return self.push(np.zeros(self.params.n_fft // 2, np.float32))
 
 
 def file_log_mel(
@@ -101,24 +100,25 @@ def file_log_mel(
     """
     with features.open_audio(path) as sound:
         rate, channels = sound.samplerate, sound.channels
-        resampler = _Resampler(rate, params.sample_rate)
-        framer = _Framer(params)
+        resampler = Resampler(rate, params.sample_rate)
+        framer = Framer(params)
+        parts = []
         peak = 0.0
         block = max(1, int(block_seconds * rate))
         try:
             for audio in sound.blocks(block, dtype="float32", always_2d=True):
                 samples = resampler.push(audio.mean(axis=1))
                 peak = _peak(samples, peak)
-                framer.push(samples)
+                parts.append(framer.push(samples))
         except features.DECODE_ERRORS as error:
             raise features.AudioError("cannot decode audio", str(error)) from error
     tail = resampler.finish()
     peak = _peak(tail, peak)
     _check_clip(resampler, peak, params)
-    framer.push(tail)
+    parts += [framer.push(tail), framer.finish()]
     conversions = [f"downmixed {channels} channels to mono"] if channels > 1 else []
     conversions += [f"resampled from {rate} Hz"] if rate != params.sample_rate else []
-    return FileMel(framer.finish(), resampler.sent, tuple(conversions))
+    return FileMel(np.concatenate(parts, axis=1), resampler.sent, tuple(conversions))
 
 
 def _peak(samples: np.ndarray, peak: float) -> float:
@@ -130,7 +130,7 @@ def _peak(samples: np.ndarray, peak: float) -> float:
     return max(peak, float(np.max(np.abs(samples))))
 
 
-def _check_clip(resampler: _Resampler, peak: float, params: features.FeatureParams) -> None:
+def _check_clip(resampler: Resampler, peak: float, params: features.FeatureParams) -> None:
     """Rejects the clip as `features.conform` would (non-finite samples are caught earlier)."""
     if resampler.received == 0:
         raise features.AudioError("empty audio")
