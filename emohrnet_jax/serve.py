@@ -32,7 +32,7 @@ from importlib import resources
 import numpy as np
 from absl import app, flags, logging
 
-from emohrnet_jax import cli, compilation_cache, paths, runs
+from emohrnet_jax import cli, compilation_cache, paths, runs, timeline_output
 from emohrnet_jax.audio import features
 from emohrnet_jax.predict_output import json_line
 from emohrnet_jax.serve_batching import BatchScorer
@@ -171,13 +171,25 @@ class Service:
         return json_line(name, self.predictor._prediction(logits, seconds))
 
     async def timeline(self, path: str, name: str) -> dict:
-        """The timeline of the upload at `path`: `path`, `segments` and the per-window data."""
+        """The timeline of the upload at `path` as `predict --timeline` prints it (`path` =
+        `name`), with each scored window (`start`, `end`, `probabilities`) for the page.
+
+        Raises:
+          features.AudioError: the file cannot be scored.
+        """
         await asyncio.to_thread(self.check_length, path)
         result = await asyncio.to_thread(self.predictor.timeline, path)
-        if isinstance(result, features.AudioError):
-            raise result
-        record = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
-        return {"path": name, **{key: value for key, value in record.items() if key != "path"}}
+        self._check_seconds(result.seconds)
+        names = result.class_names
+        windows = [
+            {
+                "start": window.start,
+                "end": window.end,
+                "probabilities": dict(zip(names, map(float, window.probabilities), strict=True)),
+            }
+            for window in result.windows()
+        ]
+        return timeline_output.record(name, result) | {"windows": windows}
 
 
 @contextlib.asynccontextmanager
@@ -230,7 +242,6 @@ def create_app(predictor, limits: Limits = Limits(), upload_dir: str | None = No
                 "status": "ok",
                 "classes": list(predictor.class_names),
                 "step": int(predictor.best["step"]),
-                "timeline": hasattr(predictor, "timeline"),
                 "batching": dataclasses.asdict(service.scorer.stats),
             }
         )
@@ -248,9 +259,6 @@ def create_app(predictor, limits: Limits = Limits(), upload_dir: str | None = No
         return Response(line, media_type="application/json")
 
     async def timeline_route(request):
-        if not hasattr(predictor, "timeline"):
-            detail = "this build of emohrnet_jax has no Predictor.timeline"
-            return error_response(ClientError(501, "timeline not available", detail))
         with service.admitted():
             async with uploaded(request, service) as (path, name):
                 try:

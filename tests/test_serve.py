@@ -6,7 +6,6 @@ import io
 import json
 import os
 import pathlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,13 +19,12 @@ import pytest
 import soundfile
 import uvicorn
 
-from emohrnet_jax import predict, serve, serve_batching
+from emohrnet_jax import predict, serve, serve_batching, timeline_output
 from emohrnet_jax.predict_output import json_line
 from tests import helpers
 
 # Small enough to test cheaply: a 2.5 s clip is ~80 kB of 16-bit WAV.
 LIMITS = serve.Limits(max_request_bytes=1_000_000, max_audio_seconds=10.0, batch_wait_seconds=0.2)
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def wav_of(waveform) -> bytes:
@@ -244,18 +242,20 @@ def test_hostile_file_names_stay_in_the_temporary_folder(client, uploads, filena
     assert not os.path.exists("/tmp/owned.wav")
 
 
-def test_timeline(client):
-    response = _post(client, wav_bytes(3.0), "../talk.wav", route="/timeline")
-    body = response.json()
-    if not hasattr(predict.Predictor, "timeline"):
-        assert response.status_code == 501
-        assert body["error"] == "timeline not available" and body["detail"]
-        return
+def test_timeline_answers_as_predict_timeline_prints_with_the_windows(client, predictor, tmp_path):
+    clip = tmp_path / "talk.wav"
+    clip.write_bytes(wav_bytes(3.0))
+    response = _post(client, clip.read_bytes(), "../talk.wav", route="/timeline")
     assert response.status_code == 200
-    assert body["path"] == "talk.wav"
-    for segment in body["segments"]:
-        assert {"start", "end", "label", "probabilities"} <= set(segment)
-        assert 0.0 <= segment["start"] < segment["end"] <= 3.0 + 1e-6
+    body = response.json()
+    expected = predictor.timeline(str(clip))
+    assert {k: v for k, v in body.items() if k != "windows"} == json.loads(
+        json.dumps(timeline_output.record("talk.wav", expected))
+    )
+    assert [w["start"] for w in body["windows"]] == pytest.approx(expected.window_starts.tolist())
+    first = body["windows"][0]["probabilities"]
+    assert list(first) == list(predictor.class_names)
+    np.testing.assert_allclose(list(first.values()), expected.probabilities[0], atol=1e-6)
 
 
 def _rows(batch: np.ndarray) -> np.ndarray:
@@ -400,27 +400,6 @@ def _chromium(download_dir: pathlib.Path):
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
-def _canned_timeline(path: str) -> dict:
-    """A timeline of the agreed shape (not computed) for the page's drawing."""
-    seconds = soundfile.info(path).duration
-    names = ["neutral", "angry", "sad"]
-    cut = [0.0, 0.4 * seconds, 0.7 * seconds, seconds]
-    segments = [
-        {"start": a, "end": b, "label": n, "probabilities": {m: float(m == n) for m in names}}
-        for a, b, n in zip(cut, cut[1:], names, strict=False)
-    ]
-    steps = np.linspace(0.0, seconds - 0.5, 30)
-    windows = [
-        {
-            "start": t,
-            "end": t + 0.5,
-            "probabilities": {"neutral": 1 - t / seconds, "angry": 0.5, "sad": t / seconds},
-        }
-        for t in steps
-    ]
-    return {"segments": segments, "windows": windows}
-
-
 def _upload_on_page(driver, clip: pathlib.Path) -> str:
     """Picks `clip` in the page's file input; returns the timeline's state once it is shown."""
     from selenium.webdriver.common.by import By
@@ -434,7 +413,7 @@ def _upload_on_page(driver, clip: pathlib.Path) -> str:
 
 
 @pytest.mark.slow
-def test_the_page_scores_an_uploaded_clip(service, predictor, monkeypatch, tmp_path):
+def test_the_page_scores_an_uploaded_clip(service, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -447,24 +426,21 @@ def test_the_page_scores_an_uploaded_clip(service, predictor, monkeypatch, tmp_p
         driver.get(service[0] + "/")
         WebDriverWait(driver, 30).until(lambda d: "Classes:" in d.find_element(By.ID, "run").text)
         classes = driver.execute_script("return classes")
-        built = hasattr(predict.Predictor, "timeline")
-        assert _upload_on_page(driver, clips[0]) == ("drawn" if built else "unavailable")
+        assert _upload_on_page(driver, clips[0]) == "drawn"
         assert driver.find_element(By.ID, "label").text in classes
         assert len(driver.find_elements(By.CSS_SELECTOR, "#bars .bar")) == len(classes)
-        if not built:  # the drawing, before Predictor.timeline is merged in
-            monkeypatch.setattr(predictor, "timeline", _canned_timeline, raising=False)
         assert _upload_on_page(driver, clips[1]) == "drawn"
-        if not built:  # the band's first segment is drawn in the page's colour of "neutral"
-            pixel = driver.execute_script(
-                "const canvas = document.getElementById('timeline');"
-                "return Array.from(canvas.getContext('2d').getImageData(60, 20, 1, 1).data);"
-            )
-            assert pixel == [0x44, 0x77, 0xAA, 255]
+        # The band's first pixel column is a class colour (a segment), not the background.
+        pixel = driver.execute_script(
+            "const canvas = document.getElementById('timeline');"
+            "return Array.from(canvas.getContext('2d').getImageData(60, 20, 1, 1).data);"
+        )
+        assert pixel[3] == 255 and pixel[:3] != [255, 255, 255]
         assert "interview.wav" in driver.find_element(By.ID, "details").text
         screenshot = tmp_path / "serve_page.png"
         assert driver.save_screenshot(str(screenshot))
     finally:
         driver.quit()
+    # For people to look at (the path is printed with -s): the page as the test saw it.
+    print(f"screenshot: {screenshot}")
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # For people to look at: the page as the test saw it.
-    shutil.copy(screenshot, REPO / "docs" / "serve_page.png")
