@@ -92,6 +92,9 @@ def export_onnx(serve, config, path: str, metadata: dict[str, Any]) -> None:
             input_names=["mel"],
             output_names=["logits", "probabilities"],
         )
+    # jax2onnx's inferred intermediate shapes can disagree with onnxruntime's (W18 does not load
+    # with them: "Incompatible dimensions"); onnxruntime infers its own.
+    del onnx_model.graph.value_info[:]
     entry = onnx_model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     with open(path, "wb") as file:
