@@ -12,6 +12,9 @@ writes to `--output`:
 - `saved_model/`: a TensorFlow SavedModel made with `jax.experimental.jax2tf` (the same
   StableHLO inside an XlaCallModule op). Signature `serving_default`, one input named `mel`:
       tf.saved_model.load(path).signatures["serving_default"](mel=mel)
+- `model.onnx`: the same function as ONNX (jax2onnx, `emohrnet_jax.onnx_export`), input `mel`,
+  outputs `logits` and `probabilities`, for onnxruntime without JAX; written when jax2onnx is
+  installed (the `onnx` extra), otherwise skipped with a one-line message.
 - `metadata.json`: class names, feature parameters, normalization, window length, input and
   output shapes, the checkpoint's epoch and validation UA: what a server needs to make inputs.
   `normalization` gives the run's mode and formula (`utterance`: one mean and variance over the
@@ -46,7 +49,17 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from emohrnet_jax import calibration, cli, models, normalization, paths, runs, storage
+from emohrnet_jax import (
+    calibration,
+    cli,
+    models,
+    normalization,
+    onnx_export,
+    paths,
+    runs,
+    storage,
+    windows,
+)
 from emohrnet_jax.audio import features
 
 JAX_FILE = "model.jax_exported"
@@ -54,20 +67,24 @@ SAVED_MODEL_DIR = "saved_model"
 METADATA_FILE = "metadata.json"
 SIGNATURE = "serving_default"
 INPUT_NAME = "mel"
-FORMATS = ("jax", "saved_model")
+ONNX_FILE = onnx_export.ONNX_FILE
+FORMATS = ("jax", "saved_model", "onnx")
+_MODEL_FILES = {JAX_FILE, SAVED_MODEL_DIR, ONNX_FILE}
+_EXPORT_FILES = {*_MODEL_FILES, METADATA_FILE, METADATA_FILE + ".tmp"}
 # Keys of metadata.json that every export writes: how `--overwrite` recognises a previous export.
-_EXPORT_FILES = {JAX_FILE, SAVED_MODEL_DIR, METADATA_FILE, METADATA_FILE + ".tmp"}
 EXPORT_KEYS = ("class_names", "feature_params", "input", "outputs", "files", "checkpoint")
 
 
-def serving_function(config, variables: dict[str, Any], temperature: float = 1.0):
+def serving_function(config, variables: dict[str, Any], temperature: float = 1.0, model=None):
     """`mel (batch, n_mels, num_frames) -> {"logits", "probabilities"}` with the weights inside;
     the probabilities are the softmax of `logits / temperature`.
 
-    The model has XLA's own convolutions, none of training's rewrites for this host's backend
-    (`models.create_model(serving=True)`), so the program suits every platform it is lowered for.
+    The model (default: `models.create_model(serving=True)`) has XLA's own convolutions, none of
+    training's rewrites for this host's backend, so the program suits every platform it is
+    lowered for.
     """
-    model = models.create_model(config, serving=True)
+    if model is None:
+        model = models.create_model(config, serving=True)
     # Host copies: the weights become constants of the exported program, not device buffers.
     variables = jax.device_get(variables)
 
@@ -155,9 +172,10 @@ def metadata(
         "normalization_epsilon": features.NORMALIZATION_EPSILON,
         "windows": {
             "num_frames": num_frames,
+            "hop_frames": windows.default_hop(num_frames),
             "shorter_clips": "zero-padded at the end",
-            "longer_clips": "windows every num_frames // 2 frames (the last ending at the clip's "
-            "end); average their logits, divide by temperature, then softmax",
+            "longer_clips": "windows every hop_frames frames (the last ending at the clip's end); "
+            "average their logits, divide by temperature, then softmax",
         },
         "temperature": temperature,
         "input": {"name": INPUT_NAME, "shape": [None, n_mels, num_frames], "dtype": "float32"},
@@ -168,6 +186,7 @@ def metadata(
         "files": {
             **({"jax_export": JAX_FILE} if "jax" in formats else {}),
             **({"saved_model": SAVED_MODEL_DIR} if "saved_model" in formats else {}),
+            **({"onnx": ONNX_FILE} if "onnx" in formats else {}),
         },
         "saved_model_signature": SIGNATURE,
         "platforms": list(platforms),
@@ -189,6 +208,8 @@ def export_run(
     The folder appears complete or not at all (written beside it, then renamed). A gs:// `output`
     is staged in a local temporary folder, then uploaded with its metadata.json last.
 
+    `onnx` is left out when jax2onnx is not installed (`info["files"]` has no `onnx` then).
+
     Returns:
       The metadata written to `output/metadata.json`.
 
@@ -202,18 +223,21 @@ def export_run(
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"formats must be some of {FORMATS}, got {list(formats)}")
+    if "onnx" in formats and not onnx_export.available():
+        formats = [name for name in formats if name != "onnx"]
+        if not formats:
+            raise ValueError(onnx_export.MISSING)
     if storage.is_url(output):  # before the run is loaded: a missing bucket fails in seconds
         storage.check_writable(output, "--output")
     check_replaceable(output, workdir, overwrite)
     config = runs.load_config(workdir)
     variables, best = runs.load_best_variables(workdir, config)
     temperature = calibration.load_temperature(workdir, best["step"])
-    serve = serving_function(config, variables, temperature)
     normalizing = normalization.load(config, workdir)
     info = metadata(config, best, platforms, formats, temperature, normalizing)
     if storage.is_url(output):
         with tempfile.TemporaryDirectory(prefix="emohrnet_jax_export_") as staging:
-            _write_files(staging, serve, config, platforms, formats, info)
+            _write_files(staging, config, variables, temperature, platforms, formats, info)
             # metadata.json is removed first and uploaded last: never beside a partial export.
             storage.upload_tree(staging, output, last=[METADATA_FILE])
         return info
@@ -224,20 +248,26 @@ def export_run(
             raise FileExistsError(f"{staging} exists and is not an unfinished export: move it")
         shutil.rmtree(staging)
     os.makedirs(staging)
-    _write_files(staging, serve, config, platforms, formats, info)
+    _write_files(staging, config, variables, temperature, platforms, formats, info)
     if os.path.exists(output):
         shutil.rmtree(output)
     os.replace(staging, output)
     return info
 
 
-def _write_files(folder: str, serve, config, platforms, formats, info: dict[str, Any]) -> None:
+def _write_files(
+    folder: str, config, variables, temperature, platforms, formats, info: dict[str, Any]
+) -> None:
     """Writes the export's files into the local `folder`, metadata.json last."""
+    serve = serving_function(config, variables, temperature)
     if "jax" in formats:
         with open(os.path.join(folder, JAX_FILE), "wb") as file:
             file.write(export_jax(serve, config, platforms))
     if "saved_model" in formats:
         export_saved_model(serve, config, platforms, os.path.join(folder, SAVED_MODEL_DIR))
+    if "onnx" in formats:
+        onnx_serve = serving_function(config, variables, temperature, onnx_export.model(config))
+        onnx_export.export_onnx(onnx_serve, config, os.path.join(folder, ONNX_FILE), info)
     storage.write_json_atomically(os.path.join(folder, METADATA_FILE), info)
 
 
@@ -275,7 +305,8 @@ def check_replaceable(output: str, workdir: str, overwrite: bool) -> None:
     if not _is_export(output):
         raise FileExistsError(
             f"--overwrite replaces only a previous export, and {output} is not one (it needs a "
-            f"{METADATA_FILE} of an export and nothing else than {JAX_FILE}, {SAVED_MODEL_DIR}/)"
+            f"{METADATA_FILE} of an export and nothing else than {JAX_FILE}, {SAVED_MODEL_DIR}/, "
+            f"{ONNX_FILE})"
         )
 
 
@@ -320,7 +351,7 @@ def _is_export(folder: str) -> bool:
     if url:
         names = {name.split("/")[0] for name in storage.list_files(folder)}
         if METADATA_FILE not in names:
-            return names <= {JAX_FILE, SAVED_MODEL_DIR}
+            return names <= _MODEL_FILES
     else:
         names = set(os.listdir(folder))
     if not names <= _EXPORT_FILES - {METADATA_FILE + ".tmp"}:
@@ -369,6 +400,8 @@ def main(argv: list[str]) -> None:
     # PathError is a ValueError; StorageError (a bucket) and FileExistsError are OSErrors.
     except (runs.RunError, ValueError, OSError) as error:
         sys.exit(f"export: {error}")
+    if "onnx" in options.formats and "onnx" not in info["files"]:
+        print(f"export: {onnx_export.MISSING}", file=sys.stderr)
     checkpoint = info["checkpoint"]
     print(
         f"exported epoch {checkpoint.get('epoch')} (validation UA "

@@ -166,6 +166,7 @@ class HighResolutionModule(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     materialize: Callable[[jax.Array], jax.Array] = _unchanged
+    resize: Callable[..., jax.Array] = resize_to
 
     @nn.compact
     def __call__(self, xs: Sequence[jax.Array]) -> list[jax.Array]:
@@ -186,7 +187,7 @@ class HighResolutionModule(nn.Module):
             if j > i:
                 x = self.conv(self.widths[i], (1, 1), name=f"fuse{i}_from{j}_conv")(x)
                 x = self.norm(name=f"fuse{i}_from{j}_bn")(x)
-                x = resize_to(x, target.shape[1], target.shape[2], "nearest")
+                x = self.resize(x, target.shape[1], target.shape[2], "nearest")
             elif j < i:
                 for k in range(i - j):
                     last = k == i - j - 1
@@ -215,6 +216,8 @@ class HRNet(nn.Module):
         with the same parameters, which `models.create_model` picks for the backend.
       materialize: applied to the output of every BasicBlock and fusion (`fast_conv.materialize`
         for training on CPU); unchanged by default.
+      resize: called like `resize_to` for every upsampling; the ONNX export sets a version that
+        converters trace with a symbolic batch (`onnx_export.traceable_resize`).
     """
 
     spec: HRNetSpec
@@ -225,6 +228,7 @@ class HRNet(nn.Module):
     param_dtype: Any = jnp.float32
     conv: ModuleDef = nn.Conv
     materialize: Callable[[jax.Array], jax.Array] = _unchanged
+    resize: Callable[..., jax.Array] = resize_to
 
     @nn.compact
     def __call__(self, mel: jax.Array, train: bool = False) -> jax.Array:
@@ -265,6 +269,7 @@ class HRNet(nn.Module):
                     conv,
                     norm,
                     self.materialize,
+                    self.resize,
                     name=f"stage{s}_module{m}",
                 )(xs)
             self.sow("intermediates", f"stage{s}", tuple(xs))
@@ -280,7 +285,9 @@ class HRNet(nn.Module):
     def _fuse_layer(self, xs: Sequence[jax.Array], conv: ModuleDef, norm: ModuleDef) -> jax.Array:
         """HRNetV2 head: every branch bilinearly upsampled to branch 0, concatenated, 1x1 conv."""
         height, width = xs[0].shape[1:3]
-        x = jnp.concatenate([xs[0]] + [resize_to(x, height, width, "bilinear") for x in xs[1:]], -1)
+        x = jnp.concatenate(
+            [xs[0]] + [self.resize(x, height, width, "bilinear") for x in xs[1:]], -1
+        )
         x = conv(x.shape[-1], (1, 1), name="fuse_conv")(x)
         return nn.relu(norm(name="fuse_bn")(x))
 
