@@ -38,7 +38,6 @@ softmax.
 """
 
 import os
-import posixpath
 import shutil
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from absl import app, flags, logging
 from emohrnet_jax import (
     calibration,
     cli,
+    export_folder,
     models,
     normalization,
     onnx_export,
@@ -61,18 +61,16 @@ from emohrnet_jax import (
     windows,
 )
 from emohrnet_jax.audio import features
+from emohrnet_jax.export_folder import (
+    JAX_FILE,
+    METADATA_FILE,
+    ONNX_FILE,
+    SAVED_MODEL_DIR,
+)
 
-JAX_FILE = "model.jax_exported"
-SAVED_MODEL_DIR = "saved_model"
-METADATA_FILE = "metadata.json"
 SIGNATURE = "serving_default"
 INPUT_NAME = "mel"
-ONNX_FILE = onnx_export.ONNX_FILE
 FORMATS = ("jax", "saved_model", "onnx")
-_MODEL_FILES = {JAX_FILE, SAVED_MODEL_DIR, ONNX_FILE}
-_EXPORT_FILES = {*_MODEL_FILES, METADATA_FILE, METADATA_FILE + ".tmp"}
-# Keys of metadata.json that every export writes: how `--overwrite` recognises a previous export.
-EXPORT_KEYS = ("class_names", "feature_params", "input", "outputs", "files", "checkpoint")
 
 
 def serving_function(config, variables: dict[str, Any], temperature: float = 1.0, model=None):
@@ -217,7 +215,7 @@ def export_run(
       runs.RunError: the run cannot be served.
       storage.StorageError: a gs:// `output` whose bucket is missing or refuses writes.
       FileExistsError: `output` holds files and is not a previous export that `overwrite` may
-        replace (see `check_replaceable`).
+        replace (see `export_folder.check_replaceable`).
       ValueError: an unknown format.
     """
     unknown = set(formats) - set(FORMATS)
@@ -229,7 +227,7 @@ def export_run(
             raise ValueError(onnx_export.MISSING)
     if storage.is_url(output):  # before the run is loaded: a missing bucket fails in seconds
         storage.check_writable(output, "--output")
-    check_replaceable(output, workdir, overwrite)
+    export_folder.check_replaceable(output, workdir, overwrite)
     config = runs.load_config(workdir)
     variables, best = runs.load_best_variables(workdir, config)
     temperature = calibration.load_temperature(workdir, best["step"])
@@ -244,7 +242,7 @@ def export_run(
     staging = f"{output.rstrip(os.sep)}.partial"
     if os.path.lexists(staging):
         # Left by a killed export; anything else of that name is the user's and stays.
-        if os.path.islink(staging) or not set(os.listdir(staging)) <= _EXPORT_FILES:
+        if os.path.islink(staging) or not set(os.listdir(staging)) <= export_folder.EXPORT_FILES:
             raise FileExistsError(f"{staging} exists and is not an unfinished export: move it")
         shutil.rmtree(staging)
     os.makedirs(staging)
@@ -269,98 +267,6 @@ def _write_files(
         onnx_serve = serving_function(config, variables, temperature, onnx_export.model(config))
         onnx_export.export_onnx(onnx_serve, config, os.path.join(folder, ONNX_FILE), info)
     storage.write_json_atomically(os.path.join(folder, METADATA_FILE), info)
-
-
-def check_replaceable(output: str, workdir: str, overwrite: bool) -> None:
-    """Refuses an `output` that exporting would destroy.
-
-    Only an absent or empty folder, or with `overwrite` a previous export (its `metadata.json`
-    has the `EXPORT_KEYS`, and it holds nothing else than an export writes), may be written;
-    never a folder that is, or holds, the run being exported or any other run.
-
-    A gs:// `output` is a prefix: its objects are what it holds.
-
-    Raises:
-      FileExistsError: with the reason, in one line.
-    """
-    if storage.is_url(output):
-        if storage.path(output).is_file():
-            raise FileExistsError(f"{output} is an object: give a prefix (folder) for the export")
-        if not storage.list_files(output):
-            return
-    else:
-        if not os.path.lexists(output):
-            return
-        if not os.path.isdir(output) or os.path.islink(output):
-            raise FileExistsError(f"{output} is a file or a link: give a folder for the export")
-        if not os.listdir(output):
-            return
-    if not overwrite:
-        raise FileExistsError(f"{output} is not empty (pass --overwrite to replace an export)")
-    run = _run_inside(output, workdir)
-    if run is not None:
-        raise FileExistsError(
-            f"--overwrite will not replace {output}: it holds the training run {run}"
-        )
-    if not _is_export(output):
-        raise FileExistsError(
-            f"--overwrite replaces only a previous export, and {output} is not one (it needs a "
-            f"{METADATA_FILE} of an export and nothing else than {JAX_FILE}, {SAVED_MODEL_DIR}/, "
-            f"{ONNX_FILE})"
-        )
-
-
-def _run_inside(folder: str, workdir: str) -> str | None:
-    """The run that `folder` is or holds (`workdir`, or any folder with a config.json and a
-    checkpoints/ folder), or None."""
-    if storage.is_url(folder):
-        return _run_under_prefix(folder, workdir)
-    real, run = os.path.realpath(folder), os.path.realpath(workdir)
-    if run == real or run.startswith(real.rstrip(os.sep) + os.sep):
-        return workdir
-    for below, subfolders, names in os.walk(folder):
-        if "config.json" in names and "checkpoints" in subfolders:
-            return below
-    return None
-
-
-def _run_under_prefix(url: str, workdir: str) -> str | None:
-    """`_run_inside` for a gs:// prefix: a run is a config.json beside objects in checkpoints/."""
-    base = url.rstrip("/")
-    if workdir.rstrip("/") == base or workdir.startswith(base + "/"):
-        return workdir
-    names = storage.list_files(url)
-    folders = {posixpath.dirname(name) for name in names}
-    for name in names:
-        below = posixpath.dirname(name)
-        checkpoints = posixpath.join(below, "checkpoints")
-        if posixpath.basename(name) == "config.json" and any(
-            folder == checkpoints or folder.startswith(checkpoints + "/") for folder in folders
-        ):
-            return posixpath.join(base, below) if below else base
-    return None
-
-
-def _is_export(folder: str) -> bool:
-    """Whether `folder` holds only what `export_run` writes, with an export's metadata.
-
-    A gs:// prefix holding export files without metadata.json is an upload cut short (which
-    removes metadata.json first and writes it last), so it counts as an export too.
-    """
-    url = storage.is_url(folder)
-    if url:
-        names = {name.split("/")[0] for name in storage.list_files(folder)}
-        if METADATA_FILE not in names:
-            return names <= _MODEL_FILES
-    else:
-        names = set(os.listdir(folder))
-    if not names <= _EXPORT_FILES - {METADATA_FILE + ".tmp"}:
-        return False
-    try:
-        info = storage.read_json(os.path.join(folder, METADATA_FILE))
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and all(key in info for key in EXPORT_KEYS)
 
 
 def _define_flags() -> None:

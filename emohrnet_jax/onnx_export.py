@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emohrnet_jax import models
+from emohrnet_jax.export_folder import ONNX_FILE
 
-ONNX_FILE = "model.onnx"
 # The first opset whose ReduceMean takes its axes as an input, as jax2onnx writes it.
 OPSET = 21
 # Key of model.onnx's metadata_props holding metadata.json's contents.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from emohrnet_jax import export, files, predict, storage
+from emohrnet_jax import export, export_folder, files, predict, storage
 from tests import helpers
 
 # A command that fails on a missing bucket must do so this fast, Python's and JAX's start included.
@@ -185,7 +185,7 @@ def _ordinary(prefix):
 
 
 def _an_export(prefix):
-    info = {key: {} for key in export.EXPORT_KEYS}
+    info = {key: {} for key in export_folder.EXPORT_KEYS}
     storage.write_json_atomically(f"{prefix}/{export.METADATA_FILE}", info)
     storage.write_bytes_atomically(f"{prefix}/{export.JAX_FILE}", b"old")
 
