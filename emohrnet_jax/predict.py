@@ -150,10 +150,10 @@ class Predictor:
         Raises:
           features.AudioError: empty, non-finite, silent or too short (as in data preparation).
         """
-        mel = self._stored_mel(waveform, sample_rate)[0]
+        mel = self.stored_mel(waveform, sample_rate)[0]
         return features.normalize(mel, self.normalization.statistics(mel))
 
-    def _stored_mel(self, waveform: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
+    def stored_mel(self, waveform: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
         """The float16 log-Mel of a clip, as the prepared datasets store it, and its samples."""
         clip = features.conform(waveform, sample_rate, self.feature_params)
         mel = features.log_mel(clip.waveform, self.feature_params)
@@ -195,9 +195,9 @@ class Predictor:
         Raises:
           features.AudioError: a clip that data preparation would also have rejected.
         """
-        mel, samples = self._stored_mel(waveform, sample_rate)
+        mel, samples = self.stored_mel(waveform, sample_rate)
         windows = self.windowing.windows(mel, self.normalization.statistics(mel))
-        return self._prediction(self.window_logits(windows), self._seconds(samples))
+        return self.prediction(self.window_logits(windows), self._seconds(samples))
 
     def timeline(
         self,
@@ -216,7 +216,8 @@ class Predictor:
         """A `stream.Stream` scoring windows of live audio as its chunks arrive."""
         return live.Stream(self, sample_rate, channels, params or timeline.TimelineParams())
 
-    def _prediction(self, window_logits: np.ndarray, seconds: float) -> Prediction:
+    def prediction(self, window_logits: np.ndarray, seconds: float) -> Prediction:
+        """The clip's `Prediction` from its windows' logits (at the run's temperature)."""
         logits = windows.clip_logits(window_logits)
         probabilities = windows.softmax(logits, self.temperature)
         return Prediction(
@@ -232,7 +233,7 @@ class Predictor:
     def _seconds(self, samples: int) -> float:
         return samples / self.feature_params.sample_rate
 
-    def _file_mel(self, path: str) -> tuple[np.ndarray, tuple, float] | features.AudioError:
+    def file_mel(self, path: str) -> tuple[np.ndarray, tuple, float] | features.AudioError:
         """A file's stored-dtype log-Mel, its normalization statistics and its seconds."""
         try:
             loaded = streaming.file_log_mel(path, self.feature_params, self.block_seconds)
@@ -251,7 +252,7 @@ class Predictor:
         """
         waiting: collections.deque[_Pending] = collections.deque()
         batch: list[tuple[_Pending, np.ndarray]] = []
-        for path, loaded in zip(paths, _ordered_map(self._file_mel, paths, workers), strict=True):
+        for path, loaded in zip(paths, _ordered_map(self.file_mel, paths, workers), strict=True):
             if isinstance(loaded, features.AudioError):
                 waiting.append(_Pending(path, seconds=0.0, needed=0, error=loaded))
                 yield from self._finished(waiting)
@@ -280,7 +281,7 @@ class Predictor:
             if item.error is not None:
                 yield item.path, item.error
             else:
-                yield item.path, self._prediction(np.stack(item.logits), item.seconds)
+                yield item.path, self.prediction(np.stack(item.logits), item.seconds)
 
 
 @dataclasses.dataclass

@@ -157,7 +157,7 @@ class Service:
           features.AudioError: the file cannot be scored.
         """
         self.check_length(path)
-        loaded = self.predictor._file_mel(path)
+        loaded = self.predictor.file_mel(path)
         if isinstance(loaded, features.AudioError):
             raise loaded
         mel, statistics, seconds = loaded
@@ -168,7 +168,7 @@ class Service:
         """The JSON line of `predict` for the upload at `path`, shown as `name`."""
         windows, seconds = await asyncio.to_thread(self.windows, path)
         logits = await asyncio.wrap_future(self.scorer.submit(windows))
-        return json_line(name, self.predictor._prediction(logits, seconds))
+        return json_line(name, self.predictor.prediction(logits, seconds))
 
     async def timeline(self, path: str, name: str) -> dict:
         """The timeline of the upload at `path` as `predict --timeline` prints it (`path` =

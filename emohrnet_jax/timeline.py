@@ -265,7 +265,7 @@ def score(
     else:
         if sample_rate is None:
             raise ValueError("a waveform needs its sample_rate")
-        mel, samples = predictor._stored_mel(source, sample_rate)
+        mel, samples = predictor.stored_mel(source, sample_rate)
     frames = mel.shape[1]
     starts = predictor.window_starts(frames)
     probabilities = window_probabilities(predictor, mel, starts)

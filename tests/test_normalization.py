@@ -150,7 +150,7 @@ def test_predict_and_export_use_the_runs_training_statistics(saved_run, tmp_path
     (workdir / normalization.FILE).write_text(json.dumps(record))
     predictor = predict.Predictor(str(workdir), batch_size=8)
     waveform = helpers.speech(1.0)
-    stored = predictor._stored_mel(waveform, 16000)[0].astype(np.float64)
+    stored = predictor.stored_mel(waveform, 16000)[0].astype(np.float64)
     mean, scale = (np.array(record[key])[:, None] for key in ("mean", "scale"))
     np.testing.assert_allclose(predictor.model_input(waveform, 16000), (stored - mean) / scale)
     info = export.metadata(
