@@ -170,3 +170,23 @@ def test_killed_and_resumed_equals_uninterrupted(sequential, data_dir, tmp_path)
         name = f"fold_{fold}"
         _assert_same_run(tmp_path / name, sequential / name, config, steps_per_epoch=4)
     _approx(_summary(tmp_path), _summary(sequential))
+
+
+def test_preempted_mid_epoch_and_resumed_equals_uninterrupted(
+    sequential, data_dir, tmp_path, monkeypatch
+):
+    # SIGTERM noticed after the third step of epoch 1: both members saved at step 3.
+    monkeypatch.setattr(train.Preemption, "reached", lambda self, start: start == 2)
+    config = helpers.tiny_config(data_dir)
+    assert (
+        cross_validation.run_folds(config, str(tmp_path), folds=FOLDS, members_per_program=2)
+        is None
+    )
+    for fold in FOLDS:
+        manager = checkpoints.create_manager(str(tmp_path / f"fold_{fold}"), 2)
+        assert manager.latest_step() == 3
+    monkeypatch.undo()
+    cross_validation.run_folds(config, str(tmp_path), folds=FOLDS, members_per_program=2)
+    for fold in FOLDS:
+        name = f"fold_{fold}"
+        _assert_same_run(tmp_path / name, sequential / name, config, steps_per_epoch=4)
