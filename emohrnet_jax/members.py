@@ -245,14 +245,15 @@ def _train_round(members, stacked, epoch: int, block: int, program, inputs, pree
     config, started = members[0].run.config, time.perf_counter()
     sources, lengths, firsts = [], [], [m.step for m in members]
     for m in members:
-        taking = m.epoch == epoch
+        if m.epoch != epoch:  # ahead (resumed from a later checkpoint): waits this epoch out
+            sources.append(None)
+            lengths.append(0)
+            continue
         batches = m.run.fold.train_batches(
             config.batch_size, m.run.config.seed, epoch, 0, 1, config.data.sampling
         )
-        sources.append(
-            itertools.islice(batches, m.offset, m.run.steps_per_epoch) if taking else None
-        )
-        lengths.append(m.run.steps_per_epoch - m.offset if taking else 0)
+        sources.append(itertools.islice(batches, m.offset, m.run.steps_per_epoch))
+        lengths.append(m.run.steps_per_epoch - m.offset)
     sharding = jax.sharding.NamedSharding(
         members[0].run.batch_sharding.mesh, jax.sharding.PartitionSpec(None, None, "data")
     )

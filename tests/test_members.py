@@ -118,11 +118,11 @@ def test_the_stacked_summary_equals_the_sequential_one(sequential, stacked):
 
 def test_unequal_epochs_and_a_block_of_steps_equal_the_runs_alone(tmp_path_factory):
     """Folds of 4 and 6 steps per epoch (10 speakers), each with its own warm-up and cosine
-    schedule, in blocks of 4 steps: the shorter epoch and the last block are padded."""
+    schedule and class weights, in blocks of 4 steps: the shorter epoch and the last block are
+    padded."""
     data = tmp_path_factory.mktemp("ten_speakers")
-    config = helpers.tiny_config(
-        data, **{"data.synthetic_speakers": 10, "lr_schedule": "cosine", "warmup_epochs": 0.5}
-    )
+    overrides = {"data.synthetic_speakers": 10, "lr_schedule": "cosine", "warmup_epochs": 0.5}
+    config = helpers.tiny_config(data, class_weights="balanced", **overrides)
     configs = []
     for fold in (0, 2):
         fold_config = config.copy_and_resolve_references()
@@ -190,3 +190,18 @@ def test_preempted_mid_epoch_and_resumed_equals_uninterrupted(
     for fold in FOLDS:
         name = f"fold_{fold}"
         _assert_same_run(tmp_path / name, sequential / name, config, steps_per_epoch=4)
+
+
+def test_two_seeds_of_a_fold_equal_their_runs_alone(sequential, data_dir, tmp_path):
+    """Members of other seeds: other initial parameters, data orders and augmentation keys."""
+    config = helpers.tiny_config(data_dir)
+    cross_validation.run_folds(
+        config, str(tmp_path), folds=[0], seeds=[0, 1], members_per_program=2, steps_per_dispatch=3
+    )
+    seed_1 = config.copy_and_resolve_references()
+    seed_1.seed, seed_1.data.fold = 1, 0
+    train.train_and_evaluate(seed_1, str(tmp_path / "alone_seed_1"))
+    _assert_same_run(tmp_path / "seed_0" / "fold_0", sequential / "fold_0", config, 4)
+    _assert_same_run(tmp_path / "seed_1" / "fold_0", tmp_path / "alone_seed_1", seed_1, 4)
+    summary = _summary(tmp_path)
+    assert [(run["fold"], run["seed"]) for run in summary["folds"]] == [(0, 0), (0, 1)]
