@@ -22,7 +22,17 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from emohrnet_jax import evaluation, locks, metrics, plots, run_config, statistics, storage, train
+from emohrnet_jax import (
+    evaluation,
+    locks,
+    members,
+    metrics,
+    plots,
+    run_config,
+    statistics,
+    storage,
+    train,
+)
 from emohrnet_jax.data import protocols
 
 METRICS = ("ua", "wa", "macro_f1")
@@ -43,12 +53,16 @@ def run_folds(
     workdir: str,
     folds: list[int] | None = None,
     seeds: list[int] | None = None,
+    members_per_program: int = 1,
+    steps_per_dispatch: int = 1,
 ) -> dict[str, Any] | None:
     """Trains the folds not yet done (all of the protocol's by default), then summarizes all.
 
     With `seeds`, every fold is trained once per seed (`config.seed` = the seed) in
     `seed_workdir(workdir, seed)`, seeds in increasing order, and the summary covers every run.
-    Returns None when preempted (SIGTERM) after saving the fold in progress.
+    With `members_per_program` > 1 (or `steps_per_dispatch` > 1) the runs not yet done train that
+    many at a time in one program (emohrnet_jax.members; memory in `workdir/members.json`), each
+    in its folder as alone. Returns None when preempted (SIGTERM) after saving the runs in progress.
 
     Raises:
       run_config.RunConfigError: a fold folder holds a run of another config.
@@ -62,6 +76,11 @@ def run_folds(
     if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
     with locks.hold(workdir, "the cross-validation workdir"):
+        if members_per_program > 1 or steps_per_dispatch > 1:
+            pending = _pending_runs(config, workdir, folds, seeds)
+            report = os.path.join(workdir, "members.json")
+            if not members.train_groups(pending, members_per_program, steps_per_dispatch, report):
+                return None
         if seeds is None:
             results = _run_folds(config, workdir, folds, total)
             return None if results is None else _write_summary(results, total, workdir)
@@ -78,6 +97,22 @@ def run_folds(
             runs += results
             run_seeds += [seed] * len(results)
         return _write_summary(runs, total, workdir, run_seeds)
+
+
+def _pending_runs(config, workdir: str, folds: list[int], seeds: list[int] | None) -> list:
+    """(config, folder) of each run (seed-major, as trained one by one) without results."""
+    pending = []
+    for seed in [None] if seeds is None else sorted(seeds):
+        for fold in folds:
+            run = config.copy_and_resolve_references()
+            with run.unlocked():
+                run.data.fold = fold
+                run.seed = run.seed if seed is None else seed
+            folder = fold_workdir(workdir if seed is None else seed_workdir(workdir, seed), fold)
+            run_config.check_config(folder, run)
+            if not storage.exists(os.path.join(folder, "results.json")):
+                pending.append((run, folder))
+    return pending
 
 
 def _run_folds(config, workdir: str, folds: list[int], total: int) -> list[dict] | None:

@@ -45,7 +45,7 @@ EXIT_PREEMPTED = 75
 _PREPARE_TIMEOUT_MS = 30 * 60 * 1000
 
 
-class _Preemption:
+class Preemption:
     """Notices SIGTERM (a TPU preemption or `kill`), so that the loop can save and stop."""
 
     def __init__(self):
@@ -63,7 +63,8 @@ class _Preemption:
         return self._requested
 
 
-def _check_devices(config: ml_collections.ConfigDict) -> None:
+def check_devices(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError unless the batch splits evenly over the devices."""
     devices = jax.device_count()
     if config.batch_size % devices:
         raise ValueError(
@@ -120,13 +121,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       locks.LockedError: another process is using `workdir`.
     """
     config_check.check(config)
-    _check_devices(config)
+    check_devices(config)
     with holding(workdir):
         return _train(config, workdir)
 
 
 @dataclasses.dataclass(frozen=True)
-class _Run:
+class Run:
     """The fixed parts of one training run: its config, folder, input, steps and outputs."""
 
     config: ml_collections.ConfigDict
@@ -136,6 +137,7 @@ class _Run:
     train_step: Callable
     eval_step: Callable
     batch_sharding: jax.sharding.Sharding
+    class_weights: tuple[float, ...] | None  # of the training loss (None: unweighted)
     manager: Any  # orbax's CheckpointManager
     writer: summaries.EventWriter
     key: jax.Array  # the root of the augmentation keys
@@ -156,9 +158,9 @@ class _Run:
         return self.eval_step, state, self.fold, split, batch, self.batch_sharding, windowing
 
 
-def _set_up(
+def set_up(
     config: ml_collections.ConfigDict, workdir: str
-) -> tuple[_Run, steps.TrainState, list[dict[str, Any]]]:
+) -> tuple[Run, steps.TrainState, list[dict[str, Any]]]:
     """The run, and its state and epoch history: fresh, or resumed from the latest checkpoint."""
     fold = _start_run(config, workdir)
     fold_normalization = normalization.for_run(config, workdir, fold, jax.process_index() == 0)
@@ -177,7 +179,7 @@ def _set_up(
         state, history = resumed
         logging.info("Resuming from step %d in %s", int(state.step), manager.directory)
     writer = summaries.EventWriter(workdir, just_logging=jax.process_index() != 0)
-    run = _Run(
+    run = Run(
         config=config,
         workdir=workdir,
         fold=fold,
@@ -185,6 +187,7 @@ def _set_up(
         train_step=train_step,
         eval_step=eval_step,
         batch_sharding=batch_sharding,
+        class_weights=weights,
         manager=manager,
         writer=writer,
         key=jax.random.key(config.seed),
@@ -209,8 +212,8 @@ def _class_weights(
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
-    run, state, history = _set_up(config, workdir)
-    preemption = _Preemption()
+    run, state, history = set_up(config, workdir)
+    preemption = Preemption()
     # Inputs reach the devices only through the explicit `steps.global_batch`: an implicit host to
     # device copy inside the loop (a numpy array handed to a jitted step) is an error.
     with jax.transfer_guard_host_to_device("disallow"):
@@ -219,13 +222,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | 
             if trained is None:
                 return None
             state, train_metrics = trained
-            _end_epoch(run, state, epoch, train_metrics, history)
+            end_epoch(run, state, epoch, train_metrics, history)
     run.manager.wait_until_finished()
-    return _final_results(run, state, history)
+    return final_results(run, state, history)
 
 
 def _train_epoch(
-    run: _Run, state: steps.TrainState, epoch: int, history: list, preemption: _Preemption
+    run: Run, state: steps.TrainState, epoch: int, history: list, preemption: Preemption
 ) -> tuple[steps.TrainState, dict[str, Any]] | None:
     """Trains to the end of `epoch` (from a resumed mid-epoch step too).
 
@@ -254,12 +257,12 @@ def _train_epoch(
         step += 1
         pending.append({k: step_metrics[k] for k in ("loss", "accuracy")})
         if preemption.reached(step):
-            _fetch_train_metrics(pending, first, run.manager)  # a diverged state is not saved
+            fetch_train_metrics(pending, first, run.manager)  # a diverged state is not saved
             checkpoints.save(run.manager, step, state, history)
             run.manager.wait_until_finished()
             logging.warning("Preempted: saved step %d; re-run to resume", step)
             return None
-    values = _fetch_train_metrics(pending, first, run.manager)
+    values = fetch_train_metrics(pending, first, run.manager)
     return state, {
         "loss": sum(v["loss"] for v in values) / len(values),
         "accuracy": sum(v["accuracy"] for v in values) / len(values),
@@ -269,7 +272,7 @@ def _train_epoch(
     }
 
 
-def _fetch_train_metrics(
+def fetch_train_metrics(
     pending: list[dict[str, jax.Array]], first_step: int, manager
 ) -> list[dict[str, float]]:
     """The train metrics of steps `first_step + 1, ...` on the host.
@@ -293,8 +296,8 @@ def _fetch_train_metrics(
     return values
 
 
-def _end_epoch(
-    run: _Run, state: steps.TrainState, epoch: int, train: dict[str, Any], history: list
+def end_epoch(
+    run: Run, state: steps.TrainState, epoch: int, train: dict[str, Any], history: list
 ) -> None:
     """Validates the epoch's state, adds its record to `history`, saves and logs them."""
     validation = run.evaluate(state, "validation")
@@ -329,8 +332,8 @@ def _end_epoch(
     )
 
 
-def _final_results(
-    run: _Run, state: steps.TrainState, history: list[dict[str, Any]]
+def final_results(
+    run: Run, state: steps.TrainState, history: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Restores the best-validation state, tests it once, writes results, predictions and
     pictures."""

@@ -296,7 +296,7 @@ def _same_run(a, b):
 def test_preempted_mid_epoch_and_resumed_equals_uninterrupted(
     uninterrupted, data_dir, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(train._Preemption, "reached", lambda self, step: step == 3)
+    monkeypatch.setattr(train.Preemption, "reached", lambda self, step: step == 3)
     assert train.train_and_evaluate(helpers.tiny_config(data_dir), str(tmp_path)) is None
     assert checkpoints.create_manager(str(tmp_path), 2).latest_step() == 3  # mid-epoch 1
     monkeypatch.undo()

@@ -12,7 +12,9 @@ confusion matrix), `WORKDIR/confusion_matrix.png`, `WORKDIR/ua_by_fold.png` (eac
 with its 95% interval) and prints a table. `--seeds=0,1,2` trains every fold once per seed
 (`config.seed`) in `WORKDIR/seed_S/fold_k` (each `seed_S` an ordinary cross-validation folder)
 and summarizes all fold x seed runs: mean +- std over them, each seed's mean, and the pooled
-interval of the UA averaged over seeds. `--verbosity=1` adds the libraries' log lines;
+interval of the UA averaged over seeds. `--members_per_program=K` trains K of those runs at once in
+one program (each still in its own folder, as alone; memory in `WORKDIR/members.json`),
+`--steps_per_dispatch=B` B steps per dispatch of it. `--verbosity=1` adds the libraries' log lines;
 `--nomalloc_tunables` skips the restart with glibc malloc settings (as emohrnet_jax.main's).
 Exit status: 0 done, 1 an error (one line), 75 preempted (SIGTERM) after saving: run it again.
 """
@@ -31,6 +33,15 @@ _WORKDIR = flags.DEFINE_string(
 _FOLDS = flags.DEFINE_list("folds", None, "Folds to run (default: every fold of the protocol).")
 _SEEDS = flags.DEFINE_list(
     "seeds", None, "Train each fold once per seed, in seed_S/fold_K (default: config.seed, fold_K)."
+)
+_MEMBERS = flags.DEFINE_integer(
+    "members_per_program",
+    1,
+    "Train this many fold x seed runs at once in one program (emohrnet_jax.members).",
+    lower_bound=1,
+)
+_STEPS_PER_DISPATCH = flags.DEFINE_integer(
+    "steps_per_dispatch", 1, "Train steps per dispatch of that program (a scan).", lower_bound=1
 )
 _COMPILATION_CACHE = cli.define_compilation_cache_flag()
 _MALLOC_TUNABLES = cli.define_malloc_tunables_flag()
@@ -58,7 +69,9 @@ def main(argv: list[str]) -> None:
             from emohrnet_jax import compilation_cache, cross_validation, train
 
         compilation_cache.enable(_COMPILATION_CACHE.value)
-        summary = cross_validation.run_folds(_CONFIG.value, workdir, folds, seeds)
+        summary = cross_validation.run_folds(
+            _CONFIG.value, workdir, folds, seeds, _MEMBERS.value, _STEPS_PER_DISPATCH.value
+        )
     except cli.USER_ERRORS as error:
         cli.exit_with(error)
     if summary is None:
