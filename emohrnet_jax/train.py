@@ -223,6 +223,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | 
                 return None
             state, train_metrics = trained
             end_epoch(run, state, epoch, train_metrics, history)
+            # Asked at the epoch's end, after its validation and checkpoint: none is lost.
+            if epoch + 1 < config.num_epochs and preemption.reached(int(state.step)):
+                run.manager.wait_until_finished()
+                logging.warning("Preempted: saved step %d; re-run to resume", int(state.step))
+                return None
     run.manager.wait_until_finished()
     return final_results(run, state, history)
 
@@ -256,7 +261,8 @@ def _train_epoch(
         )
         step += 1
         pending.append({k: step_metrics[k] for k in ("loss", "accuracy")})
-        if preemption.reached(step):
+        # The epoch's last step is asked in `_train`, once the epoch is validated and saved.
+        if step < (epoch + 1) * run.steps_per_epoch and preemption.reached(step):
             fetch_train_metrics(pending, first, run.manager)  # a diverged state is not saved
             checkpoints.save(run.manager, step, state, history)
             run.manager.wait_until_finished()

@@ -293,12 +293,16 @@ def _same_run(a, b):
     assert a["split_fingerprint"] == b["split_fingerprint"]  # the same fold, the same utterances
 
 
-def test_preempted_mid_epoch_and_resumed_equals_uninterrupted(
-    uninterrupted, data_dir, tmp_path, monkeypatch
+@pytest.mark.parametrize("at", [3, 4])  # mid-epoch 0; the last step of epoch 0
+def test_preempted_and_resumed_equals_uninterrupted(
+    uninterrupted, data_dir, tmp_path, monkeypatch, at
 ):
-    monkeypatch.setattr(train.Preemption, "reached", lambda self, step: step == 3)
+    monkeypatch.setattr(train.Preemption, "reached", lambda self, step: step == at)
     assert train.train_and_evaluate(helpers.tiny_config(data_dir), str(tmp_path)) is None
-    assert checkpoints.create_manager(str(tmp_path), 2).latest_step() == 3  # mid-epoch 1
+    manager = checkpoints.create_manager(str(tmp_path), 2)
+    assert manager.latest_step() == at
+    # Stopped at an epoch's end, that epoch was validated and recorded first.
+    assert len(checkpoints.restore_history(manager, at)) == at // 4
     monkeypatch.undo()
     _same_run(
         train.train_and_evaluate(helpers.tiny_config(data_dir), str(tmp_path)), uninterrupted[0]
