@@ -1,8 +1,11 @@
-"""Finding the audio files under a folder or a gs:// prefix (for the data tools and prediction)."""
+"""Finding the audio files under a folder or a gs:// prefix (for the data tools and prediction),
+and reading them ahead in threads."""
 
+import collections
+import concurrent.futures
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from emohrnet_jax import storage
 
@@ -73,3 +76,21 @@ def audio_paths(arguments: Iterable[str]) -> list[str]:
         else:
             found.append(argument)
     return found
+
+
+def read_ahead(function: Callable, items: Sequence, workers: int) -> Iterator:
+    """`map(function, items)` in order (e.g. decoding files), computed up to a few items ahead in
+    `workers` threads."""
+    if workers < 1:
+        yield from map(function, items)
+        return
+    # Threads, not processes: decoding, resampling and the STFT release the GIL, and a worker
+    # process would import JAX again. The bound keeps memory flat over thousands of files.
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -42,12 +42,11 @@ scored); 1 when nothing could run (no such run, no checkpoint, a checkpoint that
 """
 
 import collections
-import concurrent.futures
 import dataclasses
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -69,7 +68,7 @@ from emohrnet_jax import (
 )
 from emohrnet_jax import stream as live
 from emohrnet_jax.audio import features, streaming
-from emohrnet_jax.files import AUDIO_EXTENSIONS, audio_paths
+from emohrnet_jax.files import AUDIO_EXTENSIONS, audio_paths, read_ahead
 from emohrnet_jax.predict_output import check_output, write_file, write_predictions, write_stdout
 
 # Exit status when some inputs failed and the others were scored.
@@ -252,7 +251,7 @@ class Predictor:
         """
         waiting: collections.deque[_Pending] = collections.deque()
         batch: list[tuple[_Pending, np.ndarray]] = []
-        for path, loaded in zip(paths, _ordered_map(self.file_mel, paths, workers), strict=True):
+        for path, loaded in zip(paths, read_ahead(self.file_mel, paths, workers), strict=True):
             if isinstance(loaded, features.AudioError):
                 waiting.append(_Pending(path, seconds=0.0, needed=0, error=loaded))
                 yield from self._finished(waiting)
@@ -293,23 +292,6 @@ class _Pending:
     needed: int
     error: features.AudioError | None = None
     logits: list[np.ndarray] = dataclasses.field(default_factory=list)
-
-
-def _ordered_map(function: Callable, items: Sequence, workers: int) -> Iterator:
-    """`map(function, items)` in order, computed up to a few items ahead in `workers` threads."""
-    if workers < 1:
-        yield from map(function, items)
-        return
-    # Threads, not processes: decoding, resampling and the STFT release the GIL, and a worker
-    # process would import JAX again. The bound keeps memory flat over thousands of files.
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        pending: collections.deque = collections.deque()
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= 4 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def _define_flags() -> None:
