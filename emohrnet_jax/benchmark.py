@@ -4,40 +4,26 @@ The train step is the real one of training (`steps.jit_steps`: augmentation, for
 AdamW), timed step by step after warm-up; its FLOPs come from XLA's cost analysis of the lowered
 program (and, for MFU, from its convolutions and matmuls alone) and are compared with a matmul
 peak in the model's compute dtype, measured in the same run. Inference is the jitted evaluation
-step (throughput) and the real-time factor of one 3 s clip (log-Mel features plus the forward
-pass, divided by 3 s). `tools/benchmark.py` is its command line.
+step (throughput) and the serving model's figures against their bounds (`benchmark_serving`: one
+3 s clip, batched scoring, feature extraction). `tools/benchmark.py` is its command line.
 
 The model parts need only JAX, Flax, optax and ml_collections (the GPU machines have no
 TensorFlow): TensorFlow, tfds, librosa and soundfile are imported only by the input-pipeline and
 preprocessing parts, which are skipped with a note when those packages are missing.
 """
 
-import concurrent.futures
-import multiprocessing
 import os
 import platform
 import resource
-import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from emohrnet_jax import cost, models, steps
-from emohrnet_jax.audio import synthetic
-
-CLIP_SECONDS = 3.0
-
-
-def _cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+from emohrnet_jax import benchmark_serving, cost, steps, timing
 
 
 def machine() -> dict[str, Any]:
@@ -51,7 +37,7 @@ def machine() -> dict[str, Any]:
         pass
     return {
         "cpu": cpu,
-        "cores": _cores(),
+        "cores": timing.cores(),
         "load_average_1min": os.getloadavg()[0],
         "jax": jax.__version__,
         "backend": jax.default_backend(),
@@ -68,32 +54,6 @@ def peak_device_memory_mib(devices) -> float | None:
     peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
     peaks = [p for p in peaks if p is not None]
     return max(peaks) / 2**20 if peaks else None
-
-
-def _median_min_max(seconds: list[float], prefix: str) -> dict[str, float]:
-    return {
-        f"{prefix}_median_s": statistics.median(seconds),
-        f"{prefix}_min_s": min(seconds),
-        f"{prefix}_max_s": max(seconds),
-    }
-
-
-def _time(call: Callable[[], Any], repeats: int) -> list[float]:
-    """Wall-clock seconds of `repeats` calls, each waited for (`block_until_ready`)."""
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        jax.block_until_ready(call())
-        seconds.append(time.perf_counter() - started)
-    return seconds
-
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
-    """Best `jnp.dot` GFLOP/s of two `size` x `size` matrices of `dtype` (2 n^3 FLOPs)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, a))
-    return 2 * size**3 / min(_time(lambda: dot(a, a), repeats)) / 1e9
 
 
 def _batch(config: ml_collections.ConfigDict, batch_size: int, mesh) -> dict[str, jax.Array]:
@@ -136,12 +96,12 @@ def _time_train_step(
         state, step_metrics = train(state, train_batch, key)
         return state, step_metrics
 
-    _time(train_once, warmup)
-    seconds = _time(train_once, num_steps)
-    results.update(_median_min_max(seconds, "train_step"))
+    timing.time_calls(train_once, warmup)
+    seconds = timing.time_calls(train_once, num_steps)
+    results.update(timing.median_min_max(seconds, "train_step"))
     if profile_dir:
         with jax.profiler.trace(profile_dir):
-            _time(train_once, 3)
+            timing.time_calls(train_once, 3)
     return state, results, flops, model_flops, notes
 
 
@@ -155,7 +115,7 @@ def _train_step_rates(
     results["achieved_gflops"] = flops / 1e9 / median
     results["model_gflops_per_step"] = model_flops / 1e9
     # Measured again after the steps and the best kept: the peak is a best case by definition.
-    again = matmul_peak_gflops(matmul_size, dtype=results["matmul_dtype"])
+    again = timing.matmul_peak_gflops(matmul_size, dtype=results["matmul_dtype"])
     peak = max(results["matmul_peak_gflops"], again)
     results["matmul_peak_gflops"] = peak
     results["fraction_of_matmul_peak"] = results["achieved_gflops"] / peak
@@ -172,9 +132,9 @@ def _time_eval_step(
     started = time.perf_counter()
     evaluate = lowered.compile()
     results["eval_compile_s"] = time.perf_counter() - started
-    _time(lambda: evaluate(state, batch), warmup)
-    eval_seconds = _time(lambda: evaluate(state, batch), num_steps)
-    results.update(_median_min_max(eval_seconds, "eval_step"))
+    timing.time_calls(lambda: evaluate(state, batch), warmup)
+    eval_seconds = timing.time_calls(lambda: evaluate(state, batch), num_steps)
+    results.update(timing.median_min_max(eval_seconds, "eval_step"))
     results["eval_examples_per_s"] = len(batch["label"]) / results["eval_step_median_s"]
     return results
 
@@ -214,7 +174,7 @@ def benchmark_model(
     # The peak in the model's compute dtype: bfloat16 runs on other units than float32 on GPU/TPU.
     dtype = config.model.dtype
     results: dict[str, Any] = {
-        "matmul_peak_gflops": matmul_peak_gflops(matmul_size, dtype=dtype),
+        "matmul_peak_gflops": timing.matmul_peak_gflops(matmul_size, dtype=dtype),
         "matmul_dtype": dtype,
     }
     started = time.perf_counter()
@@ -229,59 +189,12 @@ def benchmark_model(
     results.update(train_results)
     _train_step_rates(results, batch_size, flops, model_flops, matmul_size)
     results.update(_time_eval_step(evaluate, state, batch, num_steps, warmup))
-    clip = benchmark_clip(config, state, num_steps)
-    results["notes"] = notes + clip.pop("notes", [])
-    results.update(clip)
+    inference = benchmark_serving.benchmark_inference(
+        config, state, num_steps, results["matmul_peak_gflops"]
+    )
+    results["notes"] = notes + inference.pop("notes", [])
+    results.update(inference)
     results.update(_peak_memory())
-    return results
-
-
-def _clip_waveform(sample_rate: int) -> np.ndarray:
-    """A synthetic utterance tiled to exactly `CLIP_SECONDS` (speech-like content for the STFT)."""
-    spec = synthetic.CorpusSpec(num_speakers=1, utterances_per_speaker=len(synthetic.CLASS_NAMES))
-    waveform = synthetic.synthesize(synthetic.plan(spec)[0], spec, sample_rate)
-    return np.resize(waveform, int(CLIP_SECONDS * sample_rate))
-
-
-def benchmark_clip(config: ml_collections.ConfigDict, state, repeats: int) -> dict[str, Any]:
-    """Real-time factor of scoring one 3 s clip: log-Mel features plus the jitted forward pass.
-
-    Without librosa the features are left out (`inference_rtf_includes_features` is false).
-    """
-    waveform = _clip_waveform(config.data.sample_rate)
-    try:
-        from emohrnet_jax.audio import features
-    except ImportError as error:
-        features, note = None, f"inference_rtf: model only, no feature extraction ({error})"
-    if features is not None:
-        params = features.FeatureParams.from_config(config.data)
-
-        def mel_of_clip() -> np.ndarray:
-            return features.normalize(features.log_mel(waveform, params))
-    else:
-        # Already normalized: mean 0 and variance 1 over the utterance.
-        frames = 1 + len(waveform) // config.data.hop_length
-        dummy = np.random.default_rng(0).standard_normal((config.data.n_mels, frames))
-
-        def mel_of_clip() -> np.ndarray:
-            return dummy.astype(np.float32)
-
-    model = models.create_model(config)
-    forward = jax.jit(lambda variables, mel: model.apply(variables, mel, train=False))
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-
-    def score():
-        return forward(variables, mel_of_clip()[None])
-
-    started = time.perf_counter()
-    jax.block_until_ready(score())
-    results = {"clip_compile_s": time.perf_counter() - started}
-    seconds = statistics.median(_time(score, max(repeats, 3)))
-    results["inference_clip_s"] = seconds
-    results["inference_rtf"] = seconds / CLIP_SECONDS
-    results["inference_rtf_includes_features"] = features is not None
-    if features is None:
-        results["notes"] = [note]
     return results
 
 
@@ -318,49 +231,6 @@ def benchmark_input_pipeline(
     return {"input_examples_per_s": count * batch_size / (time.perf_counter() - started)}
 
 
-def benchmark_preprocessing(config: ml_collections.ConfigDict, num_clips: int) -> dict[str, Any]:
-    """Clips/s of feature extraction (decode WAV, log-Mel) in 1 process and on every core.
-
-    The clips are synthetic utterances written as 16-bit WAV files at the config's sample rate;
-    extraction is `features.extract`, as the dataset builders run it.
-    """
-    try:
-        import soundfile
-
-        from emohrnet_jax.audio import features
-    except ImportError as error:
-        return {"notes": [f"preprocessing skipped: {error}"]}
-    params = features.FeatureParams.from_config(config.data)
-    spec = synthetic.CorpusSpec(num_speakers=1, utterances_per_speaker=len(synthetic.CLASS_NAMES))
-    utterances = synthetic.plan(spec)
-    workers = _cores()
-    with tempfile.TemporaryDirectory(prefix="emohrnet_benchmark_") as folder:
-        paths = []
-        for i in range(num_clips):
-            path = os.path.join(folder, f"clip{i}.wav")
-            utterance = utterances[i % len(utterances)]
-            waveform = synthetic.synthesize(utterance, spec, params.sample_rate)
-            soundfile.write(path, waveform, params.sample_rate, subtype="PCM_16")
-            paths.append(path)
-        features.extract(paths[0], params)  # librosa's first call builds its filter caches.
-        started = time.perf_counter()
-        for path in paths:
-            features.extract(path, params)
-        results = {"preprocessing_clips_per_s_1_core": num_clips / (time.perf_counter() - started)}
-        # Spawn, as the builders do; the pool is started (and its imports done) before timing.
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            list(pool.map(features.extract, paths[:workers], [params] * workers))
-            started = time.perf_counter()
-            # Chunks as in the builders: one round trip per clip would time the IPC instead.
-            chunk = max(1, num_clips // (4 * workers))
-            list(pool.map(features.extract, paths, [params] * num_clips, chunksize=chunk))
-            seconds = time.perf_counter() - started
-    results["preprocessing_clips_per_s_all_cores"] = num_clips / seconds
-    results["preprocessing_workers"] = workers
-    return results
-
-
 def run(
     config: ml_collections.ConfigDict,
     batch_size: int,
@@ -386,7 +256,7 @@ def run(
     if input_pipeline:
         parts.append(benchmark_input_pipeline(config, batch_size, max(num_steps, 10)))
     if preprocessing:
-        parts.append(benchmark_preprocessing(config, preprocessing_clips))
+        parts.append(benchmark_serving.benchmark_preprocessing(config, preprocessing_clips))
     for part in parts:
         results["notes"] += part.pop("notes", [])
         results.update(part)

@@ -79,12 +79,12 @@ def serving_function(config, variables: dict[str, Any], temperature: float = 1.0
 
     The model (default: `models.create_model(serving=True)`) has XLA's own convolutions, none of
     training's rewrites for this host's backend, so the program suits every platform it is
-    lowered for.
+    lowered for, and BatchNorm folded into them (`variables` are the trained ones, folded here).
     """
     if model is None:
         model = models.create_model(config, serving=True)
     # Host copies: the weights become constants of the exported program, not device buffers.
-    variables = jax.device_get(variables)
+    variables = models.fold_batch_norm(jax.device_get(variables))
 
     def serve(mel: jax.Array) -> dict[str, jax.Array]:
         logits = model.apply(variables, mel, train=False).astype(jnp.float32)

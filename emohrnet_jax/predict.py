@@ -134,6 +134,7 @@ class Predictor:
         # As the run was trained (training_band: the statistics in its normalization.json).
         self.normalization = normalization.load(self.config, workdir)
         self.variables, self.best = runs.load_best_variables(workdir, self.config)
+        self._serving_variables = models.fold_batch_norm(self.variables)
         # Fitted on the validation split when the run was trained (1.0: none).
         self.temperature = calibration.load_temperature(workdir, self.best["step"])
         model = models.create_model(self.config, serving=True)
@@ -186,7 +187,7 @@ class Predictor:
         real = len(batch)
         padded = np.zeros((self.batch_size, *batch.shape[1:]), np.float32)
         padded[:real] = batch
-        return np.asarray(self._apply(self.variables, padded))[:real]
+        return np.asarray(self._apply(self._serving_variables, padded))[:real]
 
     def predict(self, waveform: np.ndarray, sample_rate: int) -> Prediction:
         """The emotion of one clip (any rate, mono or `(samples, channels)`, any length).

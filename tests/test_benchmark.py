@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from emohrnet_jax import benchmark, model_summary
+from emohrnet_jax import benchmark, benchmark_serving, model_summary
 from tests import helpers
 
 REPO = helpers.CONFIGS.parent
@@ -20,6 +20,8 @@ CONTRACT = (
     "matmul_peak_gflops",
     "examples_per_s",
     "inference_rtf",
+    "inference_flop_bound_s",
+    "predict_folder_peak_fraction",
 )
 
 # Runs the tool as a script while tensorflow, tfds, librosa and soundfile cannot be imported, as on
@@ -97,6 +99,13 @@ def test_json_has_the_contract_keys_with_sane_values(without_tensorflow):
     assert results["peak_device_memory_mib"] is None  # the CPU keeps no allocator statistics
     assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
     assert results["input_shape"] == [8, 32, 32]
+    # The bound is a lower bound: no run beats the matmul peak.
+    assert results["inference_model_clip_s"] >= results["inference_flop_bound_s"]
+    assert results["inference_model_bound_ratio"] == pytest.approx(
+        results["inference_model_clip_s"] / results["inference_flop_bound_s"]
+    )
+    assert results["inference_clip_bound_ratio"] >= 1
+    assert 0 < results["predict_folder_peak_fraction"] <= 1
 
 
 def test_peak_device_memory_is_the_largest_device_peak():
@@ -135,9 +144,11 @@ def test_train_step_flops_are_about_three_forward_passes(without_tensorflow, tmp
 @pytest.mark.slow
 def test_preprocessing_and_missing_data_with_the_full_stack(tmp_path):
     config = helpers.tiny_config(tmp_path)
-    results = benchmark.benchmark_preprocessing(config, num_clips=2)
-    assert results["preprocessing_clips_per_s_1_core"] > 0
-    assert results["preprocessing_clips_per_s_all_cores"] > 0
+    results = benchmark_serving.benchmark_preprocessing(config, num_clips=4)
+    for key in ("1_core", "1_worker", "all_cores"):
+        assert results[f"preprocessing_clips_per_s_{key}"] > 0
     assert results["preprocessing_workers"] >= 1
+    rates = [results[f"preprocessing_clips_per_s_{k}"] for k in ("all_cores", "1_worker")]
+    assert results["preprocessing_scaling"] == pytest.approx(rates[0] / rates[1])
     (note,) = benchmark.benchmark_input_pipeline(config, 8, 2)["notes"]
     assert "not prepared" in note and "prepare_data.py" in note

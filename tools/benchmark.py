@@ -4,10 +4,12 @@
   python tools/benchmark.py --config=configs/default.py --config.model.variant=w18_small_v2 \\
       --batch_size=8 --noinput_pipeline --nopreprocessing
 
-Prints the train step's times, FLOPs and MFU, the evaluation throughput, the real-time factor of
-one 3 s clip, the input pipeline's and preprocessing's throughput (what is timed, and how:
-emohrnet_jax.benchmark); `--json` writes the same figures. The input-pipeline and preprocessing
-parts are skipped with a note where TensorFlow or librosa are missing (the GPU machines).
+Prints the train step's times, FLOPs and MFU, the evaluation throughput, one 3 s clip's real-time
+factor and ratio to its FLOP bound, batched scoring's fraction of the matmul peak, the input
+pipeline's and preprocessing's throughput (what is timed, and how: emohrnet_jax.benchmark and
+emohrnet_jax.benchmark_serving); `--json` writes the same figures. The input-pipeline and
+preprocessing parts are skipped with a note where TensorFlow or librosa are missing (the GPU
+machines).
 """
 
 import sys
@@ -16,7 +18,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-from emohrnet_jax import allocator, benchmark, cli, storage
+from emohrnet_jax import allocator, benchmark, benchmark_serving, cli, storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
@@ -62,18 +64,27 @@ def _print(results: dict[str, Any]) -> None:
     )
     print(f"evaluation: {results['eval_examples_per_s']:.1f} examples/s")
     what = "features + model" if results["inference_rtf_includes_features"] else "model only"
+    bound = results["inference_flop_bound_s"]
     print(
-        f"one {benchmark.CLIP_SECONDS:g} s clip ({what}): "
-        f"{results['inference_clip_s'] * 1e3:.1f} ms, "
-        f"real-time factor {results['inference_rtf']:.4f}"
+        f"one {benchmark_serving.CLIP_SECONDS:g} s clip ({what}): "
+        f"{results['inference_clip_s'] * 1e3:.1f} ms, real-time factor "
+        f"{results['inference_rtf']:.4f}, {results['inference_clip_bound_ratio']:.2f}x its FLOP "
+        f"bound {bound * 1e3:.1f} ms; the model alone {results['inference_model_clip_s'] * 1e3:.1f}"
+        f" ms, {results['inference_model_bound_ratio']:.2f}x"
+    )
+    print(
+        f"scoring windows {results['predict_folder_batch']} at a time (predict's folder batch): "
+        f"{results['predict_folder_windows_per_s']:.1f} windows/s, "
+        f"{results['predict_folder_peak_fraction']:.0%} of the matmul peak"
     )
     if "input_examples_per_s" in results:
         print(f"input pipeline: {results['input_examples_per_s']:.0f} examples/s")
     if "preprocessing_clips_per_s_1_core" in results:
         print(
-            f"preprocessing: {results['preprocessing_clips_per_s_1_core']:.1f} clips/s on 1 core, "
-            f"{results['preprocessing_clips_per_s_all_cores']:.1f} on "
-            f"{results['preprocessing_workers']}"
+            f"preprocessing: {results['preprocessing_clips_per_s_1_core']:.1f} clips/s in this "
+            f"process on 1 thread, {results['preprocessing_clips_per_s_1_worker']:.1f} with 1 "
+            f"worker, {results['preprocessing_clips_per_s_all_cores']:.1f} with "
+            f"{results['preprocessing_workers']} ({results['preprocessing_scaling']:.2f}x)"
         )
     print(f"peak host memory: {results['peak_host_memory_mib']:.0f} MiB")
     if results["peak_device_memory_mib"] is not None:

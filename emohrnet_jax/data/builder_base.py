@@ -14,14 +14,10 @@ preparing again after the files or labels changed rebuilds it; it is made in a t
 under its lock and replaces the previous one only when complete (a killed build keeps the old).
 """
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -29,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from emohrnet_jax import storage
-from emohrnet_jax.audio import features, synthetic
+from emohrnet_jax.audio import extraction_pool, features, synthetic
 from emohrnet_jax.data import build_summary, corpora, sources
 
 SPLIT = "utterances"
@@ -176,13 +172,7 @@ class EmotionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if not self._num_workers:
             yield from (self._extract(*job) for job in jobs)
             return
-        # Spawn, not fork: the parent has TensorFlow's thread pools running.
-        with concurrent.futures.ProcessPoolExecutor(
-            self._num_workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_with_parent,
-            initargs=(os.getpid(),),
-        ) as pool:
+        with extraction_pool.pool(self._num_workers) as pool:
             chunk = max(1, min(32, len(jobs) // (4 * self._num_workers)))
             yield from pool.map(self._extract, *zip(*jobs, strict=True), chunksize=chunk)
 
@@ -226,18 +216,6 @@ def by_partition(partitions: dict[str, str]) -> dict[str, list[str]]:
     for utterance_id, name in sorted(partitions.items()):
         grouped[name].append(utterance_id)
     return grouped
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Pool initializer: the worker exits as soon as the process that started it is gone."""
-
-    # A watcher thread, not prctl(PR_SET_PDEATHSIG): that fires when the spawning *thread* ends.
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _class_label(names: tuple[str, ...] | None) -> tfds.features.ClassLabel:

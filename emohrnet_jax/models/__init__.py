@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from emohrnet_jax.models import fast_conv
+from emohrnet_jax.models.folding import fold_batch_norm
 from emohrnet_jax.models.hrnet import VARIANTS, HRNet, HRNetSpec, StageSpec
 
-__all__ = ["VARIANTS", "HRNet", "HRNetSpec", "StageSpec", "create_model"]
+__all__ = ["VARIANTS", "HRNet", "HRNetSpec", "StageSpec", "create_model", "fold_batch_norm"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -17,8 +18,9 @@ def create_model(config: ml_collections.ConfigDict, serving: bool = False) -> HR
 
     The one place where the model's convolutions are chosen: for training, the `fast_conv` ways
     that `config.model.im2col` and this process's backend call for; with `serving`, XLA's own
-    convolutions, a program that suits any backend it is lowered for. All have the same
-    parameters and outputs.
+    convolutions, a program that suits any backend it is lowered for, with every BatchNorm folded
+    into its convolution: its variables are `fold_batch_norm` of the trained ones. The same
+    outputs in every case (up to float rounding where folded).
 
     Raises:
       ValueError: for an unknown variant, dtype or im2col setting, a class count that disagrees
@@ -58,5 +60,5 @@ def create_model(config: ml_collections.ConfigDict, serving: bool = False) -> HR
         stem_strides=stem_strides,
         dtype=jnp.dtype(model_config.dtype),
         param_dtype=jnp.dtype(model_config.param_dtype),
-        **({} if serving else convolutions),
+        **({"fold_norm": True} if serving else convolutions),
     )

@@ -76,6 +76,11 @@ def _unchanged(x: jax.Array) -> jax.Array:
     return x
 
 
+def _no_norm(name: str) -> Callable[[jax.Array], jax.Array]:
+    del name  # Called like `nn.BatchNorm(name=...)`.
+    return _unchanged
+
+
 def resize_to(x: jax.Array, height: int, width: int, method: str) -> jax.Array:
     """Resizes an NHWC map to exactly (height, width)."""
     return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method=method)
@@ -218,6 +223,8 @@ class HRNet(nn.Module):
         for training on CPU); unchanged by default.
       resize: called like `resize_to` for every upsampling; the ONNX export sets a version that
         converters trace with a symbolic batch (`onnx_export.traceable_resize`).
+      fold_norm: inference only: every BatchNorm is folded into the convolution before it (a
+        kernel and a bias, from `folding.fold_batch_norm`), so there are none to run.
     """
 
     spec: HRNetSpec
@@ -229,13 +236,16 @@ class HRNet(nn.Module):
     conv: ModuleDef = nn.Conv
     materialize: Callable[[jax.Array], jax.Array] = _unchanged
     resize: Callable[..., jax.Array] = resize_to
+    fold_norm: bool = False
 
     @nn.compact
     def __call__(self, mel: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(mel)
+        if train and self.fold_norm:
+            raise ValueError("an HRNet with BatchNorm folded into its convolutions cannot train")
         conv = functools.partial(
             self.conv,
-            use_bias=False,
+            use_bias=self.fold_norm,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
@@ -248,6 +258,8 @@ class HRNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
+        if self.fold_norm:
+            norm = _no_norm
 
         x = mel[..., None].astype(self.dtype)  # NHWC: H = frequency, W = time.
         for k, strides in enumerate(self.stem_strides):
