@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from emohrnet_jax import (
     calibration,
     checkpoints,
+    compilation_cache,
     config_check,
     evaluation,
     locks,
@@ -217,8 +218,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | 
     # Inputs reach the devices only through the explicit `steps.global_batch`: an implicit host to
     # device copy inside the loop (a numpy array handed to a jitted step) is an error.
     with jax.transfer_guard_host_to_device("disallow"):
-        for epoch in range(int(state.step) // run.steps_per_epoch, config.num_epochs):
-            trained = _train_epoch(run, state, epoch, history, preemption)
+        first_epoch = int(state.step) // run.steps_per_epoch
+        for epoch in range(first_epoch, config.num_epochs):
+            trained = _train_epoch(run, state, epoch, history, preemption, epoch == first_epoch)
             if trained is None:
                 return None
             state, train_metrics = trained
@@ -233,9 +235,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | 
 
 
 def _train_epoch(
-    run: Run, state: steps.TrainState, epoch: int, history: list, preemption: Preemption
+    run: Run,
+    state: steps.TrainState,
+    epoch: int,
+    history: list,
+    preemption: Preemption,
+    log_first_step: bool = False,
 ) -> tuple[steps.TrainState, dict[str, Any]] | None:
-    """Trains to the end of `epoch` (from a resumed mid-epoch step too).
+    """Trains to the end of `epoch` (from a resumed mid-epoch step too); with `log_first_step`,
+    logs when its first step is done (compiled, or read from the compilation cache).
 
     Returns:
       The state and the epoch's train metrics (mean loss and accuracy, steps, last step,
@@ -261,6 +269,11 @@ def _train_epoch(
         )
         step += 1
         pending.append({k: step_metrics[k] for k in ("loss", "accuracy")})
+        if log_first_step and step == first + 1:
+            jax.block_until_ready(state.step)
+            since_start = compilation_cache.seconds_since_process_start()
+            if since_start is not None:  # Linux only.
+                logging.info("First train step done %.1f s after the process started", since_start)
         # The epoch's last step is asked in `_train`, once the epoch is validated and saved.
         if step < (epoch + 1) * run.steps_per_epoch and preemption.reached(step):
             fetch_train_metrics(pending, first, run.manager)  # a diverged state is not saved

@@ -105,22 +105,22 @@ def _convolutions_and_channel_matmuls(exported: jax.export.Exported) -> tuple[in
 
 @pytest.mark.slow
 def test_the_export_has_none_of_the_training_rewrites_of_its_host(exported, saved_run):
-    """The command's export, made on this host (CPU in CI), for cpu, cuda and tpu: every
-    convolution is XLA's; no PointwiseConv or PatchConv matmul, no identity matmul of
-    `fast_conv.materialize`. (A forward program has no kernel gradient, so none of
-    `fast_conv.conv_with_matmul_kernel_grad`.) The model built for training on this host,
-    exported the same way, carries its backend's rewrites: the test sees them."""
+    """The command's export, made on this host (CPU in CI), for cpu, cuda and tpu: the 1x1
+    convolutions are PointwiseConv matmuls and every other convolution is XLA's; no PatchConv
+    matmul, no identity matmul of `fast_conv.materialize`. (A forward program has no kernel
+    gradient, so none of `fast_conv.conv_with_matmul_kernel_grad`.) The model built for training
+    on this host, exported the same way, carries its backend's rewrites: the test sees them."""
     with open(exported / export.JAX_FILE, "rb") as file:
         served = jax.export.deserialize(bytearray(file.read()))
     kernels = [k.shape for k in jax.tree.leaves(saved_run.best.params) if k.ndim == 4]
-    assert _convolutions_and_channel_matmuls(served) == (len(kernels), 0)
+    pointwise = sum(shape[:2] == (1, 1) for shape in kernels)
+    assert _convolutions_and_channel_matmuls(served) == (len(kernels) - pointwise, pointwise)
 
     training = models.create_model(saved_run.config)
     variables = {"params": saved_run.best.params, "batch_stats": saved_run.best.batch_stats}
     program = jax.export.export(
         jax.jit(lambda mel: training.apply(variables, mel)), platforms=served.platforms
     )(export.input_spec(saved_run.config))
-    pointwise = sum(shape[:2] == (1, 1) for shape in kernels)
     materialized = 0
     if "materialize" in fast_conv.fields("auto", jax.default_backend()):
         # Every BasicBlock's and every fusion's output.

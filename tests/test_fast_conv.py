@@ -34,6 +34,10 @@ def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
     pointwise = fast_conv.conv_1x1_as_matmul(4, (1, 1), use_bias=False)
     assert isinstance(pointwise, fast_conv.PointwiseConv)
     _assert_computes_like(pointwise, nn.Conv(4, (1, 1), use_bias=False), x, atol=1e-6)
+    # With a bias, as the serving model's folded BatchNorms give it (the bias gradient is compared).
+    with_bias = fast_conv.conv_1x1_as_matmul(4, (1, 1), use_bias=True)
+    assert isinstance(with_bias, fast_conv.PointwiseConv)
+    _assert_computes_like(with_bias, nn.Conv(4, (1, 1), use_bias=True), x, atol=1e-6)
     strided = fast_conv.conv_1x1_as_matmul(4, (1, 1), strides=(2, 2))
     assert not isinstance(strided, fast_conv.PointwiseConv)
     assert not isinstance(fast_conv.conv_1x1_as_matmul(4, (3, 3)), fast_conv.PointwiseConv)

@@ -6,7 +6,6 @@ The faster convolutions of `fast_conv` are tested in test_fast_conv.py.
 import math
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,7 +102,8 @@ def test_create_model_follows_the_config(name):
     assert create_model(config).conv is fast_conv.fields("auto", backend)["conv"]
     serving = create_model(config, serving=True)
     x = jnp.ones(3)
-    assert serving.conv is nn.Conv and serving.materialize(x) is x
+    assert serving.conv is fast_conv.conv_1x1_as_matmul and serving.materialize(x) is x
+    assert serving.fold_norm and not create_model(config).fold_norm
 
 
 @pytest.mark.parametrize(
