@@ -10,7 +10,7 @@ one pass over the feature map instead of two. `fold_batch_norm` rewrites the var
 from collections.abc import Mapping
 from typing import Any
 
-import jax.numpy as jnp
+import numpy as np
 
 from emohrnet_jax.models.hrnet import BN_EPSILON
 
@@ -19,6 +19,11 @@ def _norm_name(conv_name: str) -> str:
     """The BatchNorm that follows convolution `conv_name` (the HRNet names them in pairs:
     `conv1`/`bn1`, `stem0_conv`/`stem0_bn`, `fuse0_from1_conv`/`fuse0_from1_bn`)."""
     return conv_name.replace("conv", "bn")
+
+
+def _f32(x: Any) -> np.ndarray:
+    # On the host: eager device ops would compile a program each (seconds at a predict's start).
+    return np.asarray(x, np.float32)
 
 
 def _fold(params: Mapping[str, Any], stats: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -31,10 +36,10 @@ def _fold(params: Mapping[str, Any], stats: Mapping[str, Any], path: str) -> dic
         if norm in norms and "kernel" in value and value["kernel"].ndim == 4:
             kernel, gamma, beta = value["kernel"], params[norm]["scale"], params[norm]["bias"]
             mean, var = stats[norm]["mean"], stats[norm]["var"]
-            scale = gamma.astype(jnp.float32) / jnp.sqrt(var.astype(jnp.float32) + BN_EPSILON)
+            scale = _f32(gamma) / np.sqrt(_f32(var) + BN_EPSILON)
             folded[name] = {
-                "kernel": (kernel.astype(jnp.float32) * scale).astype(kernel.dtype),
-                "bias": (beta - mean * scale).astype(kernel.dtype),
+                "kernel": (_f32(kernel) * scale).astype(kernel.dtype),
+                "bias": (_f32(beta) - _f32(mean) * scale).astype(kernel.dtype),
             }
             folded[norm] = None  # Marks the BatchNorm as folded.
         elif "kernel" in value:
