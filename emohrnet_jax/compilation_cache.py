@@ -4,15 +4,21 @@ import os
 
 import jax
 
+_MIN_COMPILE_TIME = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+
 
 def enable(folder: str) -> None:
     """Keeps compiled XLA programs in `folder` ('' = off), so that a re-run starts fast.
 
-    The folder comes from `--compilation_cache` (emohrnet_jax.cli). JAX keeps the programs that
-    took at least `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` (1 s by default) to compile.
+    The folder comes from `--compilation_cache` (emohrnet_jax.cli). Every program is kept, not
+    only those that took JAX's default 1 s to compile: predict's forward pass of a small model
+    compiles in under a second, and a second run would compile it again (docs/performance.md);
+    `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`, where set, is kept.
     """
     if folder:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
+        if _MIN_COMPILE_TIME not in os.environ:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def seconds_since_process_start() -> float | None:

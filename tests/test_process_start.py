@@ -1,5 +1,6 @@
-"""compilation_cache.seconds_since_process_start: what training's first-step log line reports."""
+"""compilation_cache: the clock of training's first-step log line, and what the cache keeps."""
 
+import os
 import subprocess
 import sys
 import time
@@ -25,3 +26,24 @@ def test_counts_from_the_process_start_imports_included():
     assert 1.0 <= seconds <= elapsed + 0.05
     # And in this process, which started before this test: more than the test has taken so far.
     assert compilation_cache.seconds_since_process_start() > time.perf_counter() - started
+
+
+_CACHE_SETTINGS = (
+    "import jax, sys\n"
+    "from emohrnet_jax import compilation_cache\n"
+    "compilation_cache.enable(sys.argv[1])\n"
+    "config = jax.config\n"
+    "print(config.jax_compilation_cache_dir, config.jax_persistent_cache_min_compile_time_secs)"
+)
+
+
+@pytest.mark.parametrize("environment, minimum", [({}, "0.0"), ({"MIN": "2.5"}, "2.5")])
+def test_the_cache_keeps_every_program_unless_told_otherwise(tmp_path, environment, minimum):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"}
+    if environment:
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = environment["MIN"]
+    command = [sys.executable, "-c", _CACHE_SETTINGS, str(tmp_path)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=True, env=env, timeout=120
+    )
+    assert result.stdout.split() == [str(tmp_path), minimum]
