@@ -3,6 +3,7 @@
 import os
 
 import jax
+from absl import logging
 
 _MIN_COMPILE_TIME = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 
@@ -32,3 +33,11 @@ def seconds_since_process_start() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def log_time_since_start(what: str, result) -> None:
+    """Logs, once `result` is computed, that `what` is done N s after the process started."""
+    jax.block_until_ready(result)
+    since_start = seconds_since_process_start()
+    if since_start is not None:  # Linux only.
+        logging.info("%s done %.1f s after the process started", what, since_start)

@@ -77,9 +77,10 @@ def serving_function(config, variables: dict[str, Any], temperature: float = 1.0
     """`mel (batch, n_mels, num_frames) -> {"logits", "probabilities"}` with the weights inside;
     the probabilities are the softmax of `logits / temperature`.
 
-    The model (default: `models.create_model(serving=True)`) has XLA's own convolutions, none of
-    training's rewrites for this host's backend, so the program suits every platform it is
-    lowered for, and BatchNorm folded into them (`variables` are the trained ones, folded here).
+    The model (default: `models.create_model(serving=True)`) has XLA's own convolutions (1x1
+    ones as matmuls), none of training's rewrites for this host's backend, so the program suits
+    every platform it is lowered for, and BatchNorm folded into them (`variables` are the
+    trained ones, folded here).
     """
     if model is None:
         model = models.create_model(config, serving=True)

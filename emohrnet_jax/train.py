@@ -270,10 +270,7 @@ def _train_epoch(
         step += 1
         pending.append({k: step_metrics[k] for k in ("loss", "accuracy")})
         if log_first_step and step == first + 1:
-            jax.block_until_ready(state.step)
-            since_start = compilation_cache.seconds_since_process_start()
-            if since_start is not None:  # Linux only.
-                logging.info("First train step done %.1f s after the process started", since_start)
+            compilation_cache.log_time_since_start("First train step", state.step)
         # The epoch's last step is asked in `_train`, once the epoch is validated and saved.
         if step < (epoch + 1) * run.steps_per_epoch and preemption.reached(step):
             fetch_train_metrics(pending, first, run.manager)  # a diverged state is not saved

@@ -1,10 +1,13 @@
 """compilation_cache: the clock of training's first-step log line, and what the cache keeps."""
 
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from emohrnet_jax import compilation_cache
@@ -47,3 +50,12 @@ def test_the_cache_keeps_every_program_unless_told_otherwise(tmp_path, environme
         command, capture_output=True, text=True, check=True, env=env, timeout=120
     )
     assert result.stdout.split() == [str(tmp_path), minimum]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="read from /proc")
+def test_the_log_line_says_what_is_done_and_when(caplog):
+    with caplog.at_level(logging.INFO):
+        compilation_cache.log_time_since_start("First train step", jax.numpy.zeros(2))
+    (record,) = [r for r in caplog.records if "First train step" in r.getMessage()]
+    message = record.getMessage()
+    assert re.fullmatch(r"First train step done \d+\.\d s after the process started", message)

@@ -23,8 +23,7 @@ def create_model(config: ml_collections.ConfigDict, serving: bool = False) -> HR
     that `config.model.im2col` and this process's backend call for; with `serving`, XLA's own
     convolutions (1x1 ones as matmuls), a program that suits any backend it is lowered for, with
     every BatchNorm folded into its convolution: its variables are `fold_batch_norm` of the
-    trained ones. The same
-    outputs in every case (up to float rounding where folded).
+    trained ones. The same outputs in every case (up to float rounding where folded).
 
     Raises:
       ValueError: for an unknown variant, dtype or im2col setting, a class count that disagrees

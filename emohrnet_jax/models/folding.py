@@ -29,6 +29,7 @@ def _f32(x: Any) -> np.ndarray:
 def _fold(params: Mapping[str, Any], stats: Mapping[str, Any], path: str) -> dict[str, Any]:
     folded: dict[str, Any] = {}
     norms = {name for name in stats if "mean" in stats[name]}
+    consumed = set()
     for name, value in params.items():
         if name in norms:
             continue  # Folded into its convolution.
@@ -41,15 +42,15 @@ def _fold(params: Mapping[str, Any], stats: Mapping[str, Any], path: str) -> dic
                 "kernel": (_f32(kernel) * scale).astype(kernel.dtype),
                 "bias": (_f32(beta) - _f32(mean) * scale).astype(kernel.dtype),
             }
-            folded[norm] = None  # Marks the BatchNorm as folded.
+            consumed.add(norm)
         elif "kernel" in value:
             folded[name] = dict(value)  # A layer without a BatchNorm (the classifier).
         else:
             folded[name] = _fold(value, stats.get(name, {}), f"{path}{name}/")
-    unpaired = sorted(norms - set(folded))
+    unpaired = sorted(norms - consumed)
     if unpaired:
         raise ValueError(f"BatchNorms without a convolution before them under {path!r}: {unpaired}")
-    return {name: value for name, value in folded.items() if value is not None}
+    return folded
 
 
 def fold_batch_norm(variables: Mapping[str, Any]) -> dict[str, Any]:
