@@ -38,6 +38,9 @@ def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
     with_bias = fast_conv.conv_1x1_as_matmul(4, (1, 1), use_bias=True)
     assert isinstance(with_bias, fast_conv.PointwiseConv)
     _assert_computes_like(with_bias, nn.Conv(4, (1, 1), use_bias=True), x, atol=1e-6)
+    # More output than input channels: the kernel gradient's product the other way round.
+    wider = fast_conv.conv_1x1_as_matmul(8, (1, 1), use_bias=False)
+    _assert_computes_like(wider, nn.Conv(8, (1, 1), use_bias=False), x, atol=1e-6)
     strided = fast_conv.conv_1x1_as_matmul(4, (1, 1), strides=(2, 2))
     assert not isinstance(strided, fast_conv.PointwiseConv)
     assert not isinstance(fast_conv.conv_1x1_as_matmul(4, (3, 3)), fast_conv.PointwiseConv)
@@ -49,6 +52,8 @@ def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters_and_gradients():
         ((2, 9, 14, 3), (1, 1), 6),
         ((2, 9, 14, 3), (2, 2), 6),
         ((1, 8, 1, 5), (2, 1), 6),
+        ((2, 10, 7, 3), (1, 2), 6),
+        ((1, 7, 6, 2), (3, 2), 5),  # A stride beyond the kernel's reach in rows: phases of 1 tap.
         ((2, 9, 14, 6), (1, 1), 4),  # Fewer output channels: the shifted-gradient matmul.
         ((2, 9, 14, 6), (2, 2), 4),
     ],
