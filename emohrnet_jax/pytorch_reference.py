@@ -100,8 +100,14 @@ def _serve(runner, config_dict: dict, batch_size: int, device: str, connection) 
         connection.send(error)
 
 
-def _receive(connection) -> Any:
-    message = connection.recv()
+def _receive(connection, name: str) -> Any:
+    try:
+        message = connection.recv()
+    except EOFError:  # The child died: killed, or out of memory with the other one's.
+        raise RuntimeError(
+            f"the {name} process ended without a reply: killed, or out of memory (both "
+            "frameworks' processes hold their step's memory between turns)"
+        ) from None
     if isinstance(message, Exception):
         raise message
     return message
@@ -148,7 +154,7 @@ def _start(
         results[f"{name}_glibc_tunables"] = None if hide else tunables
         workers[name] = (process, parent)
         # One at a time: compiling beside a run would slow it.
-        details = _receive(parent)
+        details = _receive(parent, name)
         if name not in ("torch", "jax"):
             details = {f"{name}_compile_s": details["jax_compile_s"]}
         results.update(details)
@@ -161,7 +167,7 @@ def _take_turns(workers: dict[str, tuple], rounds: int, per_round: int) -> dict[
     for _ in range(rounds):
         for name, (_, connection) in workers.items():
             connection.send(per_round)
-            seconds[name] += _receive(connection)
+            seconds[name] += _receive(connection, name)
     for process, connection in workers.values():
         connection.send(0)
         process.join()

@@ -1,9 +1,10 @@
 """Test session set-up, before JAX initializes: eight fake CPU devices and a compilation cache.
 
 Eight devices make sharded code run as on a multi-device host. XLA's CPU compiler needs ~25 s per
-train step program here, so every test and subprocess of this session shares one persistent
-compilation cache (a fresh folder per session, so CI stays hermetic) and compiles with LLVM's
-optimizations off (~35% less compile time for the tiny test models, whose steps take milliseconds).
+train step program here, so every test, subprocess and pytest-xdist worker of this session shares
+one persistent compilation cache (a fresh folder per session, so CI stays hermetic) and compiles
+with LLVM's optimizations off (~35% less compile time for the tiny test models, whose steps take
+milliseconds).
 """
 
 import os
@@ -18,6 +19,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="emohrnet_jax_test_xla_cache_")
 )
+# A size limit turns on JAX's file lock around cache reads and writes, which pytest-xdist's workers
+# share: without it, one could read an entry another is still writing. 64 GiB: never evicted.
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(64 * 2**30)
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 

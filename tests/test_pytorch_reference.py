@@ -7,6 +7,7 @@ tests.
 
 import importlib.util
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -51,6 +52,16 @@ def test_the_jobs_are_pytorch_jax_and_jax_with_each_im2col(tmp_path):
     assert [name for name, _, _ in jobs] == ["torch", "jax", "jax_im2col_off", "jax_im2col_on"]
     assert [job_config.model.im2col for _, _, job_config in jobs[2:]] == ["off", "on"]
     assert jobs[0][2] is jobs[1][2] is config and config.model.im2col not in ("off", "on")
+
+
+def test_a_process_that_died_is_named_in_a_clear_error():
+    parent, child = multiprocessing.Pipe()
+    child.send(ValueError("raised in the child"))
+    with pytest.raises(ValueError, match="raised in the child"):
+        pytorch_reference._receive(parent, "torch")
+    child.close()  # As when the kernel's OOM killer ends it.
+    with pytest.raises(RuntimeError, match="the jax process ended without a reply"):
+        pytorch_reference._receive(parent, "jax")
 
 
 @needs_torch

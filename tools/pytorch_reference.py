@@ -46,15 +46,18 @@ def main(argv: list[str]) -> None:
     if _MALLOC_TUNABLES.value:
         allocator.restart_with_tunables()
     config = _CONFIG.value
-    results = pytorch_reference.compare(
-        config,
-        _BATCH_SIZE.value or config.batch_size,
-        _ROUNDS.value,
-        _PER_ROUND.value,
-        _TORCH_TUNABLES.value,
-        _DEVICE.value,
-        tuple(_JAX_IM2COL.value),
-    )
+    try:
+        results = pytorch_reference.compare(
+            config,
+            _BATCH_SIZE.value or config.batch_size,
+            _ROUNDS.value,
+            _PER_ROUND.value,
+            _TORCH_TUNABLES.value,
+            _DEVICE.value,
+            tuple(_JAX_IM2COL.value),
+        )
+    except RuntimeError as error:
+        cli.exit_with(error, "pytorch_reference")
     print(
         f"HRNet {results['variant']} ({results['parameters']:,} parameters, "
         f"{results['forward_gflops']:.2f} GFLOP forward), input {results['input_shape']}, "
