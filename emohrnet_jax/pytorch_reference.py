@@ -105,8 +105,8 @@ def _receive(connection, name: str) -> Any:
         message = connection.recv()
     except EOFError:  # The child died: killed, or out of memory with the other one's.
         raise RuntimeError(
-            f"the {name} process ended without a reply: killed, or out of memory (both "
-            "frameworks' processes hold their step's memory between turns)"
+            f"the {name} process ended without a reply: killed, or out of memory (JAX's "
+            "process keeps its step's memory between turns)"
         ) from None
     if isinstance(message, Exception):
         raise message

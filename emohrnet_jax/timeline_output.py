@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from emohrnet_jax import storage, timeline
 from emohrnet_jax.audio import features
+from emohrnet_jax.files import read_ahead
 from emohrnet_jax.predict_output import shown
 
 if TYPE_CHECKING:  # For the type hints only: predict imports this module.
@@ -145,8 +146,19 @@ def write_timelines(
     png_dir: str | None = None,
     params: timeline.TimelineParams | None = None,
     progress: bool | None = None,
+    workers: int = 0,
 ) -> int:
-    """Writes each file's timeline to `out` (and a PNG into `png_dir`); returns the failures."""
+    """Writes each file's timeline to `out` (and a PNG into `png_dir`); returns the failures.
+
+    `workers` threads score files ahead of the writing, in order (0: none).
+    """
+
+    def score(path: str) -> "timeline.Timeline | features.AudioError":
+        try:
+            return predictor.timeline(path, params=params)
+        except features.AudioError as error:
+            return error
+
     failed = 0
     writer = None
     if png_dir:
@@ -157,12 +169,8 @@ def write_timelines(
     bar = tqdm.tqdm(
         total=len(paths), unit="file", disable=None if progress is None else not progress
     )
-    for path in paths:
-        try:
-            result = predictor.timeline(path, params=params)
-        except features.AudioError as error:
-            result = error
-            failed += 1
+    for path, result in zip(paths, read_ahead(score, paths, workers), strict=True):
+        failed += isinstance(result, features.AudioError)
         if writer is not None:
             writer.writerows(csv_rows(path, result, len(predictor.class_names)))
         elif output_format == "rttm":
@@ -219,4 +227,5 @@ def writer(predictor: "Predictor", paths: Sequence[str], options: flags.FlagValu
         output_format=options.format,
         png_dir=options.timeline_png,
         params=params,
+        workers=options.workers,
     )

@@ -168,6 +168,23 @@ def test_silent_and_very_short_inputs(predictor):
     assert all(set(s.probabilities) == set(CLASSES) for s in result.segments)
 
 
+@pytest.mark.slow
+def test_workers_score_ahead_in_order(predictor, tmp_path):
+    """`--workers` threads give the lines of one thread, in the files' order, failures counted."""
+    paths = []
+    for index, seconds in enumerate([2.0, 4.0, 1.0]):
+        paths.append(str(tmp_path / f"{index}.wav"))
+        soundfile.write(paths[-1], helpers.speech(seconds, index=index), 16000, subtype="PCM_16")
+    paths.insert(1, str(tmp_path / "missing.wav"))
+    written = {}
+    for workers in (0, 3):
+        out = io.StringIO()
+        failed = timeline_output.write_timelines(predictor, paths, out, workers=workers)
+        written[workers] = (failed, [json.loads(line) for line in out.getvalue().splitlines()])
+    assert written[3] == written[0]
+    assert written[0][0] == 1 and [line["path"] for line in written[0][1]] == paths
+
+
 def _run_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "emohrnet_jax.predict", *map(str, args)],
