@@ -12,7 +12,6 @@ import numpy as np
 import soundfile
 
 from emohrnet_jax import storage
-from emohrnet_jax.audio import synthetic
 
 # A clip whose peak absolute amplitude is below this is digital silence (or a mute channel).
 SILENCE_PEAK = 1e-4
@@ -275,16 +274,4 @@ def extract(path: str, params: FeatureParams) -> dict[str, Any]:
         "mel": log_mel(clip.waveform, params),
         "duration": clip.waveform.shape[0] / params.sample_rate,
         "conversions": clip.conversions,
-    }
-
-
-def extract_synthetic(
-    utterance: synthetic.SyntheticUtterance, spec: synthetic.CorpusSpec, params: FeatureParams
-) -> dict[str, Any]:
-    """Log-Mel features of one synthetic utterance, in the same form as `extract`."""
-    waveform = synthetic.synthesize(utterance, spec, params.sample_rate)
-    return {
-        "mel": log_mel(waveform, params),
-        "duration": waveform.shape[0] / params.sample_rate,
-        "conversions": (),
     }
