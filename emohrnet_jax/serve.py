@@ -26,8 +26,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
+from typing import Any
 
 import numpy as np
 from absl import app, flags, logging
@@ -249,23 +250,19 @@ def create_app(predictor, limits: Limits = Limits(), upload_dir: str | None = No
     async def page(request):
         return HTMLResponse(resources.files("emohrnet_jax").joinpath(PAGE).read_text("utf-8"))
 
-    async def predict_route(request):
-        with service.admitted():
-            async with uploaded(request, service) as (path, name):
-                try:
-                    line = await service.predict(path, name)
-                except features.AudioError as error:
-                    return Response(json_line(name, error), 422, media_type="application/json")
-        return Response(line, media_type="application/json")
+    def scoring(score: Callable, encode: Callable[[Any], str] = str) -> Callable:
+        """A POST route: `encode(await score(path, name))` of the uploaded file, or its 422."""
 
-    async def timeline_route(request):
-        with service.admitted():
-            async with uploaded(request, service) as (path, name):
-                try:
-                    record = await service.timeline(path, name)
-                except features.AudioError as error:
-                    return Response(json_line(name, error), 422, media_type="application/json")
-        return Response(json.dumps(record), media_type="application/json")
+        async def route(request):
+            with service.admitted():
+                async with uploaded(request, service) as (path, name):
+                    try:
+                        body = encode(await score(path, name))
+                    except features.AudioError as error:
+                        return Response(json_line(name, error), 422, media_type="application/json")
+            return Response(body, media_type="application/json")
+
+        return route
 
     async def refused(request, error: ClientError):
         return error_response(error)
@@ -282,8 +279,8 @@ def create_app(predictor, limits: Limits = Limits(), upload_dir: str | None = No
         routes=[
             Route("/", page),
             Route("/health", health),
-            Route("/predict", predict_route, methods=["POST"]),
-            Route("/timeline", timeline_route, methods=["POST"]),
+            Route("/predict", scoring(service.predict), methods=["POST"]),
+            Route("/timeline", scoring(service.timeline, json.dumps), methods=["POST"]),
         ],
         middleware=[Middleware(BodyLimit, limit=limits.max_request_bytes)],
         exception_handlers={ClientError: refused, HTTPException: http_error},

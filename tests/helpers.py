@@ -1,7 +1,10 @@
 """Shared test helpers."""
 
+import functools
+import io
 import pathlib
 import runpy
+import wave
 
 import ml_collections
 
@@ -76,3 +79,51 @@ def prepared_tiny_corpus(tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("synthetic")
     loading.load_builder(tiny_config(path).data)
     return path
+
+
+def prepared_labelled_folder(folder: pathlib.Path, data_config, speakers: int) -> str:
+    """Prepares `labelled_folder` clips of `speakers` synthetic speakers (8 each) in `folder`,
+    labelled anger, calm, joy, neutral in turn ("calm" is none of the tiny run's classes);
+    returns the CSV's path."""
+    import soundfile
+
+    from emohrnet_jax.audio import features, synthetic
+    from emohrnet_jax.data import builders  # TensorFlow: only for the tests that need it.
+
+    spec = synthetic.CorpusSpec(speakers, 8, min_seconds=0.6, max_seconds=0.9, seed=5)
+    labels = ("anger", "calm", "joy", "neutral")
+    rows = ["path,label,speaker"]
+    for i, utterance in enumerate(synthetic.plan(spec)):
+        soundfile.write(
+            folder / f"{utterance.id}.wav", synthetic.synthesize(utterance, spec), 16000
+        )
+        rows.append(f"{utterance.id}.wav,{labels[i % 4]},{utterance.speaker}")
+    csv = folder / "clips.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    builders.prepare(
+        "labelled_folder",
+        data_config.data_dir,
+        feature_params=features.FeatureParams.from_config(data_config),
+        num_workers=0,
+        csv_path=str(csv),
+    )
+    return str(csv)
+
+
+@functools.cache
+def wav_bytes(frames: int = 1600, rate: int = 16000) -> bytes:
+    """A mono 16-bit PCM WAV of silence (0.1 s by default): the corpus listings read names."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(2 * frames))
+    return buffer.getvalue()
+
+
+def write_wav(path: pathlib.Path, data: bytes | None = None) -> str:
+    """Writes `data` (None: `wav_bytes()`) at `path`, making its folders; returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(wav_bytes() if data is None else data)
+    return str(path)

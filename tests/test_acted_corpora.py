@@ -5,13 +5,10 @@ docs/data.md), as tiny real WAVs, so that the exact counts are tested, not just 
 """
 
 import collections
-import functools
-import io
 import itertools
 import os
 import subprocess
 import sys
-import wave
 
 import ml_collections
 import numpy as np
@@ -30,25 +27,13 @@ from emohrnet_jax.data import (
 from tests import helpers
 
 
-@functools.cache
-def _wav_bytes() -> bytes:
-    """A 10 ms mono 16-bit WAV: the listings read names only, so one tiny clip serves all."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(np.zeros(160, np.int16).tobytes())
-    return buffer.getvalue()
-
-
 def _write(folder, *names) -> None:
     """Writes the names as one WAV's hard links: thousands of files in a fraction of the time."""
     folder.mkdir(parents=True, exist_ok=True)
     if not names:
         return
     first = folder / names[0]
-    first.write_bytes(_wav_bytes())
+    first.write_bytes(helpers.wav_bytes(160))
     for name in names[1:]:
         os.link(first, folder / name)
 

@@ -1,33 +1,12 @@
 """Tests of the corpus listings on small file trees with the corpora's real layouts and names."""
 
 import collections
-import functools
-import io
 import os
-import wave
 
-import numpy as np
 import pytest
 
 from emohrnet_jax.data import corpora, csv_corpus
-
-
-@functools.cache
-def _wav_bytes(frames: int = 1600, rate: int = 16000) -> bytes:
-    """A short mono 16-bit PCM WAV (0.1 s by default)."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.zeros(frames, np.int16).tobytes())
-    return buffer.getvalue()
-
-
-def _write(path, data: bytes | None = None) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_wav_bytes() if data is None else data)
-    return str(path)
+from tests.helpers import wav_bytes, write_wav
 
 
 def _counts(listing: corpora.Listing, field: str = "label") -> dict[str, int]:
@@ -63,24 +42,24 @@ def _ravdess_name(
 def ravdess_dir(tmp_path):
     root = tmp_path / "ravdess"
     for emotion in range(1, 9):
-        _write(root / "Actor_01" / _ravdess_name(emotion=emotion, actor=1))
-        _write(
+        write_wav(root / "Actor_01" / _ravdess_name(emotion=emotion, actor=1))
+        write_wav(
             root
             / "Actor_02"
             / _ravdess_name(emotion=emotion, intensity=2 - (emotion == 1), actor=2)
         )
     # Filed under the wrong actor: the speaker must come from the name.
-    _write(root / "Actor_01" / _ravdess_name(emotion=5, actor=3))
-    _write(root / "Actor_01" / _ravdess_name(channel=2, emotion=1, actor=1))
-    _write(root / "Actor_02" / _ravdess_name(channel=2, emotion=3, actor=2))
-    _write(root / "Actor_01" / _ravdess_name(modality=1, actor=1))
-    _write(root / "Actor_02" / _ravdess_name(modality=2, emotion=3, actor=2))
-    _write(root / "Actor_01" / "recording.wav")
-    _write(root / "Actor_01" / "readme.txt", b"not audio")
-    _write(root / ".DS_Store", b"\0")
-    _write(root / "__MACOSX" / "Actor_01" / ("._" + _ravdess_name()), b"\0")
+    write_wav(root / "Actor_01" / _ravdess_name(emotion=5, actor=3))
+    write_wav(root / "Actor_01" / _ravdess_name(channel=2, emotion=1, actor=1))
+    write_wav(root / "Actor_02" / _ravdess_name(channel=2, emotion=3, actor=2))
+    write_wav(root / "Actor_01" / _ravdess_name(modality=1, actor=1))
+    write_wav(root / "Actor_02" / _ravdess_name(modality=2, emotion=3, actor=2))
+    write_wav(root / "Actor_01" / "recording.wav")
+    write_wav(root / "Actor_01" / "readme.txt", b"not audio")
+    write_wav(root / ".DS_Store", b"\0")
+    write_wav(root / "__MACOSX" / "Actor_01" / ("._" + _ravdess_name()), b"\0")
     # A second copy of an Actor_01 file (an archive extracted twice).
-    _write(root / "copy" / "Actor_01" / _ravdess_name(emotion=2, actor=1))
+    write_wav(root / "copy" / "Actor_01" / _ravdess_name(emotion=2, actor=1))
     return root
 
 
@@ -124,7 +103,7 @@ def test_ravdess_small_tree(ravdess_dir):
 
 
 def test_ravdess_unknown_emotion(ravdess_dir):
-    bad = _write(ravdess_dir / "Actor_01" / _ravdess_name(emotion=9, actor=1))
+    bad = write_wav(ravdess_dir / "Actor_01" / _ravdess_name(emotion=9, actor=1))
     with pytest.raises(corpora.UnknownLabelError, match=r"03-01-09-01-01-01-01\.wav.*'09'"):
         corpora.ravdess(str(ravdess_dir))
     listing = corpora.ravdess(str(ravdess_dir), skip_unknown_labels=True)
@@ -133,7 +112,7 @@ def test_ravdess_unknown_emotion(ravdess_dir):
 
 
 def test_ravdess_full_grid(tmp_path):
-    tiny = _wav_bytes(frames=4)
+    tiny = wav_bytes(frames=4)
     for actor in range(1, 25):
         folder = tmp_path / f"Actor_{actor:02d}"
         folder.mkdir()
@@ -209,7 +188,7 @@ def iemocap_dir(tmp_path):
             (labels / f"{dialog}.txt").write_text(_emo_evaluation(lines))
             for utterance, _ in lines:
                 if utterance != _IEMOCAP_MISSING:
-                    _write(root / session / "sentences" / "wav" / dialog / f"{utterance}.wav")
+                    write_wav(root / session / "sentences" / "wav" / dialog / f"{utterance}.wav")
     labels = root / "Session1" / "dialog" / "EmoEvaluation"
     # Per-annotator files: if they were read, Ses01F_impro01_F000 would get a second label.
     decoy = _emo_evaluation([("Ses01F_impro01_F000", "ang")])
@@ -221,7 +200,9 @@ def iemocap_dir(tmp_path):
     (session2 / "Ses02M_impro03_copy.txt").write_text(
         _emo_evaluation([("Ses02M_impro03_M001", "neu")])
     )
-    _write(root / "Session2" / "sentences" / "wav" / "Ses02M_impro03" / "Ses02M_impro03_M005.wav")
+    write_wav(
+        root / "Session2" / "sentences" / "wav" / "Ses02M_impro03" / "Ses02M_impro03_M005.wav"
+    )
     return root
 
 
@@ -345,15 +326,15 @@ def test_emovo_small_tree(tmp_path):
         "NEU-M3-b3": ("neutral", "m3"),
     }
     for name, (_, speaker) in names.items():
-        _write(tmp_path / speaker.lower() / f"{name}.wav")
-    _write(tmp_path / "m3" / "dis-m3.wav")
-    _write(tmp_path / "documents" / "readme.txt", b"text")
+        write_wav(tmp_path / speaker.lower() / f"{name}.wav")
+    write_wav(tmp_path / "m3" / "dis-m3.wav")
+    write_wav(tmp_path / "documents" / "readme.txt", b"text")
     listing = corpora.emovo(str(tmp_path))
     _check_invariants(listing, corpora.EMOVO_CLASSES)
     assert {u.id: (u.label, u.speaker) for u in listing.utterances} == names
     assert listing.excluded == {"unrecognized file name": [str(tmp_path / "m3" / "dis-m3.wav")]}
 
-    bad = _write(tmp_path / "f1" / "xyz-f1-b1.wav")
+    bad = write_wav(tmp_path / "f1" / "xyz-f1-b1.wav")
     with pytest.raises(corpora.UnknownLabelError, match=r"xyz-f1-b1\.wav.*'xyz'"):
         corpora.emovo(str(tmp_path))
     listing = corpora.emovo(str(tmp_path), skip_unknown_labels=True)
@@ -362,7 +343,7 @@ def test_emovo_small_tree(tmp_path):
 
 
 def test_emovo_full_grid(tmp_path):
-    tiny = _wav_bytes(frames=4)
+    tiny = wav_bytes(frames=4)
     codes = ("dis", "gio", "pau", "rab", "sor", "tri", "neu")
     speakers = ("f1", "f2", "f3", "m1", "m2", "m3")
     for speaker in speakers:
@@ -394,7 +375,7 @@ def test_missing_and_empty_folder(tmp_path, lister, expected):
 
 
 def test_empty_listing_names_what_was_left_out(tmp_path):
-    _write(tmp_path / "Actor_01" / _ravdess_name(channel=2))
+    write_wav(tmp_path / "Actor_01" / _ravdess_name(channel=2))
     with pytest.raises(ValueError, match=r"left out: vocal channel 02 \(song\): 1"):
         corpora.ravdess(str(tmp_path))
 
@@ -404,9 +385,9 @@ def test_empty_listing_names_what_was_left_out(tmp_path):
 
 @pytest.fixture
 def labelled_dir(tmp_path):
-    _write(tmp_path / "audio" / "s1" / "a.wav")
-    _write(tmp_path / "audio" / "s1" / "b.wav")
-    absolute = _write(tmp_path / "elsewhere" / "c.wav")
+    write_wav(tmp_path / "audio" / "s1" / "a.wav")
+    write_wav(tmp_path / "audio" / "s1" / "b.wav")
+    absolute = write_wav(tmp_path / "elsewhere" / "c.wav")
     (tmp_path / "data.csv").write_text(
         "path,label,speaker,notes\n"
         "audio/s1/a.wav,happy,s1,loud\n"
@@ -448,8 +429,8 @@ def test_labelled_folder_unknown_labels(labelled_dir):
 
 
 def test_labelled_folder_ids(tmp_path):
-    _write(tmp_path / "x" / "take.wav")
-    _write(tmp_path / "y" / "take.wav")
+    write_wav(tmp_path / "x" / "take.wav")
+    write_wav(tmp_path / "y" / "take.wav")
     (tmp_path / "same.csv").write_text("path,label,speaker\nx/take.wav,a,s1\ny/take.wav,b,s2\n")
     with pytest.raises(ValueError, match=r"same\.csv:3: id 'take' already used on line 2"):
         csv_corpus.labelled_folder(str(tmp_path / "same.csv"))
@@ -470,7 +451,7 @@ def test_labelled_folder_ids(tmp_path):
     ],
 )
 def test_labelled_folder_errors(tmp_path, text, error, message):
-    _write(tmp_path / "a.wav")
+    write_wav(tmp_path / "a.wav")
     (tmp_path / "bad.csv").write_text(text)
     with pytest.raises(error, match=message):
         csv_corpus.labelled_folder(str(tmp_path / "bad.csv"))
@@ -482,8 +463,8 @@ def test_labelled_folder_missing_csv(tmp_path):
 
 
 def test_labelled_folder_duplicate_rows(tmp_path):
-    _write(tmp_path / "a.wav")
-    _write(tmp_path / "b.wav")
+    write_wav(tmp_path / "a.wav")
+    write_wav(tmp_path / "b.wav")
     rows = ["a.wav,x,s1", "b.wav,y,s1", "./a.wav,y,s2"]  # the same file, spelled another way
     (tmp_path / "dup.csv").write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"line 4 lists the same file as line 2 \(.*a\.wav\)"):
@@ -496,7 +477,7 @@ def test_labelled_folder_duplicate_rows(tmp_path):
 
 
 def test_labelled_folder_csv_that_is_not_utf8(tmp_path):
-    _write(tmp_path / "café.wav")
+    write_wav(tmp_path / "café.wav")
     text = "path,label,speaker\ncafé.wav,joy,s1\n"
     (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin1\.csv:2: not UTF-8 \(byte 0xe9 at offset 22\)"):
@@ -509,7 +490,7 @@ def _undecodable(folder, name: bytes) -> str:
     path = os.path.join(os.fsencode(str(folder)), name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as file:
-        file.write(_wav_bytes())
+        file.write(wav_bytes())
     return os.fsdecode(path)
 
 

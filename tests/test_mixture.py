@@ -12,10 +12,8 @@ import time
 import ml_collections
 import numpy as np
 import pytest
-import soundfile
 
 from emohrnet_jax import config_check, cross_validation, mixture_spec, predict, report, train
-from emohrnet_jax.audio import features, synthetic
 from emohrnet_jax.data import balance, builders, corpora, cross_corpus, pipeline
 from tests import helpers
 
@@ -125,34 +123,12 @@ def test_weighted_order_draws_each_group_in_its_share_and_repeats_only_after_the
 # Two prepared corpora: the tiny synthetic one and a labelled folder of 4 speakers.
 
 
-def _labelled_folder(folder, data_config) -> str:
-    """Prepares 32 labelled_folder clips (4 speakers, 4 classes, "calm" unknown to the run)."""
-    spec = synthetic.CorpusSpec(4, 8, min_seconds=0.6, max_seconds=0.9, seed=5)
-    labels = ("anger", "calm", "joy", "neutral")
-    rows = ["path,label,speaker"]
-    for i, utterance in enumerate(synthetic.plan(spec)):
-        soundfile.write(
-            folder / f"{utterance.id}.wav", synthetic.synthesize(utterance, spec), 16000
-        )
-        rows.append(f"{utterance.id}.wav,{labels[i % 4]},{utterance.speaker}")
-    csv = folder / "clips.csv"
-    csv.write_text("\n".join(rows) + "\n")
-    builders.prepare(
-        "labelled_folder",
-        data_config.data_dir,
-        feature_params=features.FeatureParams.from_config(data_config),
-        num_workers=0,
-        csv_path=str(csv),
-    )
-    return str(csv)
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """(data_dir, csv) of both corpora, prepared once for the module."""
     data_dir = helpers.prepared_tiny_corpus(tmp_path_factory)
     folder = tmp_path_factory.mktemp("folder")
-    return data_dir, _labelled_folder(folder, helpers.tiny_config(data_dir).data)
+    return data_dir, helpers.prepared_labelled_folder(folder, helpers.tiny_config(data_dir).data, 4)
 
 
 @pytest.mark.slow

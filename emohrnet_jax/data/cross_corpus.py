@@ -4,6 +4,7 @@ A `theirs=ours` label map pairs the corpus's classes with the run's (by default 
 share a name); the corpus's other classes are left out of the scores and counted.
 """
 
+import dataclasses
 from collections.abc import Sequence
 
 import ml_collections
@@ -67,23 +68,43 @@ def create_input(
         fold_speakers = {"all": speakers}
     else:
         fold_speakers = splits.fold_speakers(cross.dataset, speakers, config.data.fold)
-    fold = pipeline.FoldInput(
-        builder=builder,
-        speakers=fold_speakers,
-        class_names=tuple(model_classes),
-        num_frames=config.data.num_frames,
-        label_map=tuple(
-            model_classes.index(mapping[name]) if name in mapping else -1 for name in corpus_classes
-        ),
-    )
     unmapped = pipeline.FoldInput(
         builder=builder,
         speakers=fold_speakers,
         class_names=tuple(corpus_classes),
-        num_frames=fold.num_frames,
+        num_frames=config.data.num_frames,
     )
-    labels = [utterance["label"] for utterance in unmapped.utterances(split)]
-    left_out = {
-        name: labels.count(i) for i, name in enumerate(corpus_classes) if name not in mapping
-    }
-    return fold, mapping, left_out
+    fold = mapped(unmapped, mapping, model_classes)
+    return fold, mapping, left_out_counts(unmapped, mapping, [split])
+
+
+def mapped(
+    unmapped: pipeline.FoldInput, mapping: dict[str, str], model_classes: Sequence[str]
+) -> pipeline.FoldInput:
+    """`unmapped` (labels of the corpus's classes) with labels of `model_classes` by `mapping`;
+    a class outside it is left out."""
+    model_classes = list(model_classes)
+    return dataclasses.replace(
+        unmapped,
+        class_names=tuple(model_classes),
+        label_map=tuple(
+            model_classes.index(mapping[name]) if name in mapping else -1
+            for name in unmapped.class_names
+        ),
+    )
+
+
+def left_out_counts(
+    unmapped: pipeline.FoldInput, mapping: dict[str, str], split_names: Sequence[str]
+) -> dict[str, int]:
+    """How many utterances of each class outside `mapping` the named splits of `unmapped` hold
+    (the splits it has)."""
+    classes = unmapped.class_names
+    dropped = {i for i, name in enumerate(classes) if name not in mapping}
+    counts = {classes[i]: 0 for i in sorted(dropped)}
+    for split in split_names:
+        if dropped and unmapped.has(split):
+            for utterance in unmapped.utterances(split):
+                if utterance["label"] in dropped:
+                    counts[classes[utterance["label"]]] += 1
+    return counts

@@ -153,22 +153,13 @@ def _member(config: ml_collections.ConfigDict, index: int, entry: mixture_spec.E
         num_frames=config.data.num_frames,
         ids=ids,
     )
-    member = pipeline.FoldInput(
-        builder=builder,
-        speakers=speakers,
-        class_names=tuple(model_classes),
-        num_frames=config.data.num_frames,
-        label_map=tuple(
-            model_classes.index(mapping[c]) if c in mapping else -1 for c in corpus_classes
-        ),
-        ids=ids,
-    )
+    member = cross_corpus.mapped(unmapped, mapping, model_classes)
     about = {
         "name": entry.name,
         "dataset": entry.data_config.dataset,
         "label_map": mapping,
         **fold.about,
-        "left_out": _left_out_counts(unmapped, corpus_classes, mapping),
+        "left_out": cross_corpus.left_out_counts(unmapped, mapping, splits.SPLITS),
     }
     return Member(entry.name, member, entry.weight, about)
 
@@ -186,19 +177,3 @@ def _left_out(fold: Any, tested: bool) -> tuple[dict[str, list[str]], dict[str, 
         return {"train": train, "validation": split_of["validation"], "test": []}
 
     return regrouped(fold.speakers), None if fold.ids is None else regrouped(fold.ids)
-
-
-def _left_out_counts(
-    unmapped: pipeline.FoldInput, corpus_classes: list[str], mapping: dict[str, str]
-) -> dict[str, int]:
-    """How many utterances of each class outside the label map the fold's splits hold."""
-    dropped = [i for i, name in enumerate(corpus_classes) if name not in mapping]
-    if not dropped:
-        return {}
-    counts = dict.fromkeys((corpus_classes[i] for i in dropped), 0)
-    for split in splits.SPLITS:
-        if unmapped.has(split):
-            for utterance in unmapped.utterances(split):
-                if utterance["label"] in dropped:
-                    counts[corpus_classes[utterance["label"]]] += 1
-    return counts
