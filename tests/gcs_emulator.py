@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -63,18 +64,27 @@ def _add_cloud_storage_behaviours() -> None:
     from gcp_storage_emulator.handlers import objects
 
     download, insert = objects.download, objects.insert
+    # The server answers each request in a thread of its own, and its in-memory files are written
+    # in place: without the lock a download could read an object half uploaded (and two
+    # conditional writes could both pass their check), which Cloud Storage never allows.
+    whole_objects = threading.Lock()
 
     def download_with_generation(request, response, storage, *args, **kwargs):
         params = request.params
-        try:
-            found = storage.get_file_obj(params["bucket_name"], params["object_id"])
-            response["x-goog-generation"] = found["generation"]
-            response["x-goog-metageneration"] = found["metageneration"]
-        except NotFound:
-            pass
-        return download(request, response, storage, *args, **kwargs)
+        with whole_objects:
+            try:
+                found = storage.get_file_obj(params["bucket_name"], params["object_id"])
+                response["x-goog-generation"] = found["generation"]
+                response["x-goog-metageneration"] = found["metageneration"]
+            except NotFound:
+                pass
+            return download(request, response, storage, *args, **kwargs)
 
     def insert_if_generation_matches(request, response, storage, *args, **kwargs):
+        with whole_objects:
+            return _insert(request, response, storage, *args, **kwargs)
+
+    def _insert(request, response, storage, *args, **kwargs):
         wanted = request.query.get("ifGenerationMatch")
         name = request.query.get("name", [None])[0]
         if name is None and isinstance(request.data, dict):  # multipart: named in the metadata

@@ -102,9 +102,10 @@ def left_out_counts(
     classes = unmapped.class_names
     dropped = {i for i, name in enumerate(classes) if name not in mapping}
     counts = {classes[i]: 0 for i in sorted(dropped)}
-    for split in split_names:
-        if dropped and unmapped.has(split):
-            for utterance in unmapped.utterances(split):
-                if utterance["label"] in dropped:
-                    counts[classes[utterance["label"]]] += 1
+    if not dropped:  # nothing to count: the splits are not read
+        return counts
+    for split in filter(unmapped.has, split_names):
+        for utterance in unmapped.utterances(split):
+            if utterance["label"] in dropped:
+                counts[classes[utterance["label"]]] += 1
     return counts
